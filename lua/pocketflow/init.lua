@@ -1,0 +1,225 @@
+-- pocketflow: PocketFlow's nodes and flows for Lua 5.4, on a C core.
+-- This file is the thin layer: classes, operators, aliases. The walk,
+-- retries, batches and the scheduler are in pocketflow.core (src/).
+local core = require "pocketflow.core"
+
+local pf = {}
+
+local kinds = core.kinds
+
+-- methods defined under the seed's async names are used as the plain ones
+local aliases = {
+  prep_async = "prep", exec_async = "exec", post_async = "post",
+  exec_fallback_async = "exec_fallback", run_async = "run",
+}
+
+local function is_node(x)
+  local mt = type(x) == "table" and getmetatable(x)
+  return type(mt) == "table" and rawget(mt, "__pfkind") ~= nil
+end
+
+local function set_field(t, k, v)
+  rawset(t, k, v)
+  local plain = aliases[k]
+  if plain then rawset(t, plain, v) end
+end
+
+local function check_options(self)
+  local name = self.__name
+  local r = self.max_retries
+  if r ~= nil and (math.type(r) == nil or math.tointeger(r) == nil or r < 1) then
+    error(("%s: max_retries must be a positive integer (got %s)"):format(name, tostring(r)), 4)
+  end
+  local w = self.wait
+  if w ~= nil and (type(w) ~= "number" or not (w >= 0)) then
+    error(("%s: wait must be a non-negative number (got %s)"):format(name, tostring(w)), 4)
+  end
+end
+
+local function new(cls, ...)
+  local self = setmetatable({}, cls)
+  self:init(...)
+  return self
+end
+
+-- Class:extend([name]) makes a subclass. A class is the metatable of its
+-- instances, so metamethods are copied down; its own metatable gives
+-- inheritance, construction by call, and the async aliases.
+local function extend(parent, name)
+  if name ~= nil and type(name) ~= "string" then
+    error(("extend: the class name must be a string (got %s)"):format(type(name)), 2)
+  end
+  local cls = {}
+  for k, v in pairs(parent) do
+    if type(k) == "string" and k:sub(1, 2) == "__" then rawset(cls, k, v) end
+  end
+  rawset(cls, "__index", cls)
+  rawset(cls, "__name", name or rawget(parent, "__name"))
+  return setmetatable(cls, { __index = parent, __call = new, __newindex = set_field })
+end
+
+-- ------------------------------------------------------------- BaseNode
+
+local BaseNode = setmetatable({}, { __call = new, __newindex = set_field })
+rawset(BaseNode, "__index", BaseNode)
+rawset(BaseNode, "__name", "BaseNode")
+rawset(BaseNode, "__pfkind", kinds.node)
+rawset(BaseNode, "__newindex", set_field)
+BaseNode.extend = extend
+
+function BaseNode:init(opts)
+  rawset(self, "params", {})
+  rawset(self, "successors", {})
+  if opts ~= nil then
+    if type(opts) ~= "table" then
+      error(("%s: options must be a table (got %s)"):format(self.__name, type(opts)), 3)
+    end
+    for k, v in pairs(opts) do
+      if type(k) == "string" then self[k] = v end
+    end
+  end
+  check_options(self)
+end
+
+function BaseNode:set_params(params)
+  if type(params) ~= "table" then
+    error(("set_params: params must be a table (got %s)"):format(type(params)), 2)
+  end
+  rawset(self, "params", params)
+end
+
+function BaseNode:next(node, action)
+  if action == nil then action = "default" end
+  if type(action) ~= "string" then
+    error(("next: action must be a string (got %s)"):format(type(action)), 2)
+  end
+  if not is_node(node) then
+    error(("next: successor must be a pocketflow node (got %s)"):format(type(node)), 2)
+  end
+  local succ = rawget(self, "successors")
+  if succ == nil then
+    succ = {}
+    rawset(self, "successors", succ)
+  end
+  if succ[action] ~= nil then
+    pf.on_warning(("overwriting successor for action '%s'"):format(action))
+  end
+  succ[action] = node
+  return node
+end
+
+function BaseNode.prep() end
+function BaseNode.exec() end
+function BaseNode.post() end
+function BaseNode.exec_fallback(_, _, err) error(err, 0) end
+
+BaseNode.run = core.run_node
+rawset(BaseNode, "run_async", core.run_node)
+
+-- a - "action" >> b
+local Transition = {}
+Transition.__index = Transition
+function Transition.__shr(t, node)
+  if getmetatable(t) ~= Transition then
+    error("'>>': the left side must be a node or node - \"action\"", 2)
+  end
+  return t.node:next(node, t.action)
+end
+
+rawset(BaseNode, "__sub", function(node, action)
+  if not is_node(node) then
+    error(("'-': the left side must be a node (got %s)"):format(type(node)), 2)
+  end
+  if type(action) ~= "string" then
+    error(("node - action: action must be a string (got %s)"):format(type(action)), 2)
+  end
+  return setmetatable({ node = node, action = action }, Transition)
+end)
+
+rawset(BaseNode, "__shr", function(a, b)
+  if not is_node(a) then return Transition.__shr(a, b) end
+  return a:next(b)
+end)
+
+rawset(BaseNode, "__tostring", function(self)
+  return ("%s: %p"):format(self.__name, self)
+end)
+
+-- ---------------------------------------------------------------- nodes
+
+local Node = extend(BaseNode, "Node")
+local BatchNode = extend(Node, "BatchNode")
+rawset(BatchNode, "__pfkind", kinds.batch)
+local ParallelBatchNode = extend(BatchNode, "ParallelBatchNode")
+rawset(ParallelBatchNode, "__pfkind", kinds.parallel_batch)
+
+-- ---------------------------------------------------------------- flows
+
+local Flow = extend(BaseNode, "Flow")
+rawset(Flow, "__pfkind", kinds.flow)
+
+function Flow:init(opts)
+  if is_node(opts) then opts = { start = opts } end
+  local start = type(opts) == "table" and opts.start or nil
+  if start ~= nil then
+    local rest = {}
+    for k, v in pairs(opts) do if k ~= "start" then rest[k] = v end end
+    opts = rest
+  end
+  BaseNode.init(self, opts)
+  if start ~= nil then
+    if not is_node(start) then
+      error(("%s: start must be a pocketflow node (got %s)"):format(self.__name, type(start)), 3)
+    end
+    rawset(self, "start_node", start)
+  end
+end
+
+function Flow:start(node)
+  if not is_node(node) then
+    error(("start: expected a pocketflow node (got %s)"):format(type(node)), 2)
+  end
+  rawset(self, "start_node", node)
+  return node
+end
+
+-- the last action of the inner walk drives the outer flow
+function Flow.post(_, _, _, exec_res) return exec_res end
+
+local BatchFlow = extend(Flow, "BatchFlow")
+rawset(BatchFlow, "__pfkind", kinds.batch_flow)
+local ParallelBatchFlow = extend(BatchFlow, "ParallelBatchFlow")
+rawset(ParallelBatchFlow, "__pfkind", kinds.parallel_batch_flow)
+
+-- --------------------------------------------------------------- export
+
+pf.BaseNode = BaseNode
+pf.Node = Node
+pf.BatchNode = BatchNode
+pf.ParallelBatchNode = ParallelBatchNode
+pf.Flow = Flow
+pf.BatchFlow = BatchFlow
+pf.ParallelBatchFlow = ParallelBatchFlow
+
+pf.AsyncNode = Node
+pf.AsyncFlow = Flow
+pf.AsyncBatchNode = BatchNode
+pf.AsyncBatchFlow = BatchFlow
+pf.AsyncParallelBatchNode = ParallelBatchNode
+pf.AsyncParallelBatchFlow = ParallelBatchFlow
+
+pf.run = core.run
+pf.spawn = core.spawn
+pf.gather = core.gather
+pf.sleep = core.sleep
+pf.await = core.await
+pf.timeout = core.timeout
+pf.now = core.now
+pf.version = core.version
+
+function pf.on_warning(msg)
+  io.stderr:write("pocketflow: warning: ", tostring(msg), "\n")
+end
+core.set_warn(function(msg) return pf.on_warning(msg) end)
+
+return pf

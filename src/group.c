@@ -1,0 +1,215 @@
+/*
+** Groups: the items of a parallel batch node, the walks of a parallel
+** batch flow, the functions of pf.gather. The owner task parks until
+** every item has ended or one has failed; at most 'maxc' items run at
+** once; the first failure cancels the items still running.
+*/
+#include <string.h>
+
+#include "pf.h"
+#include "sched.h"
+
+struct pf_group {
+  pf_task *owner;
+  int kind;
+  int ref;              /* registry ref while items run */
+  int failed;
+  lua_Integer n, next, running, done, maxc;
+};
+
+/* user values of a group userdata */
+enum { G_ITEMS = 1, G_RESULTS, G_SELF, G_SHARED, G_PARAMS, G_ERROR, G_NUV };
+
+static void push_group(lua_State *L, pf_group *g) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, g->ref);
+}
+
+/* {params..., batch params...}: a new table for walk i */
+static void push_walk_params(lua_State *L, int gidx, lua_Integer i) {
+  lua_newtable(L);
+  if (lua_getiuservalue(L, gidx, G_PARAMS) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, -5);
+    }
+  }
+  lua_pop(L, 1);
+  lua_getiuservalue(L, gidx, G_ITEMS);
+  lua_rawgeti(L, -1, i);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -6);
+  }
+  lua_pop(L, 2);
+}
+
+/* Pushes item i's body and arguments; returns the argument count. */
+static int push_body(lua_State *L, pf_group *g, int gidx, lua_Integer i) {
+  switch (g->kind) {
+    case PF_G_ITEMS:
+      lua_pushcfunction(L, pf_machine);
+      lua_pushinteger(L, PF_K_EXEC);
+      lua_newtable(L);                      /* the item's own self */
+      lua_getiuservalue(L, gidx, G_SELF);
+      lua_setmetatable(L, -2);
+      lua_pushnil(L);
+      lua_getiuservalue(L, gidx, G_ITEMS);
+      lua_rawgeti(L, -1, i);
+      lua_remove(L, -2);
+      return 4;
+    case PF_G_WALKS:
+      lua_pushcfunction(L, pf_machine);
+      lua_pushinteger(L, PF_K_ORCH);
+      lua_getiuservalue(L, gidx, G_SELF);
+      lua_getiuservalue(L, gidx, G_SHARED);
+      push_walk_params(L, gidx, i);
+      return 4;
+    default:
+      lua_getiuservalue(L, gidx, G_ITEMS);
+      lua_rawgeti(L, -1, i);
+      lua_remove(L, -2);
+      return 0;
+  }
+}
+
+static void launch(lua_State *L, pf_group *g, int gidx) {
+  while (!g->failed && g->running < g->maxc && g->next <= g->n) {
+    lua_Integer i = g->next++;
+    pf_task *c;
+    int nargs;
+    luaL_checkstack(L, 8, "launching items");
+    nargs = push_body(L, g, gidx, i);
+    c = pf_spawn_task(L, g->owner, nargs);
+    c->group = g;
+    c->group_idx = i;
+    g->running++;
+    lua_pop(L, 1);
+  }
+}
+
+/* Starts the items of the array at 'items'. Leaves the group userdata
+** on L. Returns 1 when the caller must yield until they end, 0 when
+** there was nothing to run. */
+int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
+                   int params, lua_Integer maxc) {
+  pf_group *g;
+  int gidx;
+  pf_task *owner = pf_current(L);
+  luaL_checkstack(L, 4, "starting items");
+  g = (pf_group *)lua_newuserdatauv(L, sizeof(pf_group), G_NUV);
+  memset(g, 0, sizeof *g);
+  gidx = lua_gettop(L);
+  g->owner = owner;
+  g->kind = kind;
+  g->ref = LUA_NOREF;
+  g->n = (lua_Integer)lua_rawlen(L, items);
+  g->next = 1;
+  g->maxc = maxc > 0 ? maxc : g->n;
+  lua_pushvalue(L, items);
+  lua_setiuservalue(L, gidx, G_ITEMS);
+  lua_createtable(L, (int)(g->n < 1 << 24 ? g->n : 0), 0);
+  lua_setiuservalue(L, gidx, G_RESULTS);
+  if (self) {
+    lua_pushvalue(L, self);
+    if (kind == PF_G_ITEMS) {   /* items read self's fields through it */
+      lua_pushliteral(L, "__index");
+      lua_pushvalue(L, -2);
+      lua_rawset(L, -3);
+    }
+    lua_setiuservalue(L, gidx, G_SELF);
+  }
+  if (shared) {
+    lua_pushvalue(L, shared);
+    lua_setiuservalue(L, gidx, G_SHARED);
+  }
+  if (params) {
+    lua_pushvalue(L, params);
+    lua_setiuservalue(L, gidx, G_PARAMS);
+  }
+  if (g->n == 0) return 0;
+  lua_pushvalue(L, gidx);
+  g->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  launch(L, g, gidx);
+  pf_park(owner, pf_group_cancel, g);
+  return 1;
+}
+
+static void release(lua_State *L, pf_group *g) {
+  luaL_unref(L, LUA_REGISTRYINDEX, g->ref);
+  g->ref = LUA_NOREF;
+}
+
+/* The owner was cancelled: its items were cancelled first, as its
+** children; only the anchor is left. */
+void pf_group_cancel(pf_task *owner, void *data) {
+  release(owner->S->L, (pf_group *)data);
+}
+
+static void fail(lua_State *L, pf_group *g, pf_task *child, lua_State *co,
+                 int gidx) {
+  pf_task *c, *next;
+  g->failed = 1;
+  lua_pushvalue(co, -1);
+  lua_xmove(co, L, 1);
+  lua_setiuservalue(L, gidx, G_ERROR);
+  for (c = g->owner->first_child; c; c = next) {
+    next = c->next_sib;
+    if (c->group == g && c != child && c->state != PF_DONE) {
+      c->group = NULL;
+      pf_cancel(c);
+    }
+  }
+  g->running = 0;
+}
+
+/* An item ended: nres >= 0 results on co's top, or -1 for an error on
+** co's top. Runs on the driver, with 'from' its scratch state. */
+void pf_group_child_done(pf_group *g, pf_task *child, int nres,
+                         lua_State *from) {
+  pf_sched *S = child->S;
+  lua_State *L = S->L, *co = child->co;
+  int gidx;
+  (void)from;
+  child->group = NULL;
+  if (g->ref == LUA_NOREF) return;
+  luaL_checkstack(L, 8, "collecting results");
+  push_group(L, g);
+  gidx = lua_gettop(L);
+  if (nres < 0) {
+    fail(L, g, child, co, gidx);
+  } else {
+    g->running--;
+    g->done++;
+    lua_getiuservalue(L, gidx, G_RESULTS);
+    if (nres > 0) {
+      lua_pushvalue(co, -nres);
+      lua_xmove(co, L, 1);
+    } else {
+      lua_pushnil(L);
+    }
+    lua_rawseti(L, -2, child->group_idx);
+    lua_pop(L, 1);
+    launch(L, g, gidx);
+  }
+  if (g->running == 0 && (g->failed || g->done == g->n)) {
+    release(L, g);
+    pf_wake(g->owner, 0);
+  }
+  lua_settop(L, gidx - 1);
+}
+
+/* In the owner, after the wait: pushes the results array or raises the
+** first error. */
+int pf_group_finish(lua_State *L, int gidx) {
+  pf_group *g = (pf_group *)lua_touserdata(L, gidx);
+  if (g->failed) {
+    lua_getiuservalue(L, gidx, G_ERROR);
+    return lua_error(L);
+  }
+  lua_getiuservalue(L, gidx, G_RESULTS);
+  return 1;
+}

@@ -1,0 +1,650 @@
+/*
+** The scheduler: one per Lua state. Tasks are Lua threads owned by a
+** task userdata; every wait parks the task (state WAITING, with one
+** cancel fn) and whatever completes the wait calls pf_wake, which puts it
+** on the ready list. One uv_idle drains the ready list: every task is
+** resumed from this flat driver, never from inside another resume.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <luv/luv.h>
+
+#include "pf.h"
+#include "sched.h"
+
+static const char SCHED_KEY = 'S';
+static const char WARN_KEY = 'W';
+
+#define POOL_MAX 4096
+
+pf_sched *pf_sched_get(lua_State *L) {
+  pf_sched *S;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &SCHED_KEY);
+  S = (pf_sched *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return S;
+}
+
+pf_task *pf_current(lua_State *L) {
+  return *(pf_task **)lua_getextraspace(L);
+}
+
+static void set_task_of(lua_State *co, pf_task *t) {
+  *(pf_task **)lua_getextraspace(co) = t;
+}
+
+uv_loop_t *pf_loop(lua_State *L) {
+  return pf_sched_get(L)->loop;
+}
+
+static int loop_busy(pf_sched *S) {
+  return S->running > 0 || luv_context(S->L)->mode != -1;
+}
+
+/* True where a waiting call may start the loop itself: the main thread,
+** with no loop running (not from a luv callback, not from a coroutine of
+** the user's). */
+int pf_outside(lua_State *L) {
+  pf_sched *S = pf_sched_get(L);
+  return L == S->L && !loop_busy(S);
+}
+
+pf_task *pf_check_task(lua_State *L, const char *fname) {
+  pf_task *t = pf_current(L);
+  if (t == NULL)
+    luaL_error(L, "%s: not inside a pocketflow task; use pf.spawn or "
+                  "pf.run to start one", fname);
+  return t;
+}
+
+/* ---------------------------------------------------------------- ready */
+
+static void ready_push(pf_sched *S, pf_task *t) {
+  t->rnext = NULL;
+  t->rprev = S->rtail;
+  if (S->rtail) S->rtail->rnext = t; else S->rhead = t;
+  S->rtail = t;
+  if (!uv_is_active((uv_handle_t *)S->idle))
+    uv_idle_start(S->idle, pf_idle_cb);
+}
+
+static void ready_unlink(pf_sched *S, pf_task *t) {
+  if (t->rprev) t->rprev->rnext = t->rnext; else S->rhead = t->rnext;
+  if (t->rnext) t->rnext->rprev = t->rprev; else S->rtail = t->rprev;
+  t->rnext = t->rprev = NULL;
+}
+
+void pf_make_ready(pf_task *t, int nvalues) {
+  t->state = PF_READY;
+  t->nresume = nvalues;
+  ready_push(t->S, t);
+}
+
+void pf_park(pf_task *t, pf_cancel_fn fn, void *data) {
+  t->state = PF_WAITING;
+  t->cancel = fn;
+  t->cancel_data = data;
+  t->timed_out = 0;
+}
+
+void pf_wake(pf_task *t, int nvalues) {
+  t->cancel = NULL;
+  t->cancel_data = NULL;
+  t->wait_seq++;
+  pf_make_ready(t, nvalues);
+}
+
+/* ---------------------------------------------------------- task records */
+
+void pf_push_task(lua_State *L, pf_task *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->S->anchors);
+  lua_rawgeti(L, -1, t->anchor);
+  lua_remove(L, -2);
+}
+
+static lua_State *take_thread(lua_State *L, pf_sched *S) {
+  lua_State *co;
+  if (S->pool_n > 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
+    lua_rawgeti(L, -1, S->pool_n);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, S->pool_n--);
+    lua_remove(L, -2);
+    co = lua_tothread(L, -1);
+  } else {
+    co = lua_newthread(L);
+  }
+  return co;  /* left on L's stack */
+}
+
+/* A finished thread goes back to the pool. A thread that ended normally
+** is reusable as it is; one that failed or was cancelled is reset, which
+** also closes its pending to-be-closed variables. */
+static void release_thread(pf_sched *S, pf_task *t, int reset) {
+  lua_State *L = S->L, *co = t->co;
+  set_task_of(co, NULL);
+  t->co = NULL;
+  if (reset && lua_resetthread(co) != LUA_OK) {
+    lua_pushfstring(L, "error closing a variable of a cancelled task: %s",
+                    lua_tostring(co, -1));
+    pf_warn(L, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_settop(co, 0);
+  pf_push_task(L, t);
+  if (S->pool_n < POOL_MAX) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    lua_rawseti(L, -2, ++S->pool_n);
+    lua_pop(L, 1);
+  }
+  lua_pushnil(L);
+  lua_setiuservalue(L, -2, PF_UV_THREAD);
+  lua_pop(L, 1);
+}
+
+static void unanchor_if_free(pf_sched *S, pf_task *t) {
+  if (t->state == PF_DONE && t->first_child == NULL && t->anchor != LUA_NOREF) {
+    lua_rawgeti(S->L, LUA_REGISTRYINDEX, S->anchors);
+    luaL_unref(S->L, -1, t->anchor);
+    lua_pop(S->L, 1);
+    t->anchor = LUA_NOREF;
+  }
+}
+
+static void link_child(pf_task *parent, pf_task *t) {
+  t->parent = parent;
+  t->prev_sib = NULL;
+  t->next_sib = parent->first_child;
+  if (parent->first_child) parent->first_child->prev_sib = t;
+  parent->first_child = t;
+}
+
+static void unlink_from_parent(pf_sched *S, pf_task *t) {
+  pf_task *p = t->parent;
+  if (p == NULL) return;
+  if (t->prev_sib) t->prev_sib->next_sib = t->next_sib;
+  else p->first_child = t->next_sib;
+  if (t->next_sib) t->next_sib->prev_sib = t->prev_sib;
+  t->parent = t->next_sib = t->prev_sib = NULL;
+  unanchor_if_free(S, p);
+}
+
+/* Creates a task whose body is the function below the top 'nargs' values
+** of L (all popped), child of 'parent' (NULL for a root task), ready to
+** run. Leaves the task userdata on L. */
+pf_task *pf_spawn_task(lua_State *L, pf_task *parent, int nargs) {
+  pf_sched *S = pf_sched_get(L);
+  pf_task *t;
+  lua_State *co;
+  luaL_checkstack(L, 6, "spawning a task");
+  t = (pf_task *)lua_newuserdatauv(L, sizeof(pf_task), PF_UV_COUNT);
+  memset(t, 0, sizeof *t);
+  t->S = S;
+  t->anchor = LUA_NOREF;
+  luaL_setmetatable(L, PF_TASK_MT);
+  co = take_thread(L, S);
+  t->co = co;
+  set_task_of(co, t);
+  lua_setiuservalue(L, -2, PF_UV_THREAD);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->anchors);
+  lua_pushvalue(L, -2);
+  t->anchor = luaL_ref(L, -2);
+  lua_pop(L, 1);
+  /* move the body and its arguments under the userdata onto the thread */
+  lua_rotate(L, -(nargs + 2), 1);
+  lua_xmove(L, co, nargs + 1);
+  if (parent) link_child(parent, t);
+  S->live++;
+  pf_make_ready(t, nargs);
+  return t;
+}
+
+/* ---------------------------------------------------------------- errors */
+
+int pf_has_traceback(lua_State *L, int idx) {
+  const char *s = lua_tostring(L, idx);
+  return s != NULL && strstr(s, "\nstack traceback:\n") != NULL;
+}
+
+/* The error on top of co gains, once, the traceback of the task: the one
+** an exec attempt saved for this very value, or co's own stack. */
+static void add_traceback(lua_State *L, pf_task *t, lua_State *co) {
+  if (lua_type(co, -1) != LUA_TSTRING || pf_has_traceback(co, -1)) return;
+  pf_push_task(L, t);
+  if (lua_getiuservalue(L, -1, PF_UV_TRACE) == LUA_TTABLE) {
+    lua_rawgeti(L, -1, 1);
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);
+    if (lua_rawequal(L, -1, -2)) {
+      lua_rawgeti(L, -3, 2);
+      lua_pushfstring(L, "%s\n%s", lua_tostring(L, -2), lua_tostring(L, -1));
+      lua_xmove(L, co, 1);
+      lua_replace(co, -2);
+      lua_pop(L, 5);
+      return;
+    }
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 2);
+  luaL_traceback(co, co, lua_tostring(co, -1), 0);
+  lua_replace(co, -2);
+}
+
+void pf_warn(lua_State *L, const char *msg) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &WARN_KEY);
+  if (lua_isfunction(L, -1)) {
+    lua_pushstring(L, msg);
+    if (lua_pcall(L, 1, 0, 0) == LUA_OK) return;
+    fprintf(stderr, "pocketflow: warning: pf.on_warning failed: %s\n",
+            lua_tostring(L, -1));
+  } else {
+    fprintf(stderr, "pocketflow: warning: %s\n", msg);
+  }
+  lua_pop(L, 1);
+}
+
+/* core.set_warn(f): the Lua layer routes engine warnings to pf.on_warning */
+int pf_set_warn(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &WARN_KEY);
+  return 0;
+}
+
+/* -------------------------------------------------------------- finishing */
+
+static void waiters_remove(pf_task *w) {
+  pf_task **pp = &w->waiting_on->waiters;
+  while (*pp && *pp != w) pp = &(*pp)->wnext;
+  if (*pp) *pp = w->wnext;
+  w->wnext = NULL;
+  w->waiting_on = NULL;
+}
+
+static void waiter_cancel(pf_task *w, void *data) {
+  (void)data;
+  if (w->waiting_on) waiters_remove(w);
+}
+
+/* Parks w until target ends. */
+void pf_wait_on(pf_task *w, pf_task *target) {
+  w->wnext = target->waiters;
+  target->waiters = w;
+  w->waiting_on = target;
+  pf_park(w, waiter_cancel, NULL);
+}
+
+static void wake_waiters(pf_task *t) {
+  pf_task *w = t->waiters;
+  t->waiters = NULL;
+  while (w) {
+    pf_task *next = w->wnext;
+    w->wnext = NULL;
+    w->waiting_on = NULL;
+    if (w->heap_idx) pf_heap_remove(t->S, w);
+    pf_wake(w, 0);
+    w = next;
+  }
+}
+
+/* Keeps an ended handle's results (a table) or error in its user value. */
+static void keep_outcome(pf_sched *S, pf_task *t, int nres) {
+  lua_State *L = S->L, *co = t->co;
+  pf_push_task(L, t);
+  if (t->outcome == PF_OK) {
+    int i;
+    lua_createtable(L, nres, 1);
+    luaL_checkstack(L, 2, NULL);
+    for (i = 1; i <= nres; i++) {
+      lua_pushvalue(co, -nres + i - 1);
+      lua_xmove(co, L, 1);
+      lua_rawseti(L, -2, i);
+    }
+    lua_pushinteger(L, nres);
+    lua_setfield(L, -2, "n");
+  } else {
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);
+    if (t->waiters == NULL && t->parent != NULL) {
+      /* nobody waits yet: reported at the end of pf.run unless waited */
+      lua_rawgeti(L, LUA_REGISTRYINDEX, S->lost);
+      lua_pushvalue(L, -3);
+      lua_pushboolean(L, 1);
+      lua_rawset(L, -3);
+      lua_pop(L, 1);
+    }
+  }
+  lua_setiuservalue(L, -2, PF_UV_AUX);
+  lua_pop(L, 1);
+}
+
+static void end_task(pf_sched *S, pf_task *t, int reset) {
+  t->state = PF_DONE;
+  t->wait_seq++;
+  t->cancel = NULL;
+  wake_waiters(t);
+  release_thread(S, t, reset);
+  S->live--;
+  unlink_from_parent(S, t);
+  unanchor_if_free(S, t);
+}
+
+static void finish(pf_sched *S, pf_task *t, int status, int nres) {
+  lua_State *co = t->co;
+  if (t->cancel_pending) {
+    t->outcome = PF_CANCELLED;
+    end_task(S, t, 1);
+    return;
+  }
+  if (status == LUA_OK) {
+    t->outcome = PF_OK;
+    if (t->group) pf_group_child_done(t->group, t, nres, co);
+    else if (t->keep_results) keep_outcome(S, t, nres);
+    end_task(S, t, 0);
+  } else {
+    t->outcome = PF_ERROR;
+    add_traceback(S->L, t, co);
+    if (t->group) pf_group_child_done(t->group, t, -1, co);
+    else if (t->keep_results) keep_outcome(S, t, 1);
+    else {
+      lua_pushfstring(S->L, "task failed: %s", luaL_tolstring(co, -1, NULL));
+      pf_warn(S->L, lua_tostring(S->L, -1));
+      lua_pop(S->L, 1);
+    }
+    end_task(S, t, 1);
+  }
+}
+
+/* Cancels t and the tasks it spawned: whatever each waits on is released
+** and none is resumed again. A task cancelled while it runs (itself or an
+** ancestor) is killed at its next wait. */
+void pf_cancel(pf_task *t) {
+  pf_sched *S = t->S;
+  pf_task *c, *next;
+  for (c = t->first_child; c; c = next) {
+    next = c->next_sib;
+    pf_cancel(c);
+  }
+  if (t->state == PF_DONE) return;
+  if (t->state == PF_RUNNING) {  /* killed at its next wait */
+    t->cancel_pending = 1;
+    return;
+  }
+  if (t->state == PF_WAITING && t->cancel) t->cancel(t, t->cancel_data);
+  if (t->heap_idx) pf_heap_remove(S, t);
+  if (t->waiting_on) waiters_remove(t);
+  if (t->state == PF_READY) ready_unlink(S, t);
+  t->cancel_pending = 0;
+  t->outcome = PF_CANCELLED;
+  end_task(S, t, 1);
+}
+
+/* ---------------------------------------------------------------- driver */
+
+static void foreign_yield(pf_sched *S, pf_task *t, int nres) {
+  lua_State *co = t->co;
+  lua_pop(co, nres);
+  lua_pushliteral(co, "coroutine.yield called in a pocketflow task outside "
+                      "a coroutine of its own; wait with pf.sleep or "
+                      "pf.await instead");
+  t->outcome = PF_ERROR;
+  if (t->group) pf_group_child_done(t->group, t, -1, co);
+  else if (t->keep_results) keep_outcome(S, t, 1);
+  end_task(S, t, 1);
+}
+
+static void resume_task(pf_sched *S, pf_task *t) {
+  int nres = 0, status;
+  lua_State *co = t->co;
+  S->current = t;
+  t->state = PF_RUNNING;
+  status = lua_resume(co, S->L, t->nresume, &nres);
+  S->current = NULL;
+  if (status == LUA_YIELD) {
+    if (t->state == PF_RUNNING) foreign_yield(S, t, nres);
+    else {
+      lua_pop(co, nres);
+      if (t->cancel_pending) {
+        t->cancel_pending = 0;
+        pf_cancel(t);
+      }
+    }
+  } else {
+    finish(S, t, status, nres);
+  }
+}
+
+/* Runs the tasks ready now; those made ready meanwhile wait for the next
+** turn, so pf.sleep(0) lets I/O callbacks in. */
+void pf_drain(pf_sched *S) {
+  pf_task *last = S->rtail;
+  while (S->rhead) {
+    pf_task *t = S->rhead;
+    ready_unlink(S, t);
+    resume_task(S, t);
+    if (t == last) break;
+  }
+  if (S->rhead == NULL) uv_idle_stop(S->idle);
+}
+
+void pf_idle_cb(uv_idle_t *h) {
+  pf_drain((pf_sched *)h->data);
+}
+
+/* ---------------------------------------------------------------- pf.run */
+
+static void report_lost(pf_sched *S) {
+  lua_State *L = S->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->lost);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pop(L, 1);
+    lua_getiuservalue(L, -1, PF_UV_AUX);
+    lua_pushfstring(L, "error in a task nobody waited on: %s",
+                    luaL_tolstring(L, -1, NULL));
+    pf_warn(L, lua_tostring(L, -1));
+    lua_pop(L, 3);
+    lua_pushvalue(L, -1);
+    lua_pushnil(L);
+    lua_rawset(L, -4);
+  }
+  lua_pop(L, 1);
+}
+
+/* Cancels every task still alive: they wait on nothing that can wake
+** them, or the state is closing. Root tasks are collected first, since
+** cancelling changes the anchor table. */
+static void cancel_all(pf_sched *S) {
+  lua_State *L = S->L;
+  lua_Integer n = 0, i;
+  lua_newtable(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->anchors);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    pf_task *t = (pf_task *)luaL_testudata(L, -1, PF_TASK_MT);
+    if (t && t->parent == NULL && t->state != PF_DONE)
+      lua_rawseti(L, -4, ++n);
+    else
+      lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    pf_cancel((pf_task *)lua_touserdata(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+/* Runs the loop until every task has ended. Returns 0, or -1 on deadlock
+** with the number of stranded tasks in *stranded. */
+static int run_loop(pf_sched *S, size_t *stranded) {
+  luv_ctx_t *ctx = luv_context(S->L);
+  int result = 0;
+  S->running++;
+  ctx->mode = UV_RUN_DEFAULT;  /* uv.run from a task would re-enter */
+  pf_drain(S);
+  while (S->live > 0) {
+    if (uv_run(S->loop, UV_RUN_ONCE) == 0 && S->rhead == NULL && S->live > 0) {
+      *stranded = S->live;
+      cancel_all(S);
+      result = -1;
+      break;
+    }
+  }
+  ctx->mode = -1;
+  S->running--;
+  return result;
+}
+
+/* Pushes fn's results (kept in the main task's user value) or raises its
+** error after the loop ran out of tasks. */
+static int main_outcome(lua_State *L, pf_task *t, int tidx) {
+  if (t->outcome == PF_OK) {
+    int n, i;
+    lua_getiuservalue(L, tidx, PF_UV_AUX);
+    lua_getfield(L, -1, "n");
+    n = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    luaL_checkstack(L, n, "too many results");
+    for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+    return n;
+  }
+  if (t->outcome == PF_CANCELLED)
+    return luaL_error(L, "pf.run: the main task was cancelled");
+  lua_getiuservalue(L, tidx, PF_UV_AUX);
+  return lua_error(L);
+}
+
+static int run_main(lua_State *L, int nargs) {
+  pf_sched *S = pf_sched_get(L);
+  pf_task *t;
+  size_t stranded = 0;
+  int tidx;
+  t = pf_spawn_task(L, NULL, nargs);
+  t->keep_results = 1;
+  tidx = lua_gettop(L);
+  if (run_loop(S, &stranded) < 0) {
+    report_lost(S);
+    return luaL_error(L, "pf.run: deadlock: %d task(s) wait on nothing that "
+                         "can wake them (cancelled)", (int)stranded);
+  }
+  report_lost(S);
+  return main_outcome(L, t, tidx);
+}
+
+static int call_k(lua_State *L, int status, lua_KContext base) {
+  (void)status;
+  return lua_gettop(L) - (int)base;
+}
+
+/* pf.run(fn, ...) */
+int pf_l_run(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (pf_current(L)) {
+    lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, call_k);
+    return call_k(L, LUA_OK, 0);
+  }
+  if (loop_busy(pf_sched_get(L)))
+    return luaL_error(L, "pf.run: the event loop is already running (in a "
+                         "luv callback?): not inside a pocketflow task; use "
+                         "pf.spawn");
+  return run_main(L, lua_gettop(L) - 1);
+}
+
+/* A waiting call made outside any task: runs itself as the main task of
+** an implicit pf.run, or says why it cannot. */
+int pf_run_implicit(lua_State *L, lua_CFunction f, const char *fname) {
+  if (!pf_outside(L))
+    return luaL_error(L, "%s: not inside a pocketflow task; use pf.spawn "
+                         "or pf.run to start one", fname);
+  lua_pushcfunction(L, f);
+  lua_insert(L, 1);
+  return run_main(L, lua_gettop(L) - 1);
+}
+
+/* ----------------------------------------------------------- life cycle */
+
+static void free_handle_cb(uv_handle_t *h) {
+  free(h);
+}
+
+static int sched_gc(lua_State *L) {
+  pf_sched *S = (pf_sched *)lua_touserdata(L, 1);
+  if (S->closed) return 0;
+  S->closed = 1;
+  cancel_all(S);
+  uv_close((uv_handle_t *)S->idle, free_handle_cb);
+  uv_close((uv_handle_t *)S->timer, free_handle_cb);
+  free(S->heap);
+  S->heap = NULL;
+  /* one more turn so the close callbacks run before the loop goes */
+  uv_run(S->loop, UV_RUN_NOWAIT);
+  if (S->own_loop) uv_loop_close(S->loop);
+  return 0;
+}
+
+static int new_ref(lua_State *L) {
+  lua_newtable(L);
+  return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* The loop is libuv's default loop, handed to luv before luv opens; if
+** luv was opened first, its loop is the one both use. */
+static uv_loop_t *shared_loop(lua_State *L, lua_State *main, int *own) {
+  luv_ctx_t *ctx;
+  int luv_open;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  luv_open = lua_getfield(L, -1, "luv") != LUA_TNIL;
+  lua_pop(L, 2);
+  ctx = luv_context(main);
+  if (luv_open && ctx->loop != NULL) {
+    *own = 0;
+    return ctx->loop;
+  }
+  luv_set_loop(main, uv_default_loop());
+  ctx->mode = -1;
+  *own = 1;
+  return ctx->loop;
+}
+
+/* The state's scheduler, made on first use: loading the module again
+** (busted does, per spec file) finds the same one. */
+pf_sched *pf_sched_open(lua_State *L) {
+  pf_sched *S = pf_sched_get(L);
+  lua_State *main;
+  if (S) return S;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  main = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  S = (pf_sched *)lua_newuserdatauv(L, sizeof(pf_sched), 0);
+  memset(S, 0, sizeof *S);
+  S->L = main;
+  S->anchors = new_ref(L);
+  S->pool = new_ref(L);
+  S->lost = new_ref(L);
+  S->loop = shared_loop(L, main, &S->own_loop);
+  S->idle = (uv_idle_t *)malloc(sizeof(uv_idle_t));
+  S->timer = (uv_timer_t *)malloc(sizeof(uv_timer_t));
+  if (S->idle == NULL || S->timer == NULL) {
+    free(S->idle);
+    free(S->timer);
+    S->idle = NULL;
+    S->timer = NULL;
+    luaL_error(L, "pocketflow: out of memory");
+  }
+  uv_idle_init(S->loop, S->idle);
+  uv_timer_init(S->loop, S->timer);
+  S->idle->data = S;
+  S->timer->data = S;
+  lua_newtable(L);
+  lua_pushcfunction(L, sched_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &SCHED_KEY);
+  return S;
+}

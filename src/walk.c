@@ -1,0 +1,589 @@
+/*
+** The walk: running nodes, flows and batches. One C function drives an
+** explicit stack of frames kept on the task's Lua stack, so nesting costs
+** stack slots, not C stack, and every call into user code is a
+** lua_callk/lua_pcallk whose continuation re-enters the same loop: user
+** code may wait anywhere.
+**
+** A frame is FS consecutive slots; the top frame is the one running. A
+** phase that waits for a call's result finds it on top, above the frame.
+*/
+#include <string.h>
+
+#include "pf.h"
+#include "sched.h"
+
+#define FS 8
+enum { F_SELF, F_STATE, F_SHARED, F_PREP, F_RES, F_I, F_AUX, F_PARAMS };
+
+#define MSGH 5      /* the exec message handler, below the first frame */
+#define ROOT 6      /* base of the first frame */
+
+#define ST(kind, phase) ((kind) << 5 | (phase))
+
+static int walk(lua_State *L, int status, int b);
+
+static int walk_k(lua_State *L, int status, lua_KContext ctx) {
+  return walk(L, status, (int)ctx);
+}
+
+/* --------------------------------------------------------------- frames */
+
+static void set_state(lua_State *L, int b, int st) {
+  lua_pushinteger(L, st);
+  lua_replace(L, b + F_STATE);
+}
+
+static void set_int(lua_State *L, int b, int slot, lua_Integer v) {
+  lua_pushinteger(L, v);
+  lua_replace(L, b + slot);
+}
+
+static lua_Integer get_int(lua_State *L, int b, int slot) {
+  return lua_tointeger(L, b + slot);
+}
+
+/* Pushes a frame for 'kind' running self (a run's own table; 0 = the
+** value on top) with the given shared and prep slots (0 = nil). Returns
+** its base. */
+static int push_frame(lua_State *L, int kind, int self, int shared, int prep) {
+  int b;
+  luaL_checkstack(L, FS + LUA_MINSTACK, "flow nesting too deep");
+  if (self) lua_pushvalue(L, self);
+  b = lua_gettop(L);
+  lua_pushinteger(L, ST(kind, 0));
+  if (shared) lua_pushvalue(L, shared); else lua_pushnil(L);
+  if (prep) lua_pushvalue(L, prep); else lua_pushnil(L);
+  lua_pushnil(L);
+  lua_pushinteger(L, 0);
+  lua_pushnil(L);
+  lua_pushnil(L);
+  return b;
+}
+
+/* The frame at b is done; its result is on top. Returns the parent's
+** base, with the result on top, or 0 when b was the first frame. */
+static int pop_frame(lua_State *L, int b) {
+  lua_replace(L, b);
+  lua_settop(L, b);
+  return b == ROOT ? 0 : b - FS;
+}
+
+/* ---------------------------------------------------------------- nodes */
+
+/* The kind of a node object (its class's __pfkind), 0 if not a node. */
+static int node_kind(lua_State *L, int idx) {
+  int kind = 0;
+  if (lua_type(L, idx) == LUA_TTABLE && lua_getmetatable(L, idx)) {
+    if (lua_getfield(L, -1, "__pfkind") == LUA_TNUMBER)
+      kind = (int)lua_tointeger(L, -1);
+    lua_pop(L, 2);
+  }
+  return kind;
+}
+
+/* A node's name for messages: its class's __name, then "node". */
+static const char *node_name(lua_State *L, int idx) {
+  const char *name = "node";
+  if (lua_getfield(L, idx, "__name") == LUA_TSTRING) name = lua_tostring(L, -1);
+  lua_pop(L, 1);  /* the string stays alive in the class table */
+  return name;
+}
+
+/* A run's own table: reads fall through to the node, writes stay here,
+** so concurrent runs of one node keep their params and cur_retry apart.
+** The node serves as the metatable, with __index pointing at itself. */
+static void push_run_self(lua_State *L, int node, int params) {
+  lua_createtable(L, 0, 2);
+  lua_pushliteral(L, "__index");
+  if (lua_rawget(L, node) != LUA_TTABLE) {
+    lua_pushliteral(L, "__index");
+    lua_pushvalue(L, node);
+    lua_rawset(L, node);
+  }
+  lua_pop(L, 1);
+  if (params) lua_pushvalue(L, params);
+  else if (lua_getfield(L, node, "params") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+  }
+  lua_setfield(L, -2, "params");
+  lua_pushvalue(L, node);
+  lua_setmetatable(L, -2);
+}
+
+/* Pushes self's method and self, ready for the arguments. */
+static void push_method(lua_State *L, int b, const char *name) {
+  lua_getfield(L, b + F_SELF, name);
+  lua_pushvalue(L, b + F_SELF);
+}
+
+static void call(lua_State *L, int b, int nargs) {
+  lua_callk(L, nargs + 1, 1, b, walk_k);
+}
+
+static lua_Integer checked_retries(lua_State *L, int b) {
+  int isnum;
+  lua_Integer n;
+  lua_getfield(L, b + F_SELF, "max_retries");
+  if (lua_isnil(L, -1)) n = 1, isnum = 1;
+  else n = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum || n < 1)
+    luaL_error(L, "%s: max_retries must be a positive integer",
+               node_name(L, b + F_SELF));
+  return n;
+}
+
+static lua_Number checked_wait(lua_State *L, int b) {
+  int isnum;
+  lua_Number w;
+  lua_getfield(L, b + F_SELF, "wait");
+  if (lua_isnil(L, -1)) w = 0, isnum = 1;
+  else w = lua_tonumberx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum || !(w >= 0))
+    luaL_error(L, "%s: wait must be a non-negative number",
+               node_name(L, b + F_SELF));
+  return w;
+}
+
+/* Replaces the prep result on top with an array of items: nil gives an
+** empty one; anything but a table is an error naming the node. */
+static void checked_items(lua_State *L, int b, const char *what) {
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+  } else if (!lua_istable(L, -1)) {
+    luaL_error(L, "%s: prep must return an array of %s (got %s)",
+               node_name(L, b + F_SELF), what, luaL_typename(L, -1));
+  }
+}
+
+static void check_param_sets(lua_State *L, int b, int items) {
+  lua_Integer i, n = (lua_Integer)lua_rawlen(L, items);
+  for (i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, items, i) != LUA_TTABLE)
+      luaL_error(L, "%s: prep must return an array of param tables "
+                    "(item %d is a %s)", node_name(L, b + F_SELF), (int)i,
+                 luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
+/* The exec message handler: keeps the traceback of a string error for
+** the task, so the error reports the user's line if no fallback takes
+** it. The value itself is left unchanged. */
+static int exec_msgh(lua_State *L) {
+  pf_task *t = pf_current(L);
+  if (t && lua_type(L, 1) == LUA_TSTRING && !pf_has_traceback(L, 1)) {
+    pf_push_task(L, t);
+    lua_createtable(L, 2, 0);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, 1);
+    luaL_traceback(L, L, NULL, 1);
+    lua_rawseti(L, -2, 2);
+    lua_setiuservalue(L, -2, PF_UV_TRACE);
+    lua_pop(L, 1);
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* ------------------------------------------------------------ successors */
+
+/* "[a, b]": the node's known actions, sorted, for the flow-end warning. */
+static void push_actions(lua_State *L, int succ) {
+  luaL_Buffer B;
+  lua_Integer n = 0, i;
+  int list;
+  lua_newtable(L);
+  list = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, succ)) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, list, ++n);
+  }
+  if (lua_getglobal(L, "table") == LUA_TTABLE &&
+      lua_getfield(L, -1, "sort") == LUA_TFUNCTION) {
+    lua_pushvalue(L, list);
+    lua_pcall(L, 1, 0, 0);  /* mixed key types stay unsorted */
+  }
+  lua_settop(L, list);
+  luaL_buffinit(L, &B);
+  luaL_addchar(&B, '[');
+  for (i = 1; i <= n; i++) {
+    if (i > 1) luaL_addstring(&B, ", ");
+    lua_rawgeti(L, list, i);
+    luaL_tolstring(L, -1, NULL);
+    lua_remove(L, -2);
+    luaL_addvalue(&B);
+  }
+  luaL_addchar(&B, ']');
+  luaL_pushresult(&B);
+  lua_remove(L, list);
+}
+
+/* Replaces the node at b+F_AUX with its successor for the action in
+** b+F_RES (nil means "default"), warning when the walk ends although the
+** node has successors. */
+static void next_node(lua_State *L, int b) {
+  int succ;
+  if (lua_getfield(L, b + F_AUX, "successors") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_replace(L, b + F_AUX);
+    return;
+  }
+  succ = lua_gettop(L);
+  if (lua_isnil(L, b + F_RES)) lua_pushliteral(L, "default");
+  else lua_pushvalue(L, b + F_RES);
+  if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1))
+    lua_pushnil(L);  /* NaN cannot be a key */
+  else
+    lua_rawget(L, succ);
+  if (lua_isnil(L, -1)) {
+    lua_pushnil(L);
+    if (lua_next(L, succ)) {
+      lua_pop(L, 2);
+      if (lua_isnil(L, b + F_RES)) lua_pushliteral(L, "default");
+      else lua_pushvalue(L, b + F_RES);
+      push_actions(L, succ);
+      luaL_tolstring(L, -2, NULL);
+      lua_pushfstring(L, "flow ends: '%s' not found in %s",
+                      lua_tostring(L, -1), lua_tostring(L, -2));
+      pf_warn(L, lua_tostring(L, -1));
+      lua_pop(L, 4);
+    }
+  }
+  lua_replace(L, b + F_AUX);
+  lua_settop(L, succ - 1);
+}
+
+/* ----------------------------------------------------------------- walk */
+
+/* Starts the run of the node at b+F_AUX with the walk's params. */
+static int start_child(lua_State *L, int b) {
+  int kind = node_kind(L, b + F_AUX);
+  if (kind == 0)
+    return luaL_error(L, "flow step: successor is a %s, not a pocketflow node",
+                      luaL_typename(L, b + F_AUX));
+  set_state(L, b, ST(PF_K_ORCH, 2));
+  push_run_self(L, b + F_AUX, b + F_PARAMS);
+  return push_frame(L, kind, 0, b + F_SHARED, 0);
+}
+
+static int walk(lua_State *L, int status, int b) {
+  for (;;) {
+    int st = (int)lua_tointeger(L, b + F_STATE);
+    switch (st) {
+
+    /* -------- a plain node: prep, exec with retries, post */
+    case ST(PF_K_NODE, 0):
+      set_state(L, b, ST(PF_K_NODE, 1));
+      push_method(L, b, "prep");
+      lua_pushvalue(L, b + F_SHARED);
+      call(L, b, 1);
+      break;
+    case ST(PF_K_NODE, 1):
+      lua_replace(L, b + F_PREP);
+      set_state(L, b, ST(PF_K_NODE, 2));
+      b = push_frame(L, PF_K_EXEC, b + F_SELF, 0, b + F_PREP);
+      break;
+    case ST(PF_K_NODE, 2):
+      lua_replace(L, b + F_RES);
+      set_state(L, b, ST(PF_K_NODE, 3));
+      push_method(L, b, "post");
+      lua_pushvalue(L, b + F_SHARED);
+      lua_pushvalue(L, b + F_PREP);
+      lua_pushvalue(L, b + F_RES);
+      call(L, b, 3);
+      break;
+
+    /* -------- exec of one item: attempts, waits between, fallback */
+    case ST(PF_K_EXEC, 0):
+      lua_pushinteger(L, get_int(L, b, F_I));
+      lua_setfield(L, b + F_SELF, "cur_retry");
+      set_state(L, b, ST(PF_K_EXEC, 1));
+      push_method(L, b, "exec");
+      lua_pushvalue(L, b + F_PREP);
+      status = lua_pcallk(L, 2, 1, MSGH, b, walk_k);
+      break;
+    case ST(PF_K_EXEC, 1):
+      if (status == LUA_OK || status == LUA_YIELD) {
+        b = pop_frame(L, b);
+        if (b == 0) return 1;
+        break;
+      }
+      lua_replace(L, b + F_AUX);
+      set_int(L, b, F_I, get_int(L, b, F_I) + 1);
+      if (get_int(L, b, F_I) < checked_retries(L, b)) {
+        lua_Number w = checked_wait(L, b);
+        set_state(L, b, ST(PF_K_EXEC, 0));
+        if (w > 0) {
+          pf_task *t = pf_check_task(L, "retry wait");
+          pf_check_yield(L, "retry wait");
+          if (pf_heap_push(t->S, t, pf_ms_from_seconds(w)) < 0)
+            return luaL_error(L, "retry wait: out of memory");
+          pf_park(t, NULL, NULL);
+          return lua_yieldk(L, 0, b, walk_k);
+        }
+        break;
+      }
+      set_state(L, b, ST(PF_K_EXEC, 2));
+      push_method(L, b, "exec_fallback");
+      lua_pushvalue(L, b + F_PREP);
+      lua_pushvalue(L, b + F_AUX);
+      call(L, b, 2);
+      break;
+
+    /* -------- a batch node: exec per item, in order */
+    case ST(PF_K_BATCH, 0):
+    case ST(PF_K_PBATCH, 0):
+    case ST(PF_K_FLOW, 0):
+    case ST(PF_K_BFLOW, 0):
+    case ST(PF_K_PBFLOW, 0):
+      set_state(L, b, st + 1);
+      push_method(L, b, "prep");
+      lua_pushvalue(L, b + F_SHARED);
+      call(L, b, 1);
+      break;
+    case ST(PF_K_BATCH, 1):
+      lua_pushvalue(L, -1);
+      lua_replace(L, b + F_PREP);
+      checked_items(L, b, "items");
+      lua_replace(L, b + F_AUX);
+      lua_newtable(L);
+      lua_replace(L, b + F_RES);
+      set_int(L, b, F_I, 1);
+      set_state(L, b, ST(PF_K_BATCH, 2));
+      break;
+    case ST(PF_K_BATCH, 2): {
+      lua_Integer i = get_int(L, b, F_I);
+      if (i > (lua_Integer)lua_rawlen(L, b + F_AUX)) {
+        set_state(L, b, ST(PF_K_NODE, 3));
+        push_method(L, b, "post");
+        lua_pushvalue(L, b + F_SHARED);
+        lua_pushvalue(L, b + F_PREP);
+        lua_pushvalue(L, b + F_RES);
+        call(L, b, 3);
+        break;
+      }
+      set_state(L, b, ST(PF_K_BATCH, 3));
+      b = push_frame(L, PF_K_EXEC, b + F_SELF, 0, 0);
+      lua_rawgeti(L, b - FS + F_AUX, i);
+      lua_replace(L, b + F_PREP);
+      break;
+    }
+    case ST(PF_K_BATCH, 3): {
+      lua_Integer i = get_int(L, b, F_I);
+      lua_rawseti(L, b + F_RES, i);
+      set_int(L, b, F_I, i + 1);
+      set_state(L, b, ST(PF_K_BATCH, 2));
+      break;
+    }
+
+    /* -------- a parallel batch node: items as tasks, then post */
+    case ST(PF_K_PBATCH, 1):
+    case ST(PF_K_PBFLOW, 1): {
+      int isnum, parallel_flow = st == ST(PF_K_PBFLOW, 1);
+      lua_Integer maxc = 0;
+      lua_pushvalue(L, -1);
+      lua_replace(L, b + F_PREP);
+      checked_items(L, b, parallel_flow ? "param tables" : "items");
+      lua_replace(L, b + F_AUX);
+      if (parallel_flow) check_param_sets(L, b, b + F_AUX);
+      if (lua_getfield(L, b + F_SELF, "max_concurrency") != LUA_TNIL) {
+        maxc = lua_tointegerx(L, -1, &isnum);
+        if (!isnum || maxc < 1)
+          return luaL_error(L, "%s: max_concurrency must be a positive "
+                               "integer or nil", node_name(L, b + F_SELF));
+      }
+      lua_pop(L, 1);
+      if (parallel_flow && lua_getfield(L, b + F_SELF, "params") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+      }
+      if (parallel_flow) lua_replace(L, b + F_PARAMS);
+      pf_check_task(L, "parallel batch");
+      pf_check_yield(L, "parallel batch");
+      set_state(L, b, st + 1);
+      if (pf_group_start(L, parallel_flow ? PF_G_WALKS : PF_G_ITEMS,
+                         b + F_AUX, b + F_SELF, b + F_SHARED,
+                         parallel_flow ? b + F_PARAMS : 0, maxc)) {
+        lua_replace(L, b + F_I);
+        return lua_yieldk(L, 0, b, walk_k);
+      }
+      lua_replace(L, b + F_I);
+      break;
+    }
+    case ST(PF_K_PBATCH, 2):
+    case ST(PF_K_PBFLOW, 2):
+      pf_group_finish(L, b + F_I);
+      if (st == ST(PF_K_PBFLOW, 2)) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+      }
+      lua_replace(L, b + F_RES);
+      set_int(L, b, F_I, 0);
+      set_state(L, b, ST(PF_K_NODE, 3));
+      push_method(L, b, "post");
+      lua_pushvalue(L, b + F_SHARED);
+      lua_pushvalue(L, b + F_PREP);
+      lua_pushvalue(L, b + F_RES);
+      call(L, b, 3);
+      break;
+
+    /* -------- a flow: prep, the walk, post */
+    case ST(PF_K_FLOW, 1):
+      lua_replace(L, b + F_PREP);
+      set_state(L, b, ST(PF_K_FLOW, 2));
+      if (lua_getfield(L, b + F_SELF, "params") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+      }
+      lua_replace(L, b + F_PARAMS);
+      b = push_frame(L, PF_K_ORCH, b + F_SELF, b + F_SHARED, 0);
+      lua_pushvalue(L, b - FS + F_PARAMS);
+      lua_replace(L, b + F_PARAMS);
+      break;
+    case ST(PF_K_FLOW, 2):
+      lua_replace(L, b + F_RES);
+      set_state(L, b, ST(PF_K_NODE, 3));
+      push_method(L, b, "post");
+      lua_pushvalue(L, b + F_SHARED);
+      lua_pushvalue(L, b + F_PREP);
+      lua_pushvalue(L, b + F_RES);
+      call(L, b, 3);
+      break;
+
+    /* -------- a batch flow: the walk once per param table, in order */
+    case ST(PF_K_BFLOW, 1):
+      lua_pushvalue(L, -1);
+      lua_replace(L, b + F_PREP);
+      checked_items(L, b, "param tables");
+      lua_replace(L, b + F_AUX);
+      check_param_sets(L, b, b + F_AUX);
+      set_int(L, b, F_I, 1);
+      set_state(L, b, ST(PF_K_BFLOW, 2));
+      break;
+    case ST(PF_K_BFLOW, 2): {
+      lua_Integer i = get_int(L, b, F_I);
+      int nb;
+      if (i > (lua_Integer)lua_rawlen(L, b + F_AUX)) {
+        set_state(L, b, ST(PF_K_NODE, 3));
+        push_method(L, b, "post");
+        lua_pushvalue(L, b + F_SHARED);
+        lua_pushvalue(L, b + F_PREP);
+        lua_pushnil(L);
+        call(L, b, 3);
+        break;
+      }
+      set_state(L, b, ST(PF_K_BFLOW, 3));
+      nb = push_frame(L, PF_K_ORCH, b + F_SELF, b + F_SHARED, 0);
+      /* {flow params..., batch params...} */
+      lua_newtable(L);
+      if (lua_getfield(L, b + F_SELF, "params") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+          lua_pushvalue(L, -2);
+          lua_insert(L, -2);
+          lua_rawset(L, -5);
+        }
+      }
+      lua_pop(L, 1);
+      lua_rawgeti(L, b + F_AUX, i);
+      lua_pushnil(L);
+      while (lua_next(L, -2)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -5);
+      }
+      lua_pop(L, 1);
+      lua_replace(L, nb + F_PARAMS);
+      b = nb;
+      break;
+    }
+    case ST(PF_K_BFLOW, 3):
+      lua_pop(L, 1);
+      set_int(L, b, F_I, get_int(L, b, F_I) + 1);
+      set_state(L, b, ST(PF_K_BFLOW, 2));
+      break;
+
+    /* -------- the walk: from the start node along the actions */
+    case ST(PF_K_ORCH, 0):
+      if (lua_getfield(L, b + F_SELF, "start_node") == LUA_TNIL)
+        return luaL_error(L, "%s: flow has no start node",
+                          node_name(L, b + F_SELF));
+      lua_replace(L, b + F_AUX);
+      set_state(L, b, ST(PF_K_ORCH, 1));
+      break;
+    case ST(PF_K_ORCH, 1):
+      if (lua_isnil(L, b + F_AUX)) {
+        lua_pushvalue(L, b + F_RES);
+        b = pop_frame(L, b);
+        if (b == 0) return 1;
+        break;
+      }
+      b = start_child(L, b);
+      break;
+    case ST(PF_K_ORCH, 2):
+      lua_replace(L, b + F_RES);
+      next_node(L, b);
+      set_state(L, b, ST(PF_K_ORCH, 1));
+      break;
+
+    /* -------- every kind ends here: post's result ends the frame */
+    case ST(PF_K_NODE, 3):
+      b = pop_frame(L, b);
+      if (b == 0) return 1;
+      break;
+
+    default:
+      return luaL_error(L, "pocketflow: bad walk state %d", st);
+    }
+  }
+}
+
+/* core.machine(kind, self, shared, x): the body of item and walk tasks,
+** and of node:run. x is the item (exec) or the params (walk). */
+int pf_machine(lua_State *L) {
+  int kind = (int)luaL_checkinteger(L, 1);
+  int b;
+  if (kind < PF_K_NODE || kind > PF_K_EXEC)
+    return luaL_error(L, "pocketflow: bad node kind %d", kind);
+  lua_settop(L, 4);
+  lua_pushcfunction(L, exec_msgh);
+  b = push_frame(L, kind, 2, 3, kind == PF_K_EXEC ? 4 : 0);
+  if (kind == PF_K_ORCH) {
+    lua_pushvalue(L, 4);
+    lua_replace(L, b + F_PARAMS);
+  }
+  return walk(L, LUA_OK, b);
+}
+
+/* node:run(shared) */
+int pf_run_node(lua_State *L) {
+  int kind = node_kind(L, 1);
+  if (kind == 0)
+    return luaL_error(L, "run: expected a pocketflow node (got %s)",
+                      luaL_typename(L, 1));
+  if (pf_current(L) == NULL) return pf_run_implicit(L, pf_run_node, "run");
+  lua_settop(L, 2);
+  if (lua_getfield(L, 1, "successors") == LUA_TTABLE) {
+    lua_pushnil(L);
+    if (lua_next(L, -2)) {
+      lua_pop(L, 2);
+      pf_warn(L, "node won't run successors; use a Flow");
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushinteger(L, kind);
+  push_run_self(L, 1, 0);
+  lua_pushvalue(L, 2);
+  lua_pushnil(L);
+  lua_remove(L, 1);
+  lua_remove(L, 1);
+  return pf_machine(L);
+}
