@@ -1,0 +1,1 @@
+# benchmark smoke tests are registered here (bench/)
