@@ -338,6 +338,11 @@ static int walk(lua_State *L, int status, int b) {
       call(L, b, 2);
       break;
 
+    case ST(PF_K_EXEC, 2):
+      b = pop_frame(L, b);
+      if (b == 0) return 1;
+      break;
+
     /* -------- a batch node: exec per item, in order */
     case ST(PF_K_BATCH, 0):
     case ST(PF_K_PBATCH, 0):

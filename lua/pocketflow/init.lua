@@ -66,6 +66,8 @@ rawset(BaseNode, "__name", "BaseNode")
 rawset(BaseNode, "__pfkind", kinds.node)
 rawset(BaseNode, "__newindex", set_field)
 BaseNode.extend = extend
+BaseNode.max_retries = 1
+BaseNode.wait = 0
 
 function BaseNode:init(opts)
   rawset(self, "params", {})
