@@ -126,7 +126,9 @@ static void release_thread(pf_sched *S, pf_task *t, int reset) {
   lua_State *L = S->L, *co = t->co;
   set_task_of(co, NULL);
   t->co = NULL;
-  if (reset && lua_resetthread(co) != LUA_OK) {
+  /* After an error, 5.4.4's reset returns that error's status again:
+  ** only a cancelled task's reset reports errors of its own. */
+  if (reset && lua_resetthread(co) != LUA_OK && t->outcome == PF_CANCELLED) {
     lua_pushfstring(L, "error closing a variable of a cancelled task: %s",
                     lua_tostring(co, -1));
     pf_warn(L, lua_tostring(L, -1));
