@@ -1,1 +1,11 @@
 # benchmark smoke tests are registered here (bench/)
+# bench.smoke: every workload of bench/run once at a small N, against this
+# build tree as it is (no second build inside CTest); fails if one fails.
+# The full benchmark is `bench/run` (its own Release tree, build-bench).
+find_program(PF_LUA54 lua5.4)
+if(PF_LUA54)
+  add_test(NAME bench.smoke
+           COMMAND ${PF_LUA54} ${CMAKE_SOURCE_DIR}/bench/run --smoke --no-build
+                   --build-dir ${CMAKE_BINARY_DIR})
+  set_tests_properties(bench.smoke PROPERTIES LABELS bench TIMEOUT 120)
+endif()
