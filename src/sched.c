@@ -27,12 +27,14 @@ pf_sched *pf_sched_get(lua_State *L) {
   return S;
 }
 
+/* The task running on L, or NULL. Only one task runs at a time, so it
+** is the one being resumed, if L is its thread: a coroutine of the
+** user's inside a task is not a task. (Thread extra space would be
+** cheaper, but threads made before the module loaded hold garbage there.) */
 pf_task *pf_current(lua_State *L) {
-  return *(pf_task **)lua_getextraspace(L);
-}
-
-static void set_task_of(lua_State *co, pf_task *t) {
-  *(pf_task **)lua_getextraspace(co) = t;
+  pf_sched *S = pf_sched_get(L);
+  pf_task *t = S ? S->current : NULL;
+  return (t && t->co == L) ? t : NULL;
 }
 
 uv_loop_t *pf_loop(lua_State *L) {
@@ -124,7 +126,6 @@ static lua_State *take_thread(lua_State *L, pf_sched *S) {
 ** also closes its pending to-be-closed variables. */
 static void release_thread(pf_sched *S, pf_task *t, int reset) {
   lua_State *L = S->L, *co = t->co;
-  set_task_of(co, NULL);
   t->co = NULL;
   /* After an error, 5.4.4's reset returns that error's status again:
   ** only a cancelled task's reset reports errors of its own. */
@@ -190,7 +191,6 @@ pf_task *pf_spawn_task(lua_State *L, pf_task *parent, int nargs) {
   luaL_setmetatable(L, PF_TASK_MT);
   co = take_thread(L, S);
   t->co = co;
-  set_task_of(co, t);
   lua_setiuservalue(L, -2, PF_UV_THREAD);
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->anchors);
   lua_pushvalue(L, -2);
