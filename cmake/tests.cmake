@@ -19,3 +19,7 @@ foreach(spec ${PF_SPECS})
     set_tests_properties(valgrind.${name} PROPERTIES LABELS valgrind TIMEOUT 1200)
   endif()
 endforeach()
+
+# the rockspec builds with Debian's luarocks into a temporary tree
+add_test(NAME rockspec COMMAND sh ${CMAKE_SOURCE_DIR}/tools/check-rockspec.sh)
+set_tests_properties(rockspec PROPERTIES LABELS packaging TIMEOUT 600)
