@@ -2,6 +2,11 @@
 ** Sleeps: one binary min-heap of parked tasks keyed on (deadline, seq),
 ** behind one uv_timer armed for the earliest. A timer per wait costs
 ** about three times as much (NOTES-lua-c.md).
+**
+** Deadlines are in nanoseconds of uv_hrtime(), the clock of pf.now():
+** the loop's millisecond time is the hrtime truncated (or a coarse clock
+** that lags it), so a deadline kept in loop time could end a sleep up to
+** a millisecond early as pf.now() sees it.
 */
 #include <math.h>
 #include <stdlib.h>
@@ -43,15 +48,21 @@ static void sift_down(pf_sched *S, size_t i) {
   place(S, i, t);
 }
 
+#define NS_PER_MS 1000000u
+
+/* The timer fires once the loop time (whole ms, never ahead of hrtime)
+** reaches the first millisecond at or after the earliest deadline. */
 static void arm(pf_sched *S) {
-  uint64_t now, first;
+  uint64_t now, due;
   if (S->heap_n == 0) {
     uv_timer_stop(S->timer);
     return;
   }
+  uv_update_time(S->loop);  /* the timer counts from the cached time */
   now = uv_now(S->loop);
-  first = S->heap[0]->deadline;
-  uv_timer_start(S->timer, pf_timer_fire, first > now ? first - now : 0, 0);
+  due = S->heap[0]->deadline / NS_PER_MS +
+        (S->heap[0]->deadline % NS_PER_MS != 0);
+  uv_timer_start(S->timer, pf_timer_fire, due > now ? due - now : 0, 0);
 }
 
 /* Whole milliseconds, rounded up so that a sleep never ends early. */
@@ -62,7 +73,7 @@ uint64_t pf_ms_from_seconds(double s) {
 }
 
 int pf_heap_push(pf_sched *S, pf_task *t, uint64_t delay_ms) {
-  int was_first;
+  uint64_t now;
   if (S->heap_n == S->heap_cap) {
     size_t cap = S->heap_cap ? 2 * S->heap_cap : 64;
     pf_task **h = (pf_task **)realloc(S->heap, cap * sizeof *h);
@@ -70,13 +81,13 @@ int pf_heap_push(pf_sched *S, pf_task *t, uint64_t delay_ms) {
     S->heap = h;
     S->heap_cap = cap;
   }
-  uv_update_time(S->loop);  /* the cached time may be a turn old */
-  t->deadline = uv_now(S->loop) + delay_ms;
+  now = uv_hrtime();
+  t->deadline = delay_ms < (UINT64_MAX - now) / NS_PER_MS
+                    ? now + delay_ms * NS_PER_MS : UINT64_MAX;
   t->seq = S->heap_seq++;
   S->heap[S->heap_n++] = t;
   sift_up(S, S->heap_n - 1);
-  was_first = S->heap[0] == t;
-  if (was_first) arm(S);
+  if (S->heap[0] == t) arm(S);
   return 0;
 }
 
@@ -96,7 +107,7 @@ void pf_heap_remove(pf_sched *S, pf_task *t) {
 ** a deadline (pf.timeout) learns from 'timed_out' which came first. */
 void pf_timer_fire(uv_timer_t *h) {
   pf_sched *S = (pf_sched *)h->data;
-  uint64_t now = uv_now(S->loop);
+  uint64_t now = uv_hrtime();
   while (S->heap_n > 0 && S->heap[0]->deadline <= now) {
     pf_task *t = S->heap[0];
     pf_heap_remove(S, t);

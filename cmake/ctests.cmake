@@ -1,0 +1,8 @@
+# C tests of the core's pure parts, registered in CTest.
+
+# the sleep heap (timer.c) on a real libuv loop; pf_wake is stubbed.
+# No -I src: src/sched.h would hide the system <sched.h> that uv.h needs.
+add_executable(heap_test tests/heap_test.c src/timer.c)
+target_link_libraries(heap_test PRIVATE PkgConfig::LUA PkgConfig::UV m)
+add_test(NAME c.heap COMMAND heap_test)
+set_tests_properties(c.heap PROPERTIES LABELS c TIMEOUT 60)

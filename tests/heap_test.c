@@ -1,0 +1,124 @@
+/*
+** The sleep heap of timer.c on a real loop: ordering on (deadline, seq),
+** removal from the middle, and the wakes the timer delivers. pf_wake is
+** stubbed here: it records the order instead of readying a task.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../src/pf.h"
+#include "../src/sched.h"
+
+#define N 200
+
+static pf_task tasks[N];
+static int woken[N], nwoken;
+static int failures;
+
+#define CHECK(c) do { if (!(c)) { \
+  fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
+  failures++; } } while (0)
+
+void pf_wake(pf_task *t, int nvalues) {
+  (void)nvalues;
+  woken[nwoken++] = (int)(t - tasks);
+}
+
+static int before(const pf_task *a, const pf_task *b) {
+  return a->deadline < b->deadline ||
+         (a->deadline == b->deadline && a->seq < b->seq);
+}
+
+/* every slot knows its index and no child comes before its parent */
+static void check_heap(pf_sched *S) {
+  size_t i;
+  for (i = 0; i < S->heap_n; i++) {
+    CHECK(S->heap[i]->heap_idx == i + 1);
+    if (i > 0) CHECK(!before(S->heap[i], S->heap[(i - 1) / 2]));
+  }
+}
+
+static void setup(pf_sched *S, uv_loop_t *loop, uv_timer_t *timer) {
+  memset(S, 0, sizeof *S);
+  memset(tasks, 0, sizeof tasks);
+  nwoken = 0;
+  uv_loop_init(loop);
+  uv_timer_init(loop, timer);
+  timer->data = S;
+  S->loop = loop;
+  S->timer = timer;
+}
+
+static void teardown(pf_sched *S, uv_loop_t *loop, uv_timer_t *timer) {
+  uv_close((uv_handle_t *)timer, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(loop) == 0);
+  free(S->heap);
+}
+
+/* Pops by removing the root: the order must be by deadline, then FIFO. */
+static void test_order_and_removal(void) {
+  pf_sched S;
+  uv_loop_t loop;
+  uv_timer_t timer;
+  int i, removed = 0;
+  uint64_t last_deadline = 0, last_seq = 0;
+  setup(&S, &loop, &timer);
+  for (i = 0; i < N; i++) {
+    CHECK(pf_heap_push(&S, &tasks[i], (uint64_t)((i * 7919) % 13)) == 0);
+    check_heap(&S);
+  }
+  CHECK(S.heap_n == N);
+  for (i = 0; i < N; i += 3) {  /* from anywhere in the heap */
+    pf_heap_remove(&S, &tasks[i]);
+    CHECK(tasks[i].heap_idx == 0);
+    removed++;
+    check_heap(&S);
+  }
+  CHECK(S.heap_n == (size_t)(N - removed));
+  for (i = 0; S.heap_n > 0; i++) {
+    pf_task *t = S.heap[0];
+    CHECK((t - tasks) % 3 != 0);
+    CHECK(t->deadline > last_deadline ||
+          (t->deadline == last_deadline && (i == 0 || t->seq > last_seq)));
+    last_deadline = t->deadline;
+    last_seq = t->seq;
+    pf_heap_remove(&S, t);
+    check_heap(&S);
+  }
+  CHECK(!uv_is_active((uv_handle_t *)&timer));  /* stopped when empty */
+  teardown(&S, &loop, &timer);
+}
+
+/* The timer wakes sleepers in deadline order, never before their time. */
+static void test_timer_wakes(void) {
+  static const uint64_t delays[] = {30, 10, 20, 10, 5, 40};
+  pf_sched S;
+  uv_loop_t loop;
+  uv_timer_t timer;
+  uint64_t start = uv_hrtime();
+  setup(&S, &loop, &timer);
+  for (int i = 0; i < 6; i++) pf_heap_push(&S, &tasks[i], delays[i]);
+  pf_heap_remove(&S, &tasks[5]);  /* cancelled: never woken */
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(nwoken == 5);
+  CHECK(woken[0] == 4 && woken[1] == 1 && woken[2] == 3 &&
+        woken[3] == 2 && woken[4] == 0);
+  CHECK(uv_hrtime() - start >= 30 * 1000000ull);
+  CHECK(tasks[0].timed_out == 1 && tasks[5].timed_out == 0);
+  teardown(&S, &loop, &timer);
+}
+
+int main(void) {
+  test_order_and_removal();
+  test_timer_wakes();
+  CHECK(pf_ms_from_seconds(0.0011) == 2);  /* rounded up, never early */
+  CHECK(pf_ms_from_seconds(0) == 0);
+  if (failures) {
+    fprintf(stderr, "heap_test: %d failure(s)\n", failures);
+    return 1;
+  }
+  puts("heap_test: ok");
+  return 0;
+}
