@@ -106,7 +106,17 @@ static int l_await(lua_State *L) {
   lua_pushinteger(L, t->wait_seq);
   lua_pushcclosure(L, await_resume, 2);
   t->early = 1;
-  lua_call(L, 1, 0);  /* the setup function itself cannot wait */
+  /* the setup function itself cannot wait (no continuation) */
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    /* its resume must not count for a later wait of this task */
+    t->early = 0;
+    t->wait_seq++;
+    pf_push_task(L, t);
+    lua_pushnil(L);
+    lua_setiuservalue(L, -2, PF_UV_AUX);
+    lua_pop(L, 1);
+    return lua_error(L);
+  }
   if (t->early == 2) {
     int n, i;
     t->early = 0;
@@ -222,6 +232,7 @@ static int timeout_k(lua_State *L, int status, lua_KContext ctx) {
   if (me->timed_out) {
     me->timed_out = 0;
     pf_cancel(child);
+    forget_lost(L, child, 2);  /* it may have failed since: not reported */
     return luaL_error(L, "pf.timeout: timeout after %f s",
                       (double)lua_tonumber(L, 1));
   }

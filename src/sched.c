@@ -191,6 +191,9 @@ pf_task *pf_spawn_task(lua_State *L, pf_task *parent, int nargs) {
   luaL_setmetatable(L, PF_TASK_MT);
   co = take_thread(L, S);
   t->co = co;
+  /* lua_xmove does not grow the target: a pooled thread has 20 slots */
+  if (!lua_checkstack(co, nargs + 1))
+    luaL_error(L, "spawning a task: too many arguments (%d)", nargs);
   lua_setiuservalue(L, -2, PF_UV_THREAD);
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->anchors);
   lua_pushvalue(L, -2);
@@ -311,8 +314,9 @@ static void keep_outcome(pf_sched *S, pf_task *t, int nres) {
   } else {
     lua_pushvalue(co, -1);
     lua_xmove(co, L, 1);
-    if (t->waiters == NULL && t->parent != NULL) {
-      /* nobody waits yet: reported at the end of pf.run unless waited */
+    if (t->waiters == NULL) {
+      /* nobody waits yet: reported at the end of pf.run unless waited
+      ** (pf.run forgets its own main task: it raises that error) */
       lua_rawgeti(L, LUA_REGISTRYINDEX, S->lost);
       lua_pushvalue(L, -3);
       lua_pushboolean(L, 1);
@@ -421,15 +425,24 @@ static void resume_task(pf_sched *S, pf_task *t) {
 }
 
 /* Runs the tasks ready now; those made ready meanwhile wait for the next
-** turn, so pf.sleep(0) lets I/O callbacks in. */
+** turn, so pf.sleep(0) lets I/O callbacks in. The end of this turn is a
+** sentinel queued behind them: remembering the last task instead fails
+** when that task is cancelled meanwhile (it leaves the list), and then
+** tasks looping on pf.sleep(0) would keep the drain from ever ending. */
 void pf_drain(pf_sched *S) {
-  pf_task *last = S->rtail;
-  while (S->rhead) {
+  pf_task mark;
+  if (S->rhead == NULL) {
+    uv_idle_stop(S->idle);
+    return;
+  }
+  mark.S = S;
+  ready_push(S, &mark);
+  while (S->rhead != &mark) {
     pf_task *t = S->rhead;
     ready_unlink(S, t);
     resume_task(S, t);
-    if (t == last) break;
   }
+  ready_unlink(S, &mark);
   if (S->rhead == NULL) uv_idle_stop(S->idle);
 }
 
@@ -522,6 +535,14 @@ static int main_outcome(lua_State *L, pf_task *t, int tidx) {
   return lua_error(L);
 }
 
+static void forget_lost(lua_State *L, pf_sched *S, int tidx) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->lost);
+  lua_pushvalue(L, tidx);
+  lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
 static int run_main(lua_State *L, int nargs) {
   pf_sched *S = pf_sched_get(L);
   pf_task *t;
@@ -531,10 +552,12 @@ static int run_main(lua_State *L, int nargs) {
   t->keep_results = 1;
   tidx = lua_gettop(L);
   if (run_loop(S, &stranded) < 0) {
+    forget_lost(L, S, tidx);
     report_lost(S);
     return luaL_error(L, "pf.run: deadlock: %d task(s) wait on nothing that "
                          "can wake them (cancelled)", (int)stranded);
   }
+  forget_lost(L, S, tidx);
   report_lost(S);
   return main_outcome(L, t, tidx);
 }
