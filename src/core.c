@@ -13,6 +13,7 @@ LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
   luaL_checkversion(L);
   pf_sched_open(L);
   pf_open_runtime(L);
+  pf_open_io(L);
   lua_newtable(L);
   set_kind(L, "node", PF_K_NODE);
   set_kind(L, "batch", PF_K_BATCH);

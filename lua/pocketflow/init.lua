@@ -218,6 +218,11 @@ pf.await = core.await
 pf.timeout = core.timeout
 pf.now = core.now
 pf.version = core.version
+pf.exec = core.exec
+pf.read_file = core.read_file
+pf.write_file = core.write_file
+pf.http = require "pocketflow.http"
+pf.json = require "pocketflow.json"
 
 function pf.on_warning(msg)
   io.stderr:write("pocketflow: warning: ", tostring(msg), "\n")

@@ -1,0 +1,513 @@
+/*
+** HTTP on libcurl's multi interface, driven by the scheduler's loop: a
+** uv_poll per socket curl asks for (CURLMOPT_SOCKETFUNCTION) and one
+** uv_timer (CURLMOPT_TIMERFUNCTION). One multi per Lua state keeps the
+** connection cache, so requests to one host reuse connections.
+**
+** A transfer is a userdata (core.http_start) that the Lua layer holds in
+** a to-be-closed variable: its methods :next() (the next buffered body
+** chunk, for streaming) and :result() wait in the task. curl's callbacks
+** only buffer and wake the task; they never call Lua.
+*/
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "io.h"
+
+#define XFER_MT "pocketflow.http.transfer"
+#define STREAM_HIGH_WATER (1u << 20)   /* buffered bytes that pause a stream */
+
+static const char HTTP_KEY = 'H';
+
+typedef struct xfer xfer;
+typedef struct sock sock;
+
+typedef struct http_ctx {
+  CURLM *multi;
+  uv_loop_t *loop;
+  uv_timer_t *timer;
+  xfer *xfers;          /* transfers not yet released */
+  sock *socks;          /* polls not yet closed */
+  int closed;
+} http_ctx;
+
+struct sock {
+  uv_poll_t poll;
+  curl_socket_t fd;
+  http_ctx *h;
+  sock *prev, *next;
+};
+
+enum { W_NONE, W_DATA, W_DONE };   /* what a parked task waits for */
+
+struct xfer {
+  http_ctx *h;
+  CURL *easy;
+  struct curl_slist *hdrs;
+  xfer *prev, *next;
+  pf_task *t;           /* the parked task, or NULL */
+  pf_buf body, head;
+  char *desc;           /* "METHOD url", for messages */
+  CURLcode result;
+  int wait;
+  unsigned char active, done, stream, paused, released;
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+/* ----------------------------------------------------------- transfers */
+
+static void xfer_release(xfer *x) {
+  if (x->released) return;
+  x->released = 1;
+  if (x->active) curl_multi_remove_handle(x->h->multi, x->easy);
+  x->active = 0;
+  if (x->easy) curl_easy_cleanup(x->easy);
+  x->easy = NULL;
+  curl_slist_free_all(x->hdrs);
+  x->hdrs = NULL;
+  pf_buf_free(&x->body);
+  pf_buf_free(&x->head);
+  free(x->desc);
+  x->desc = NULL;
+  if (x->prev) x->prev->next = x->next; else x->h->xfers = x->next;
+  if (x->next) x->next->prev = x->prev;
+  x->prev = x->next = NULL;
+}
+
+static void xfer_wake(xfer *x) {
+  pf_task *t = x->t;
+  x->t = NULL;
+  x->wait = W_NONE;
+  pf_wake(t, 0);
+}
+
+/* Transfers that ended: out of the multi, their task woken. */
+static void check_done(http_ctx *h) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(h->multi, &left)) != NULL) {
+    xfer *x = NULL;
+    if (m->msg != CURLMSG_DONE) continue;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+    x->result = m->data.result;
+    x->done = 1;
+    x->active = 0;
+    curl_multi_remove_handle(h->multi, m->easy_handle);
+    if (x->t) xfer_wake(x);
+  }
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud) {
+  xfer *x = (xfer *)ud;
+  size_t len = size * n;
+  if (x->stream && x->body.len >= STREAM_HIGH_WATER) {
+    x->paused = 1;   /* curl keeps this chunk until the task takes some */
+    return CURL_WRITEFUNC_PAUSE;
+  }
+  if (pf_buf_add(&x->body, p, len) < 0) return 0;  /* CURLE_WRITE_ERROR */
+  if (x->t && x->wait == W_DATA) xfer_wake(x);
+  return len;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+  xfer *x = (xfer *)ud;
+  size_t len = size * n;
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) x->head.len = 0;  /* a new response */
+  if (pf_buf_add(&x->head, p, len) < 0) return 0;
+  return len;
+}
+
+/* --------------------------------------------------- curl <-> the loop */
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+  sock *s = (sock *)p->data;
+  http_ctx *h = s->h;
+  int flags = 0, running;
+  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  curl_multi_socket_action(h->multi, s->fd, flags, &running);
+  check_done(h);
+}
+
+static void sock_close(http_ctx *h, sock *s) {
+  if (s->prev) s->prev->next = s->next; else h->socks = s->next;
+  if (s->next) s->next->prev = s->prev;
+  uv_close((uv_handle_t *)&s->poll, pf_close_free_cb);
+}
+
+static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sp) {
+  http_ctx *h = (http_ctx *)ud;
+  sock *s = (sock *)sp;
+  int events = 0;
+  (void)e;
+  if (what == CURL_POLL_REMOVE) {
+    if (s) {
+      curl_multi_assign(h->multi, fd, NULL);
+      sock_close(h, s);
+    }
+    return 0;
+  }
+  if (s == NULL) {
+    s = (sock *)calloc(1, sizeof *s);
+    if (s == NULL) return -1;
+    if (uv_poll_init_socket(h->loop, &s->poll, fd) < 0) {
+      free(s);
+      return -1;
+    }
+    s->fd = fd;
+    s->h = h;
+    s->poll.data = s;
+    s->next = h->socks;
+    if (h->socks) h->socks->prev = s;
+    h->socks = s;
+    curl_multi_assign(h->multi, fd, s);
+  }
+  if (what & CURL_POLL_IN) events |= UV_READABLE;
+  if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
+  uv_poll_start(&s->poll, events, on_poll);
+  return 0;
+}
+
+static void on_timer(uv_timer_t *t) {
+  http_ctx *h = (http_ctx *)t->data;
+  int running;
+  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_done(h);
+}
+
+static int on_curl_timer(CURLM *m, long ms, void *ud) {
+  http_ctx *h = (http_ctx *)ud;
+  (void)m;
+  if (ms < 0) uv_timer_stop(h->timer);
+  else uv_timer_start(h->timer, on_timer, (uint64_t)ms, 0);
+  return 0;
+}
+
+/* ------------------------------------------------------------- context */
+
+static int ctx_gc(lua_State *L) {
+  http_ctx *h = (http_ctx *)lua_touserdata(L, 1);
+  if (h->closed) return 0;
+  h->closed = 1;
+  while (h->xfers) xfer_release(h->xfers);
+  curl_multi_cleanup(h->multi);   /* may report sockets removed */
+  while (h->socks) sock_close(h, h->socks);
+  uv_close((uv_handle_t *)h->timer, pf_close_free_cb);
+  curl_global_cleanup();
+  return 0;
+}
+
+static http_ctx *ctx_get(lua_State *L) {
+  http_ctx *h;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
+  h = (http_ctx *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return h;
+}
+
+/* The state's context, made once: loading the module again finds it.
+** Made after the scheduler, so it is finalized first at lua_close. */
+static void ctx_open(lua_State *L) {
+  http_ctx *h;
+  if (ctx_get(L)) return;
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    luaL_error(L, "pf.http: curl_global_init failed");
+  h = (http_ctx *)lua_newuserdatauv(L, sizeof *h, 0);
+  memset(h, 0, sizeof *h);
+  h->loop = pf_loop(L);
+  h->multi = curl_multi_init();
+  h->timer = (uv_timer_t *)malloc(sizeof(uv_timer_t));
+  if (h->multi == NULL || h->timer == NULL) {
+    if (h->multi) curl_multi_cleanup(h->multi);
+    free(h->timer);
+    curl_global_cleanup();
+    luaL_error(L, "pf.http: out of memory");
+  }
+  uv_timer_init(h->loop, h->timer);
+  h->timer->data = h;
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+  lua_newtable(L);
+  lua_pushcfunction(L, ctx_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &HTTP_KEY);
+}
+
+/* ------------------------------------------------------ core.http_start */
+
+static const char *field_string(lua_State *L, const char *name,
+                                const char *def, size_t *len) {
+  const char *s = def;
+  if (len) *len = def ? strlen(def) : 0;
+  if (lua_getfield(L, 1, name) != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "pf.http: %s must be a string (got %s)", name,
+                 luaL_typename(L, -1));
+    s = lua_tolstring(L, -1, len);
+  }
+  lua_pop(L, 1);  /* still referenced by the options */
+  return s;
+}
+
+static void set_headers(lua_State *L, xfer *x) {
+  struct curl_slist *l;
+  /* no "Expect: 100-continue" round trip before large bodies */
+  x->hdrs = curl_slist_append(NULL, "Expect:");
+  if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
+        luaL_error(L, "pf.http: headers must map names to strings");
+      lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+      l = curl_slist_append(x->hdrs, lua_tostring(L, -1));
+      if (l == NULL) luaL_error(L, "pf.http: out of memory");
+      x->hdrs = l;
+      lua_pop(L, 2);
+    }
+  } else if (!lua_isnil(L, -1)) {
+    luaL_error(L, "pf.http: headers must be a table (got %s)",
+               luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
+  curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->hdrs);
+}
+
+static void set_method(xfer *x, const char *method, const char *body,
+                       size_t blen) {
+  CURL *e = x->easy;
+  if (strcmp(method, "HEAD") == 0) {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    return;
+  }
+  if (body) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
+  }
+  if (strcmp(method, "POST") != 0 && (body || strcmp(method, "GET") != 0))
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+}
+
+static void set_options(lua_State *L, xfer *x, const char *url) {
+  CURL *e = x->easy;
+  double timeout = 0;
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_USERAGENT, "pocketflow/" PF_VERSION);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+  lua_getfield(L, 1, "follow");
+  if (lua_isnil(L, -1) || lua_toboolean(L, -1)) {
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
+  }
+  lua_pop(L, 1);
+  if (lua_getfield(L, 1, "timeout") != LUA_TNIL) {
+    int isnum;
+    timeout = (double)lua_tonumberx(L, -1, &isnum);
+    if (!isnum || !(timeout > 0))
+      luaL_error(L, "pf.http: timeout must be a positive number of seconds");
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)pf_ms_from_seconds(timeout));
+  }
+  lua_pop(L, 1);
+}
+
+/* core.http_start(opts): a transfer, already running */
+static int l_http_start(lua_State *L) {
+  http_ctx *h = ctx_get(L);
+  size_t blen = 0;
+  const char *url, *method, *body;
+  xfer *x;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  url = field_string(L, "url", NULL, NULL);
+  if (url == NULL) return luaL_error(L, "pf.http: url is required");
+  method = field_string(L, "method", "GET", NULL);
+  body = field_string(L, "body", NULL, &blen);
+  x = (xfer *)lua_newuserdatauv(L, sizeof *x, 0);
+  memset(x, 0, sizeof *x);
+  x->h = h;
+  x->released = 1;   /* nothing to release until linked */
+  luaL_setmetatable(L, XFER_MT);
+  x->easy = curl_easy_init();
+  x->desc = (char *)malloc(strlen(method) + strlen(url) + 2);
+  x->released = 0;
+  x->next = h->xfers;
+  if (h->xfers) h->xfers->prev = x;
+  h->xfers = x;
+  if (x->easy == NULL || x->desc == NULL)
+    return luaL_error(L, "pf.http: out of memory");
+  strcpy(x->desc, method);
+  strcat(x->desc, " ");
+  strcat(x->desc, url);
+  lua_getfield(L, 1, "stream");
+  x->stream = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  set_options(L, x, url);
+  set_headers(L, x);
+  set_method(x, method, body, blen);
+  if (curl_multi_add_handle(h->multi, x->easy) != CURLM_OK)
+    return luaL_error(L, "pf.http: %s: cannot start the transfer", x->desc);
+  x->active = 1;
+  return 1;
+}
+
+/* ------------------------------------------------------- waiting on it */
+
+static void xfer_cancel(pf_task *t, void *data) {
+  xfer *x = (xfer *)data;
+  (void)t;
+  x->t = NULL;
+  x->wait = W_NONE;
+  xfer_release(x);
+}
+
+static xfer *check_xfer(lua_State *L) {
+  xfer *x = (xfer *)luaL_checkudata(L, 1, XFER_MT);
+  if (x->released) luaL_error(L, "pf.http: the transfer was closed");
+  return x;
+}
+
+static int park(lua_State *L, xfer *x, int what, lua_KFunction k) {
+  pf_task *t = pf_check_task(L, "pf.http");
+  pf_check_yield(L, "pf.http");
+  x->t = t;
+  x->wait = what;
+  pf_park(t, xfer_cancel, x);
+  return lua_yieldk(L, 0, 0, k);
+}
+
+static int raise_failure(lua_State *L, xfer *x) {
+  const char *why = curl_easy_strerror(x->result);
+  const char *detail = x->errbuf[0] ? x->errbuf : why;
+  if (x->result == CURLE_OPERATION_TIMEDOUT)
+    return luaL_error(L, "pf.http: %s: timeout (%s)", x->desc, detail);
+  return luaL_error(L, "pf.http: %s: %s (%s)", x->desc, why, detail);
+}
+
+/* transfer:next(): the body bytes that arrived since the last call,
+** waiting for some; nil at the end */
+static int next_k(lua_State *L, int status, lua_KContext ctx) {
+  xfer *x = check_xfer(L);
+  (void)status; (void)ctx;
+  if (x->body.len > 0) {
+    lua_pushlstring(L, x->body.data, x->body.len);
+    x->body.len = 0;
+    if (x->paused) {
+      x->paused = 0;
+      curl_easy_pause(x->easy, CURLPAUSE_CONT);
+    }
+    return 1;
+  }
+  if (x->done) {
+    if (x->result != CURLE_OK) return raise_failure(L, x);
+    lua_pushnil(L);
+    return 1;
+  }
+  return park(L, x, W_DATA, next_k);
+}
+
+static int l_next(lua_State *L) {
+  lua_settop(L, 1);
+  return next_k(L, LUA_OK, 0);
+}
+
+/* "Name: value" lines after the status line, into a table with lower-case
+** names; repeated names are joined with ", " */
+static void push_headers(lua_State *L, const char *p, size_t n) {
+  const char *end = p + n, *eol;
+  lua_newtable(L);
+  eol = memchr(p, '\n', n);
+  p = eol ? eol + 1 : end;   /* skip the status line */
+  for (; p < end; p = eol + 1) {
+    const char *colon, *v, *ve;
+    luaL_Buffer b;
+    eol = memchr(p, '\n', (size_t)(end - p));
+    if (eol == NULL) eol = end;
+    colon = memchr(p, ':', (size_t)(eol - p));
+    if (colon == NULL) continue;
+    for (v = colon + 1; v < eol && (*v == ' ' || *v == '\t'); v++) {}
+    for (ve = eol; ve > v && isspace((unsigned char)ve[-1]); ve--) {}
+    luaL_buffinit(L, &b);
+    for (const char *c = p; c < colon; c++)
+      luaL_addchar(&b, (char)tolower((unsigned char)*c));
+    luaL_pushresult(&b);
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, -3) == LUA_TSTRING) {
+      lua_pushliteral(L, ", ");
+      lua_pushlstring(L, v, (size_t)(ve - v));
+      lua_concat(L, 3);
+    } else {
+      lua_pop(L, 1);
+      lua_pushlstring(L, v, (size_t)(ve - v));
+    }
+    lua_rawset(L, -3);
+    if (eol == end) break;
+  }
+}
+
+/* transfer:result(): waits for the end; { status =, headers =, body = } */
+static int result_k(lua_State *L, int status, lua_KContext ctx) {
+  xfer *x = check_xfer(L);
+  long code = 0;
+  (void)status; (void)ctx;
+  if (!x->done) {
+    if (x->paused) {   /* nobody streams: take everything */
+      x->paused = 0;
+      x->stream = 0;
+      curl_easy_pause(x->easy, CURLPAUSE_CONT);
+    }
+    return park(L, x, W_DONE, result_k);
+  }
+  if (x->result != CURLE_OK) return raise_failure(L, x);
+  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, code);
+  lua_setfield(L, -2, "status");
+  push_headers(L, x->head.data ? x->head.data : "", x->head.len);
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, x->body.data ? x->body.data : "", x->body.len);
+  lua_setfield(L, -2, "body");
+  xfer_release(x);
+  return 1;
+}
+
+static int l_result(lua_State *L) {
+  lua_settop(L, 1);
+  return result_k(L, LUA_OK, 0);
+}
+
+/* __close and __gc: the transfer stops and everything it holds is freed */
+static int l_close(lua_State *L) {
+  xfer *x = (xfer *)luaL_checkudata(L, 1, XFER_MT);
+  xfer_release(x);
+  return 0;
+}
+
+void pf_open_http(lua_State *L) {
+  ctx_open(L);
+  if (luaL_newmetatable(L, XFER_MT)) {
+    static const luaL_Reg methods[] = {
+      {"next", l_next}, {"result", l_result}, {"close", l_close}, {NULL, NULL}
+    };
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_http_start);
+  lua_setfield(L, -2, "http_start");
+}

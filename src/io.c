@@ -1,0 +1,91 @@
+/*
+** pf_open_io: adds the I/O functions onto the core table, and the helpers
+** the I/O files share.
+*/
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io.h"
+
+int pf_buf_reserve(pf_buf *b, size_t extra) {
+  size_t cap;
+  char *p;
+  if (b->cap - b->len >= extra) return 0;
+  cap = b->cap ? b->cap : 4096;
+  while (cap - b->len < extra) {
+    if (cap > (size_t)-1 / 2) return -1;
+    cap *= 2;
+  }
+  p = (char *)realloc(b->data, cap);
+  if (p == NULL) return -1;
+  b->data = p;
+  b->cap = cap;
+  return 0;
+}
+
+int pf_buf_add(pf_buf *b, const void *p, size_t n) {
+  if (n == 0) return 0;
+  if (pf_buf_reserve(b, n) < 0) return -1;
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+void pf_buf_free(pf_buf *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+void pf_close_free_cb(uv_handle_t *h) {
+  free(h);
+}
+
+/* Writing to a pipe or socket whose reader has gone must fail with EPIPE,
+** not kill the process: libuv leaves SIGPIPE to the program. A handler
+** the program set is kept. */
+static void ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGPIPE, &sa, NULL);
+  }
+}
+
+/* the Lua modules built in (cmake/embed.cmake) */
+extern const char pf_http_lua[], pf_json_lua[];
+extern const size_t pf_http_lua_len, pf_json_lua_len;
+
+static int load_embedded(lua_State *L) {
+  const char *code = (const char *)lua_touserdata(L, lua_upvalueindex(1));
+  size_t len = (size_t)lua_tointeger(L, lua_upvalueindex(2));
+  const char *name = luaL_checkstring(L, 1);
+  lua_pushfstring(L, "=%s", name);
+  if (luaL_loadbuffer(L, code, len, lua_tostring(L, -1)) != LUA_OK)
+    return lua_error(L);
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+static void preload(lua_State *L, const char *name, const char *code,
+                    size_t len) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushlightuserdata(L, (void *)code);
+  lua_pushinteger(L, (lua_Integer)len);
+  lua_pushcclosure(L, load_embedded, 2);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 1);
+}
+
+void pf_open_io(lua_State *L) {
+  ignore_sigpipe();
+  preload(L, "pocketflow.http", pf_http_lua, pf_http_lua_len);
+  preload(L, "pocketflow.json", pf_json_lua, pf_json_lua_len);
+  pf_open_exec(L);
+  pf_open_fs(L);
+  pf_open_http(L);
+}

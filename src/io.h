@@ -1,0 +1,27 @@
+/*
+** I/O waits of pf: subprocesses, files, HTTP. Shared helpers.
+*/
+#ifndef PF_IO_H
+#define PF_IO_H
+
+#include <stddef.h>
+
+#include "pf.h"
+
+/* A growing byte buffer. */
+typedef struct pf_buf {
+  char *data;
+  size_t len, cap;
+} pf_buf;
+
+int pf_buf_reserve(pf_buf *b, size_t extra);   /* 0, or -1 out of memory */
+int pf_buf_add(pf_buf *b, const void *p, size_t n);
+void pf_buf_free(pf_buf *b);
+
+void pf_close_free_cb(uv_handle_t *h);         /* uv_close cb: free(h) */
+
+void pf_open_exec(lua_State *L);
+void pf_open_fs(lua_State *L);
+void pf_open_http(lua_State *L);
+
+#endif
