@@ -22,6 +22,8 @@ LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
   set_kind(L, "batch_flow", PF_K_BFLOW);
   set_kind(L, "parallel_batch_flow", PF_K_PBFLOW);
   lua_setfield(L, -2, "kinds");
+  lua_pushcfunction(L, pf_noop);
+  lua_setfield(L, -2, "noop");
   lua_pushliteral(L, PF_VERSION);
   lua_setfield(L, -2, "version");
   return 1;

@@ -17,9 +17,52 @@
 enum { F_SELF, F_STATE, F_SHARED, F_PREP, F_RES, F_I, F_AUX, F_PARAMS };
 
 #define MSGH 5      /* the exec message handler, below the first frame */
-#define ROOT 6      /* base of the first frame */
+#define KEYS 6      /* the keys table */
+#define ROOT 7      /* base of the first frame */
+
+/* Field names, interned once in a table kept below the first frame: a
+** lua_getfield with a C string pays a string-cache lookup (strcmp) on
+** every step. */
+enum { K_PREP = 1, K_EXEC, K_POST, K_FALLBACK, K_CUR_RETRY, K_SUCCESSORS,
+       K_PARAMS, K_DEFAULT, K_INDEX, K_KIND, K_START, K_RETRIES, K_WAIT,
+       K_MAXC, K_NKEYS };
+static const char *const key_names[] = {
+  NULL, "prep", "exec", "post", "exec_fallback", "cur_retry", "successors",
+  "params", "default", "__index", "__pfkind", "start_node", "max_retries",
+  "wait", "max_concurrency"};
+static const char KEYS_KEY = 'K';
+
+static void push_keys(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &KEYS_KEY) != LUA_TTABLE) {
+    int i;
+    lua_pop(L, 1);
+    lua_createtable(L, K_NKEYS, 0);
+    for (i = 1; i < K_NKEYS; i++) {
+      lua_pushstring(L, key_names[i]);
+      lua_rawseti(L, -2, i);
+    }
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &KEYS_KEY);
+  }
+}
+
+/* t[key] for the table at idx (metamethods apply) */
+static int get_key(lua_State *L, int idx, int key) {
+  lua_rawgeti(L, KEYS, key);
+  return lua_gettable(L, idx < 0 ? idx - 1 : idx);
+}
+
+/* The default prep, exec and post: calls to it are skipped. */
+int pf_noop(lua_State *L) {
+  (void)L;
+  return 0;
+}
 
 #define ST(kind, phase) ((kind) << 5 | (phase))
+
+/* Phases of exec, after those of the frame's own kind: a node runs them
+** inline, an item's EXEC frame starts with them. */
+enum { EX_ATTEMPT = 16, EX_RESULT };
 
 static int walk(lua_State *L, int status, int b);
 
@@ -51,7 +94,7 @@ static int push_frame(lua_State *L, int kind, int self, int shared, int prep) {
   luaL_checkstack(L, FS + LUA_MINSTACK, "flow nesting too deep");
   if (self) lua_pushvalue(L, self);
   b = lua_gettop(L);
-  lua_pushinteger(L, ST(kind, 0));
+  lua_pushinteger(L, ST(kind, kind == PF_K_EXEC ? EX_ATTEMPT : 0));
   if (shared) lua_pushvalue(L, shared); else lua_pushnil(L);
   if (prep) lua_pushvalue(L, prep); else lua_pushnil(L);
   lua_pushnil(L);
@@ -71,12 +114,14 @@ static int pop_frame(lua_State *L, int b) {
 
 /* ---------------------------------------------------------------- nodes */
 
-/* The kind of a node object (its class's __pfkind), 0 if not a node. */
-static int node_kind(lua_State *L, int idx) {
+/* The kind of a node object (its class's __pfkind), 0 if not a node.
+** Outside the walk (no keys table yet) the field is looked up by name. */
+static int node_kind(lua_State *L, int idx, int in_walk) {
   int kind = 0;
   if (lua_type(L, idx) == LUA_TTABLE && lua_getmetatable(L, idx)) {
-    if (lua_getfield(L, -1, "__pfkind") == LUA_TNUMBER)
-      kind = (int)lua_tointeger(L, -1);
+    int type = in_walk ? get_key(L, -1, K_KIND)
+                       : lua_getfield(L, -1, key_names[K_KIND]);
+    if (type == LUA_TNUMBER) kind = (int)lua_tointeger(L, -1);
     lua_pop(L, 2);
   }
   return kind;
@@ -95,37 +140,56 @@ static const char *node_name(lua_State *L, int idx) {
 ** The node serves as the metatable, with __index pointing at itself. */
 static void push_run_self(lua_State *L, int node, int params) {
   lua_createtable(L, 0, 2);
-  lua_pushliteral(L, "__index");
+  lua_rawgeti(L, KEYS, K_INDEX);
   if (lua_rawget(L, node) != LUA_TTABLE) {
-    lua_pushliteral(L, "__index");
+    lua_rawgeti(L, KEYS, K_INDEX);
     lua_pushvalue(L, node);
     lua_rawset(L, node);
   }
   lua_pop(L, 1);
+  lua_rawgeti(L, KEYS, K_PARAMS);
   if (params) lua_pushvalue(L, params);
-  else if (lua_getfield(L, node, "params") != LUA_TTABLE) {
+  else if (get_key(L, node, K_PARAMS) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_newtable(L);
   }
-  lua_setfield(L, -2, "params");
+  lua_rawset(L, -3);
   lua_pushvalue(L, node);
   lua_setmetatable(L, -2);
 }
 
-/* Pushes self's method and self, ready for the arguments. */
-static void push_method(lua_State *L, int b, const char *name) {
-  lua_getfield(L, b + F_SELF, name);
+/* Pushes self's method and self, ready for the arguments, and returns 1;
+** for the default no-op pushes its result (nil) instead and returns 0. */
+static int push_method(lua_State *L, int b, int key) {
+  get_key(L, b + F_SELF, key);
+  if (lua_tocfunction(L, -1) == pf_noop) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    return 0;
+  }
   lua_pushvalue(L, b + F_SELF);
+  return 1;
 }
 
 static void call(lua_State *L, int b, int nargs) {
   lua_callk(L, nargs + 1, 1, b, walk_k);
 }
 
+/* Calls post(self, shared, prep_res, exec_res) with exec_res on top. */
+static void call_post(lua_State *L, int b) {
+  lua_replace(L, b + F_RES);
+  if (push_method(L, b, K_POST)) {
+    lua_pushvalue(L, b + F_SHARED);
+    lua_pushvalue(L, b + F_PREP);
+    lua_pushvalue(L, b + F_RES);
+    call(L, b, 3);
+  }
+}
+
 static lua_Integer checked_retries(lua_State *L, int b) {
   int isnum;
   lua_Integer n;
-  lua_getfield(L, b + F_SELF, "max_retries");
+  get_key(L, b + F_SELF, K_RETRIES);
   if (lua_isnil(L, -1)) n = 1, isnum = 1;
   else n = lua_tointegerx(L, -1, &isnum);
   lua_pop(L, 1);
@@ -138,7 +202,7 @@ static lua_Integer checked_retries(lua_State *L, int b) {
 static lua_Number checked_wait(lua_State *L, int b) {
   int isnum;
   lua_Number w;
-  lua_getfield(L, b + F_SELF, "wait");
+  get_key(L, b + F_SELF, K_WAIT);
   if (lua_isnil(L, -1)) w = 0, isnum = 1;
   else w = lua_tonumberx(L, -1, &isnum);
   lua_pop(L, 1);
@@ -230,14 +294,14 @@ static void push_actions(lua_State *L, int succ) {
 ** node has successors. */
 static void next_node(lua_State *L, int b) {
   int succ;
-  if (lua_getfield(L, b + F_AUX, "successors") != LUA_TTABLE) {
+  if (get_key(L, b + F_AUX, K_SUCCESSORS) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_pushnil(L);
     lua_replace(L, b + F_AUX);
     return;
   }
   succ = lua_gettop(L);
-  if (lua_isnil(L, b + F_RES)) lua_pushliteral(L, "default");
+  if (lua_isnil(L, b + F_RES)) lua_rawgeti(L, KEYS, K_DEFAULT);
   else lua_pushvalue(L, b + F_RES);
   if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1))
     lua_pushnil(L);  /* NaN cannot be a key */
@@ -265,13 +329,33 @@ static void next_node(lua_State *L, int b) {
 
 /* Starts the run of the node at b+F_AUX with the walk's params. */
 static int start_child(lua_State *L, int b) {
-  int kind = node_kind(L, b + F_AUX);
+  int kind = node_kind(L, b + F_AUX, 1);
   if (kind == 0)
     return luaL_error(L, "flow step: successor is a %s, not a pocketflow node",
                       luaL_typename(L, b + F_AUX));
   set_state(L, b, ST(PF_K_ORCH, 2));
   push_run_self(L, b + F_AUX, b + F_PARAMS);
   return push_frame(L, kind, 0, b + F_SHARED, 0);
+}
+
+/* exec's result is on top: a node calls post, an item's frame goes to
+** its end phase. */
+static void exec_done(lua_State *L, int b, int st) {
+  if (st >> 5 == PF_K_NODE) {
+    set_state(L, b, ST(PF_K_NODE, 3));
+    call_post(L, b);
+  } else {
+    set_state(L, b, ST(PF_K_EXEC, EX_RESULT + 2));
+  }
+}
+
+static int retry_wait(lua_State *L, int b, lua_Number w) {
+  pf_task *t = pf_check_task(L, "retry wait");
+  pf_check_yield(L, "retry wait");
+  if (pf_heap_push(t->S, t, pf_ms_from_seconds(w)) < 0)
+    return luaL_error(L, "retry wait: out of memory");
+  pf_park(t, NULL, NULL);
+  return lua_yieldk(L, 0, b, walk_k);
 }
 
 static int walk(lua_State *L, int status, int b) {
@@ -282,65 +366,65 @@ static int walk(lua_State *L, int status, int b) {
     /* -------- a plain node: prep, exec with retries, post */
     case ST(PF_K_NODE, 0):
       set_state(L, b, ST(PF_K_NODE, 1));
-      push_method(L, b, "prep");
-      lua_pushvalue(L, b + F_SHARED);
-      call(L, b, 1);
+      if (push_method(L, b, K_PREP)) {
+        lua_pushvalue(L, b + F_SHARED);
+        call(L, b, 1);
+      }
       break;
     case ST(PF_K_NODE, 1):
       lua_replace(L, b + F_PREP);
-      set_state(L, b, ST(PF_K_NODE, 2));
-      b = push_frame(L, PF_K_EXEC, b + F_SELF, 0, b + F_PREP);
+      set_state(L, b, ST(PF_K_NODE, EX_ATTEMPT));
       break;
-    case ST(PF_K_NODE, 2):
-      lua_replace(L, b + F_RES);
-      set_state(L, b, ST(PF_K_NODE, 3));
-      push_method(L, b, "post");
-      lua_pushvalue(L, b + F_SHARED);
-      lua_pushvalue(L, b + F_PREP);
-      lua_pushvalue(L, b + F_RES);
-      call(L, b, 3);
+    case ST(PF_K_NODE, 3):   /* post's result ends the frame */
+    case ST(PF_K_EXEC, EX_RESULT + 2):
+      b = pop_frame(L, b);
+      if (b == 0) return 1;
       break;
 
-    /* -------- exec of one item: attempts, waits between, fallback */
-    case ST(PF_K_EXEC, 0):
-      lua_pushinteger(L, get_int(L, b, F_I));
-      lua_setfield(L, b + F_SELF, "cur_retry");
-      set_state(L, b, ST(PF_K_EXEC, 1));
-      push_method(L, b, "exec");
-      lua_pushvalue(L, b + F_PREP);
-      status = lua_pcallk(L, 2, 1, MSGH, b, walk_k);
+    /* -------- exec: attempts, waits between, fallback. For an item
+    ** (EXEC frame) the result ends the frame; for a node, post follows. */
+    case ST(PF_K_NODE, EX_ATTEMPT):
+    case ST(PF_K_EXEC, EX_ATTEMPT): {
+      lua_Integer attempt = get_int(L, b, F_I);
+      /* a node's first attempt reads the class's 0 through its fresh
+      ** self; batch items share one self, so theirs is reset */
+      if (attempt > 0 || st >> 5 == PF_K_EXEC) {
+        lua_rawgeti(L, KEYS, K_CUR_RETRY);
+        lua_pushinteger(L, attempt);
+        lua_rawset(L, b + F_SELF);
+      }
+      set_state(L, b, st + 1);
+      status = LUA_OK;
+      if (push_method(L, b, K_EXEC)) {
+        lua_pushvalue(L, b + F_PREP);
+        status = lua_pcallk(L, 2, 1, MSGH, b, walk_k);
+      }
       break;
-    case ST(PF_K_EXEC, 1):
+    }
+    case ST(PF_K_NODE, EX_RESULT):
+    case ST(PF_K_EXEC, EX_RESULT):
       if (status == LUA_OK || status == LUA_YIELD) {
-        b = pop_frame(L, b);
-        if (b == 0) return 1;
+        exec_done(L, b, st);
         break;
       }
       lua_replace(L, b + F_AUX);
       set_int(L, b, F_I, get_int(L, b, F_I) + 1);
       if (get_int(L, b, F_I) < checked_retries(L, b)) {
         lua_Number w = checked_wait(L, b);
-        set_state(L, b, ST(PF_K_EXEC, 0));
-        if (w > 0) {
-          pf_task *t = pf_check_task(L, "retry wait");
-          pf_check_yield(L, "retry wait");
-          if (pf_heap_push(t->S, t, pf_ms_from_seconds(w)) < 0)
-            return luaL_error(L, "retry wait: out of memory");
-          pf_park(t, NULL, NULL);
-          return lua_yieldk(L, 0, b, walk_k);
-        }
+        set_state(L, b, st - 1);
+        if (w > 0) return retry_wait(L, b, w);
         break;
       }
-      set_state(L, b, ST(PF_K_EXEC, 2));
-      push_method(L, b, "exec_fallback");
+      set_state(L, b, st + 1);
+      get_key(L, b + F_SELF, K_FALLBACK);
+      lua_pushvalue(L, b + F_SELF);
       lua_pushvalue(L, b + F_PREP);
       lua_pushvalue(L, b + F_AUX);
       call(L, b, 2);
       break;
-
-    case ST(PF_K_EXEC, 2):
-      b = pop_frame(L, b);
-      if (b == 0) return 1;
+    case ST(PF_K_NODE, EX_RESULT + 1):
+    case ST(PF_K_EXEC, EX_RESULT + 1):
+      exec_done(L, b, st);
       break;
 
     /* -------- a batch node: exec per item, in order */
@@ -350,9 +434,10 @@ static int walk(lua_State *L, int status, int b) {
     case ST(PF_K_BFLOW, 0):
     case ST(PF_K_PBFLOW, 0):
       set_state(L, b, st + 1);
-      push_method(L, b, "prep");
-      lua_pushvalue(L, b + F_SHARED);
-      call(L, b, 1);
+      if (push_method(L, b, K_PREP)) {
+        lua_pushvalue(L, b + F_SHARED);
+        call(L, b, 1);
+      }
       break;
     case ST(PF_K_BATCH, 1):
       lua_pushvalue(L, -1);
@@ -368,11 +453,8 @@ static int walk(lua_State *L, int status, int b) {
       lua_Integer i = get_int(L, b, F_I);
       if (i > (lua_Integer)lua_rawlen(L, b + F_AUX)) {
         set_state(L, b, ST(PF_K_NODE, 3));
-        push_method(L, b, "post");
-        lua_pushvalue(L, b + F_SHARED);
-        lua_pushvalue(L, b + F_PREP);
         lua_pushvalue(L, b + F_RES);
-        call(L, b, 3);
+        call_post(L, b);
         break;
       }
       set_state(L, b, ST(PF_K_BATCH, 3));
@@ -399,14 +481,14 @@ static int walk(lua_State *L, int status, int b) {
       checked_items(L, b, parallel_flow ? "param tables" : "items");
       lua_replace(L, b + F_AUX);
       if (parallel_flow) check_param_sets(L, b, b + F_AUX);
-      if (lua_getfield(L, b + F_SELF, "max_concurrency") != LUA_TNIL) {
+      if (get_key(L, b + F_SELF, K_MAXC) != LUA_TNIL) {
         maxc = lua_tointegerx(L, -1, &isnum);
         if (!isnum || maxc < 1)
           return luaL_error(L, "%s: max_concurrency must be a positive "
                                "integer or nil", node_name(L, b + F_SELF));
       }
       lua_pop(L, 1);
-      if (parallel_flow && lua_getfield(L, b + F_SELF, "params") != LUA_TTABLE) {
+      if (parallel_flow && get_key(L, b + F_SELF, K_PARAMS) != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
       }
@@ -430,21 +512,16 @@ static int walk(lua_State *L, int status, int b) {
         lua_pop(L, 1);
         lua_pushnil(L);
       }
-      lua_replace(L, b + F_RES);
       set_int(L, b, F_I, 0);
       set_state(L, b, ST(PF_K_NODE, 3));
-      push_method(L, b, "post");
-      lua_pushvalue(L, b + F_SHARED);
-      lua_pushvalue(L, b + F_PREP);
-      lua_pushvalue(L, b + F_RES);
-      call(L, b, 3);
+      call_post(L, b);
       break;
 
     /* -------- a flow: prep, the walk, post */
     case ST(PF_K_FLOW, 1):
       lua_replace(L, b + F_PREP);
       set_state(L, b, ST(PF_K_FLOW, 2));
-      if (lua_getfield(L, b + F_SELF, "params") != LUA_TTABLE) {
+      if (get_key(L, b + F_SELF, K_PARAMS) != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
       }
@@ -454,13 +531,8 @@ static int walk(lua_State *L, int status, int b) {
       lua_replace(L, b + F_PARAMS);
       break;
     case ST(PF_K_FLOW, 2):
-      lua_replace(L, b + F_RES);
       set_state(L, b, ST(PF_K_NODE, 3));
-      push_method(L, b, "post");
-      lua_pushvalue(L, b + F_SHARED);
-      lua_pushvalue(L, b + F_PREP);
-      lua_pushvalue(L, b + F_RES);
-      call(L, b, 3);
+      call_post(L, b);
       break;
 
     /* -------- a batch flow: the walk once per param table, in order */
@@ -478,18 +550,15 @@ static int walk(lua_State *L, int status, int b) {
       int nb;
       if (i > (lua_Integer)lua_rawlen(L, b + F_AUX)) {
         set_state(L, b, ST(PF_K_NODE, 3));
-        push_method(L, b, "post");
-        lua_pushvalue(L, b + F_SHARED);
-        lua_pushvalue(L, b + F_PREP);
         lua_pushnil(L);
-        call(L, b, 3);
+        call_post(L, b);
         break;
       }
       set_state(L, b, ST(PF_K_BFLOW, 3));
       nb = push_frame(L, PF_K_ORCH, b + F_SELF, b + F_SHARED, 0);
       /* {flow params..., batch params...} */
       lua_newtable(L);
-      if (lua_getfield(L, b + F_SELF, "params") == LUA_TTABLE) {
+      if (get_key(L, b + F_SELF, K_PARAMS) == LUA_TTABLE) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
           lua_pushvalue(L, -2);
@@ -518,7 +587,7 @@ static int walk(lua_State *L, int status, int b) {
 
     /* -------- the walk: from the start node along the actions */
     case ST(PF_K_ORCH, 0):
-      if (lua_getfield(L, b + F_SELF, "start_node") == LUA_TNIL)
+      if (get_key(L, b + F_SELF, K_START) == LUA_TNIL)
         return luaL_error(L, "%s: flow has no start node",
                           node_name(L, b + F_SELF));
       lua_replace(L, b + F_AUX);
@@ -539,27 +608,23 @@ static int walk(lua_State *L, int status, int b) {
       set_state(L, b, ST(PF_K_ORCH, 1));
       break;
 
-    /* -------- every kind ends here: post's result ends the frame */
-    case ST(PF_K_NODE, 3):
-      b = pop_frame(L, b);
-      if (b == 0) return 1;
-      break;
-
     default:
       return luaL_error(L, "pocketflow: bad walk state %d", st);
     }
   }
 }
 
-/* core.machine(kind, self, shared, x): the body of item and walk tasks,
-** and of node:run. x is the item (exec) or the params (walk). */
-int pf_machine(lua_State *L) {
-  int kind = (int)luaL_checkinteger(L, 1);
+/* Runs the frame for kind over the arguments (kind, self, shared, x);
+** with from_node, self is the node object and its run's self is made. */
+static int start(lua_State *L, int kind, int from_node) {
   int b;
-  if (kind < PF_K_NODE || kind > PF_K_EXEC)
-    return luaL_error(L, "pocketflow: bad node kind %d", kind);
   lua_settop(L, 4);
   lua_pushcfunction(L, exec_msgh);
+  push_keys(L);
+  if (from_node) {
+    push_run_self(L, 2, 0);
+    lua_replace(L, 2);
+  }
   b = push_frame(L, kind, 2, 3, kind == PF_K_EXEC ? 4 : 0);
   if (kind == PF_K_ORCH) {
     lua_pushvalue(L, 4);
@@ -568,9 +633,18 @@ int pf_machine(lua_State *L) {
   return walk(L, LUA_OK, b);
 }
 
+/* core.machine(kind, self, shared, x): the body of item and walk tasks.
+** x is the item (exec) or the params (walk). */
+int pf_machine(lua_State *L) {
+  int kind = (int)luaL_checkinteger(L, 1);
+  if (kind < PF_K_NODE || kind > PF_K_EXEC)
+    return luaL_error(L, "pocketflow: bad node kind %d", kind);
+  return start(L, kind, 0);
+}
+
 /* node:run(shared) */
 int pf_run_node(lua_State *L) {
-  int kind = node_kind(L, 1);
+  int kind = node_kind(L, 1, 0);
   if (kind == 0)
     return luaL_error(L, "run: expected a pocketflow node (got %s)",
                       luaL_typename(L, 1));
@@ -585,10 +659,6 @@ int pf_run_node(lua_State *L) {
   }
   lua_pop(L, 1);
   lua_pushinteger(L, kind);
-  push_run_self(L, 1, 0);
-  lua_pushvalue(L, 2);
-  lua_pushnil(L);
-  lua_remove(L, 1);
-  lua_remove(L, 1);
-  return pf_machine(L);
+  lua_insert(L, 1);            /* kind, node, shared */
+  return start(L, kind, 1);
 }

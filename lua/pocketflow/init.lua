@@ -110,9 +110,11 @@ function BaseNode:next(node, action)
   return node
 end
 
-function BaseNode.prep() end
-function BaseNode.exec() end
-function BaseNode.post() end
+-- the defaults do nothing; the core skips calling them
+BaseNode.prep = core.noop
+BaseNode.exec = core.noop
+BaseNode.post = core.noop
+BaseNode.cur_retry = 0
 function BaseNode.exec_fallback(_, _, err) error(err, 0) end
 
 BaseNode.run = core.run_node
