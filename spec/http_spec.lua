@@ -1,0 +1,206 @@
+-- pf.http: requests on libcurl's multi interface, against a luv server in
+-- this process (spec/support/httpd.lua). Traffic goes to 127.0.0.1 only;
+-- the DNS failure uses a name under .invalid.
+local pf = require "pocketflow"
+local httpd = require "support.httpd"
+local fake_llm = require "support.fake_llm"
+
+-- valgrind is ~50x slower: 1000 concurrent requests become 100 there
+local MANY = os.getenv("PF_MODE") == "valgrind" and 100 or 1000
+
+describe("pf.http", function()
+  local srv
+  before_each(function() srv = httpd.start() end)
+  after_each(function() srv:close() end)
+
+  it("gets a plain response with status, headers and body", function()
+    local r = pf.http.get(srv.url .. "/hello")
+    assert.equal(200, r.status)
+    assert.equal("hello", r.body)
+    assert.equal("5", r.headers["content-length"])
+  end)
+
+  it("returns HTTP error statuses as results", function()
+    local r = pf.http.get(srv.url .. "/status?code=404")
+    assert.equal(404, r.status)
+    assert.equal("status 404", r.body)
+    assert.equal(503, pf.http.get(srv.url .. "/status?code=503").status)
+  end)
+
+  it("posts a body with headers", function()
+    local r = pf.http.post(srv.url .. "/echo", "payload", { headers = { ["X-Test"] = "yes" } })
+    local e = pf.json.decode(r.body)
+    assert.equal("POST", e.method)
+    assert.equal("payload", e.body)
+    assert.equal("yes", e.headers["x-test"])
+  end)
+
+  it("sends other methods through request", function()
+    local r = pf.http.request{ method = "put", url = srv.url .. "/echo", body = "b" }
+    local e = pf.json.decode(r.body)
+    assert.equal("PUT", e.method)
+    assert.equal("b", e.body)
+    r = pf.http.request{ method = "DELETE", url = srv.url .. "/echo" }
+    assert.equal("DELETE", pf.json.decode(r.body).method)
+  end)
+
+  it("sends a large body", function()
+    local big = ("y"):rep(3 * 1000 * 1000)
+    local r = pf.http.post(srv.url .. "/echo", big)
+    assert.equal(#big, #pf.json.decode(r.body).body)
+  end)
+
+  it("receives a large body", function()
+    local r = pf.http.get(srv.url .. "/big?size=5000000")
+    assert.equal(5000000, #r.body)
+  end)
+
+  it("follows redirects", function()
+    local r = pf.http.get(srv.url .. "/redirect")
+    assert.equal(200, r.status)
+    assert.equal("hello", r.body)
+    r = pf.http.get(srv.url .. "/redirect", { follow = false })
+    assert.equal(302, r.status)
+  end)
+
+  it("decodes a chunked body", function()
+    local r = pf.http.get(srv.url .. "/chunked?n=3")
+    assert.equal("chunk1\nchunk2\nchunk3\n", r.body)
+  end)
+
+  it("streams body chunks into the task as they arrive", function()
+    local got, times = {}, {}
+    local r = pf.http.get(srv.url .. "/drip?n=4&delay=0.05", { stream = function(chunk)
+      got[#got + 1] = chunk
+      times[#times + 1] = pf.now()
+    end })
+    assert.equal(200, r.status)
+    assert.equal("drop1\ndrop2\ndrop3\ndrop4\n", table.concat(got))
+    assert.is_true(#got >= 2)
+    assert.is_true(times[#times] - times[1] > 0.05)
+  end)
+
+  it("lets the stream function wait", function()
+    local got = {}
+    pf.http.get(srv.url .. "/drip?n=3&delay=0.01", { stream = function(chunk)
+      pf.sleep(0.02)
+      got[#got + 1] = chunk
+    end })
+    assert.equal("drop1\ndrop2\ndrop3\n", table.concat(got))
+  end)
+
+  it("reuses connections across requests", function()
+    pf.run(function()
+      for _ = 1, 5 do assert.equal("hello", pf.http.get(srv.url .. "/hello").body) end
+    end)
+    assert.equal(5, srv.requests)
+    assert.equal(1, srv.connections)
+  end)
+
+  it("raises on connection refused, naming the URL", function()
+    local url = "http://127.0.0.1:" .. httpd.dead_port() .. "/x"
+    local ok, err = pcall(pf.http.get, url)
+    assert.is_false(ok)
+    assert.truthy(err:find(url, 1, true))
+    assert.truthy(err:find("onnect"))
+  end)
+
+  it("raises on a DNS failure", function()
+    local ok, err = pcall(pf.http.get, "http://no-such-host.invalid/")
+    assert.is_false(ok)
+    assert.truthy(err:find("no-such-host.invalid", 1, true))
+  end)
+
+  it("raises a timeout error for a slow response", function()
+    local t0 = pf.now()
+    local ok, err = pcall(pf.http.get, srv.url .. "/slow?delay=2", { timeout = 0.2 })
+    assert.is_false(ok)
+    assert.truthy(err:find("timeout"))
+    assert.is_true(pf.now() - t0 < 1.5)
+  end)
+
+  it("raises when the server closes mid-body", function()
+    local ok, err = pcall(pf.http.get, srv.url .. "/cut")
+    assert.is_false(ok)
+    assert.truthy(err:find("/cut", 1, true))
+  end)
+
+  it("is cancelled by pf.timeout mid-transfer", function()
+    local ok, err = pcall(pf.run, function()
+      return pf.timeout(0.1, pf.http.get, srv.url .. "/drip?n=50&delay=0.02")
+    end)
+    assert.is_false(ok)
+    assert.truthy(err:find("timeout"))
+    -- the server sees the connection go
+    assert.equal("hello", pf.http.get(srv.url .. "/hello").body)
+  end)
+
+  it("is cancelled with its task mid-stream", function()
+    local chunks = 0
+    pf.run(function()
+      local t = pf.spawn(function()
+        pf.http.get(srv.url .. "/drip?n=100&delay=0.01", { stream = function()
+          chunks = chunks + 1
+        end })
+      end)
+      pf.sleep(0.1)
+      t:cancel()
+      local ok, err = pcall(t.wait, t)
+      assert.is_false(ok)
+      assert.truthy(err:find("cancelled"))
+    end)
+    assert.is_true(chunks > 0 and chunks < 100)
+  end)
+
+  it("runs " .. MANY .. " concurrent requests from " .. MANY .. " tasks", function()
+    local bodies = pf.run(function()
+      local fns = {}
+      for i = 1, MANY do
+        fns[i] = function() return pf.http.get(srv.url .. "/id?i=" .. i).body end
+      end
+      return pf.gather(fns)
+    end)
+    assert.equal(MANY, #bodies)
+    for i = 1, MANY do assert.equal("id " .. i, bodies[i]) end
+  end)
+
+  it("checks its arguments", function()
+    assert.has_error(function() pf.http.request("x") end)
+    assert.has_error(function() pf.http.request{ url = 1 } end)
+    assert.has_error(function() pf.http.request{ url = srv.url, stream = 1 } end)
+  end)
+end)
+
+describe("pf.http.sse", function()
+  it("parses events split across chunks", function()
+    local events = {}
+    local feed = pf.http.sse(function(ev) events[#events + 1] = ev end)
+    feed("event: greet\nid: 1\ndata: hel")
+    feed("lo\ndata: world\n\n: comment\r\n")
+    feed("data: second\r\n\r\ndata: third\n")
+    assert.equal(2, #events)
+    assert.same({ event = "greet", id = "1", data = "hello\nworld" }, events[1])
+    assert.equal("message", events[2].event)
+    assert.equal("second", events[2].data)
+    feed("\n")
+    assert.equal("third", events[3].data)
+  end)
+
+  it("streams an OpenAI-compatible completion", function()
+    local srv = fake_llm.start(function(messages) return "echo: " .. messages[#messages].content end)
+    local text = {}
+    local ok, err = pcall(pf.http.request, {
+      method = "POST", url = srv.base_url .. "/chat/completions",
+      headers = { ["Content-Type"] = "application/json", Authorization = "Bearer test-key" },
+      body = pf.json.encode{ model = "m", stream = true, messages = { { role = "user", content = "one two three" } } },
+      stream = pf.http.sse(function(ev)
+        if ev.data ~= "[DONE]" then
+          text[#text + 1] = pf.json.decode(ev.data).choices[1].delta.content
+        end
+      end),
+    })
+    srv:close()
+    assert.is_true(ok, err)
+    assert.equal("echo: one two three", table.concat(text))
+  end)
+end)

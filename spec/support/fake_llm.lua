@@ -1,0 +1,60 @@
+-- An OpenAI-compatible chat-completions endpoint for the specs, on the
+-- spec HTTP server: POST /v1/chat/completions answers with
+-- reply(messages, request) as one JSON completion, or, with "stream":
+-- true, as Server-Sent Events of word-sized deltas ending in [DONE].
+local httpd = require "support.httpd"
+local json = require "pocketflow.json"
+
+local fake = {}
+
+local function completion(text, model)
+  return json.encode{ id = "chatcmpl-fake", object = "chat.completion", model = model,
+    choices = { { index = 0, finish_reason = "stop",
+      message = { role = "assistant", content = text } } } }
+end
+
+local function delta(text, model)
+  return json.encode{ id = "chatcmpl-fake", object = "chat.completion.chunk", model = model,
+    choices = { { index = 0, delta = { content = text } } } }
+end
+
+-- fake.start(reply) -> server; server.calls lists the decoded requests.
+-- reply(messages, body) returns the assistant's text.
+function fake.start(reply)
+  local srv
+  srv = httpd.start{ routes = {
+    ["/v1/chat/completions"] = function(req, res)
+      if req.method ~= "POST" then return res:send(405, "POST only") end
+      if req.headers.authorization ~= "Bearer test-key" then
+        return res:send(401, json.encode{ error = { message = "bad key" } })
+      end
+      local body = json.decode(req.body)
+      srv.calls[#srv.calls + 1] = body
+      local text = reply(body.messages, body)
+      if not body.stream then
+        return res:send(200, completion(text, body.model), { ["Content-Type"] = "application/json" })
+      end
+      res:start(200, { ["Content-Type"] = "text/event-stream" })
+      res:chunk(": keep-alive comment\n\n")
+      local parts = {}
+      for piece in text:gmatch("%S+%s*") do parts[#parts + 1] = piece end
+      if #parts == 0 then parts[1] = text end
+      local i = 0
+      local function step()
+        i = i + 1
+        if i > #parts then
+          res:chunk("data: [DONE]\n\n")
+          return res:finish()
+        end
+        res:chunk("data: " .. delta(parts[i], body.model) .. "\n\n")
+        res:after(0.001, step)
+      end
+      step()
+    end,
+  } }
+  srv.calls = {}
+  srv.base_url = srv.url .. "/v1"
+  return srv
+end
+
+return fake
