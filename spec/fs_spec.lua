@@ -1,14 +1,26 @@
 -- pf.read_file / pf.write_file on libuv's thread pool.
 local pf = require "pocketflow"
+local uv = require "luv"
+
+local function rm_tree(path)
+  local st = uv.fs_lstat(path)
+  if st and st.type == "directory" then
+    local req = uv.fs_scandir(path)
+    while req do
+      local name = uv.fs_scandir_next(req)
+      if not name then break end
+      rm_tree(path .. "/" .. name)
+    end
+    uv.fs_rmdir(path)
+  elseif st then
+    uv.fs_unlink(path)
+  end
+end
 
 describe("pf files", function()
   local dir
-  before_each(function()
-    dir = os.tmpname()
-    os.remove(dir)
-    assert(pf.exec({ "mkdir", dir }).code == 0)
-  end)
-  after_each(function() pf.exec({ "rm", "-rf", dir }) end)
+  before_each(function() dir = assert(uv.fs_mkdtemp("/tmp/pf_fs_XXXXXX")) end)
+  after_each(function() rm_tree(dir) end)
 
   it("writes and reads back", function()
     local p = dir .. "/a.txt"
