@@ -18,9 +18,12 @@ local function delta(text, model)
     choices = { { index = 0, delta = { content = text } } } }
 end
 
--- fake.start(reply) -> server; server.calls lists the decoded requests.
--- reply(messages, body) returns the assistant's text.
-function fake.start(reply)
+-- fake.start(reply[, opts]) -> server; server.calls lists the decoded
+-- requests. reply(messages, body) returns the assistant's text. With
+-- opts.delay a plain answer waits that long, and server.peak counts the
+-- most requests answered at once.
+function fake.start(reply, opts)
+  local delay = opts and opts.delay
   local srv
   srv = httpd.start{ routes = {
     ["/v1/chat/completions"] = function(req, res)
@@ -32,7 +35,14 @@ function fake.start(reply)
       srv.calls[#srv.calls + 1] = body
       local text = reply(body.messages, body)
       if not body.stream then
-        return res:send(200, completion(text, body.model), { ["Content-Type"] = "application/json" })
+        local function answer()
+          srv.in_flight = srv.in_flight - 1
+          res:send(200, completion(text, body.model), { ["Content-Type"] = "application/json" })
+        end
+        srv.in_flight = srv.in_flight + 1
+        srv.peak = math.max(srv.peak, srv.in_flight)
+        if delay then return res:after(delay, answer) end
+        return answer()
       end
       res:start(200, { ["Content-Type"] = "text/event-stream" })
       res:chunk(": keep-alive comment\n\n")
@@ -52,7 +62,7 @@ function fake.start(reply)
       step()
     end,
   } }
-  srv.calls = {}
+  srv.calls, srv.in_flight, srv.peak = {}, 0, 0
   srv.base_url = srv.url .. "/v1"
   return srv
 end
