@@ -446,8 +446,19 @@ void pf_drain(pf_sched *S) {
   if (S->rhead == NULL) uv_idle_stop(S->idle);
 }
 
+/* luv's uv.run does not refuse to re-enter the loop: called inside a
+** task, it would get here with that task still running, and resuming the
+** others from inside its resume clobbers S->current (crash). Such a
+** uv.run is stopped instead; the tasks run when the task waits. */
 void pf_idle_cb(uv_idle_t *h) {
-  pf_drain((pf_sched *)h->data);
+  pf_sched *S = (pf_sched *)h->data;
+  if (S->current != NULL) {
+    uv_stop(h->loop);
+    pf_warn(S->L, "uv.run called inside a pocketflow task: the loop is "
+                  "already running; wait with pf.sleep or pf.await");
+    return;
+  }
+  pf_drain(S);
 }
 
 /* ---------------------------------------------------------------- pf.run */
