@@ -111,6 +111,14 @@ describe("pf.http", function()
     assert.truthy(err:find("no-such-host.invalid", 1, true))
   end)
 
+  it("raises on a TLS failure (https to a plain HTTP port)", function()
+    local url = srv.url:gsub("^http:", "https:") .. "/hello"
+    local ok, err = pcall(pf.http.get, url, { timeout = 5 })
+    assert.is_false(ok)
+    assert.truthy(err:find(url, 1, true))
+    assert.truthy(err:find("SSL"))
+  end)
+
   it("raises a timeout error for a slow response", function()
     local t0 = pf.now()
     local ok, err = pcall(pf.http.get, srv.url .. "/slow?delay=2", { timeout = 0.2 })

@@ -153,6 +153,12 @@ function Conn:close()
   if not self.tcp:is_closing() then self.tcp:close() end
 end
 
+function Conn:raw_close(bytes)
+  self.busy = true
+  self.tcp:write(bytes)
+  self.tcp:shutdown(function() self:close() end)
+end
+
 function Conn:done()
   self.busy = false
   if self.want_close then
@@ -166,6 +172,10 @@ end
 function Conn:process()
   if self.busy or self.closed then return end
   local buf = self.buf
+  if buf:find("^[^A-Z]") then  -- not HTTP (a TLS hello, say): answer and hang up
+    self:raw_close("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    return
+  end
   local e = buf:find("\r\n\r\n", 1, true)
   if not e then return end
   local lines = {}
