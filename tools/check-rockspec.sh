@@ -6,7 +6,7 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 tree=$(mktemp -d)
 work=$(mktemp -d)
 trap 'rm -rf "$tree" "$work"' EXIT
-cp -r "$src/CMakeLists.txt" "$src/cmake" "$src/src" "$src/lua" "$src/rockspec" "$work/"
+tar -C "$src" --exclude='./build*' --exclude=./.git -cf - . | tar -C "$work" -xf -
 cd "$work"
 luarocks --lua-version=5.4 make --tree "$tree" --deps-mode=none rockspec/pocketflow-scm-1.rockspec >"$work/log" 2>&1 || { cat "$work/log"; exit 1; }
 export TREE="$tree"
