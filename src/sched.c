@@ -483,7 +483,8 @@ static void report_lost(pf_sched *S) {
 
 /* Cancels every task still alive: they wait on nothing that can wake
 ** them, or the state is closing. Root tasks are collected first, since
-** cancelling changes the anchor table. */
+** cancelling changes the anchor table; an ended root is kept while its
+** children live, so those are reached through it. */
 static void cancel_all(pf_sched *S) {
   lua_State *L = S->L;
   lua_Integer n = 0, i;
@@ -492,7 +493,7 @@ static void cancel_all(pf_sched *S) {
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     pf_task *t = (pf_task *)luaL_testudata(L, -1, PF_TASK_MT);
-    if (t && t->parent == NULL && t->state != PF_DONE)
+    if (t && t->parent == NULL)
       lua_rawseti(L, -4, ++n);
     else
       lua_pop(L, 1);
