@@ -124,17 +124,33 @@ static lua_State *take_thread(lua_State *L, pf_sched *S) {
 /* A finished thread goes back to the pool. A thread that ended normally
 ** is reusable as it is; one that failed or was cancelled is reset, which
 ** also closes its pending to-be-closed variables. */
+/* Resets co, closing its pending to-be-closed variables. After an error,
+** 5.4.4's reset returns that error's status again, with the same value
+** unless a __close raised another: only a new value is warned about. */
+static void reset_thread(pf_sched *S, pf_task *t, lua_State *co) {
+  lua_State *L = S->L;
+  int before = lua_gettop(L);
+  if (t->outcome == PF_ERROR) {
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);
+  }
+  if (lua_resetthread(co) != LUA_OK) {
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);
+    if (lua_gettop(L) == before + 1 || !lua_rawequal(L, -1, -2)) {
+      lua_pushfstring(L, "error closing a variable of a %s task: %s",
+                      t->outcome == PF_ERROR ? "failed" : "cancelled",
+                      luaL_tolstring(L, -1, NULL));
+      pf_warn(L, lua_tostring(L, -1));
+    }
+  }
+  lua_settop(L, before);
+}
+
 static void release_thread(pf_sched *S, pf_task *t, int reset) {
   lua_State *L = S->L, *co = t->co;
   t->co = NULL;
-  /* After an error, 5.4.4's reset returns that error's status again:
-  ** only a cancelled task's reset reports errors of its own. */
-  if (reset && lua_resetthread(co) != LUA_OK && t->outcome == PF_CANCELLED) {
-    lua_pushfstring(L, "error closing a variable of a cancelled task: %s",
-                    lua_tostring(co, -1));
-    pf_warn(L, lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
+  if (reset) reset_thread(S, t, co);
   lua_settop(co, 0);
   pf_push_task(L, t);
   if (S->pool_n < POOL_MAX) {
