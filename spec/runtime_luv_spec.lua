@@ -198,3 +198,66 @@ describe("waiting inside a luv callback", function()
     end
   end)
 end)
+
+-- a fresh Lua state: runs 'code' with lua5.4, returns its exit status and
+-- output (stderr included)
+local function lua_process(code)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(code)
+  f:close()
+  local p = assert(io.popen("lua5.4 " .. path .. " 2>&1"))
+  local out = p:read("a")
+  local ok, _, status = p:close()
+  os.remove(path)
+  return ok and 0 or status, out
+end
+
+describe("a process using pocketflow", function()
+  it("shares luv's own loop when luv was required first", function()
+    local status, out = lua_process([[
+      local uv = require "luv"
+      local pf = require "pocketflow"
+      local fired = false
+      local t = uv.new_timer()
+      t:start(2, 0, function() t:close(); fired = true end)
+      local v = pf.await(function(resume) uv.fs_stat(".", resume) end)
+      pf.sleep(0.01)
+      assert(v == nil and fired)
+      print("ok")
+    ]])
+    assert.are.equal(0, status, out)
+    assert.are.equal("ok\n", out)
+  end)
+
+  it("exits cleanly with tasks never run, and closes their variables", function()
+    local status, out = lua_process([[
+      local pf = require "pocketflow"
+      package.loaded["pocketflow"], package.loaded["pocketflow.core"] = nil, nil
+      local pf2 = require "pocketflow"
+      pf2.run(function()
+        pf2.spawn(function()
+          local c <close> = setmetatable({}, { __close = function() print("closed") end })
+          pf2.await(function() end)
+        end)
+        pf.spawn(function() end)
+      end)
+    ]])
+    -- the stranded task is cancelled by the deadlock check: pf.run raised
+    assert.are_not.equal(0, status)
+    assert.truthy(has(out, "closed"))
+    assert.truthy(has(out, "deadlock"))
+    status, out = lua_process([[
+      local pf = require "pocketflow"
+      pf.spawn(function()
+        local c <close> = setmetatable({}, { __close = function() print("closed at exit") end })
+        pf.sleep(10)
+      end)
+      pf.spawn(function() print("never started") end):cancel()
+      require("luv").run("nowait")  -- the first task starts and sleeps
+      print("exiting")
+    ]])
+    assert.are.equal(0, status, out)
+    assert.are.equal("exiting\nclosed at exit\n", out)
+  end)
+end)

@@ -376,6 +376,14 @@ describe("pf.sleep", function()
     end)
   end)
 
+  it("accepts huge durations; such a sleeper is cancelled like any", function()
+    local ok, err = pcall(pf.run, function() return pf.timeout(0.005, pf.sleep, math.huge) end)
+    assert.is_false(ok)
+    assert.truthy(has(err, "timeout"))
+    ok, err = pcall(pf.run, function() return pf.timeout(0.005, pf.sleep, 1e300) end)
+    assert.truthy(has(err, "timeout"))
+  end)
+
   it("wakes sleepers in the order of their deadlines", function()
     local log = {}
     pf.run(function()
