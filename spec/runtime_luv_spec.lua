@@ -206,7 +206,12 @@ local function lua_process(code)
   local f = assert(io.open(path, "w"))
   f:write(code)
   f:close()
-  local p = assert(io.popen("lua5.4 " .. path .. " 2>&1"))
+  -- Under busted the child inherits ignored signals 32 and 33, and
+  -- LeakSanitizer's tracer then crashes at exit ("Tracer caught signal
+  -- 11"); the same child run from a shell is leak-clean. Leaks stay
+  -- checked in the spec process itself.
+  local env = os.getenv("PF_MODE") == "asan" and "ASAN_OPTIONS=detect_leaks=0 " or ""
+  local p = assert(io.popen(env .. "lua5.4 " .. path .. " 2>&1"))
   local out = p:read("a")
   local ok, _, status = p:close()
   os.remove(path)
