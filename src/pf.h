@@ -40,7 +40,7 @@ struct pf_task {
   pf_group *group;          /* group this task is an item of, or NULL */
   pf_cancel_fn cancel;      /* cleanup of the current wait */
   void *cancel_data;
-  uint64_t deadline;        /* timer heap key, loop time in ms */
+  uint64_t deadline;        /* timer heap key: ns on pf.now()'s clock */
   uint64_t seq;             /* heap tie-break: FIFO among equal deadlines */
   size_t heap_idx;          /* position + 1 in the heap, 0 when absent */
   lua_Integer group_idx;
