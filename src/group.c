@@ -26,25 +26,15 @@ static void push_group(lua_State *L, pf_group *g) {
 
 /* {params..., batch params...}: a new table for walk i */
 static void push_walk_params(lua_State *L, int gidx, lua_Integer i) {
-  lua_newtable(L);
-  if (lua_getiuservalue(L, gidx, G_PARAMS) == LUA_TTABLE) {
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-      lua_pushvalue(L, -2);
-      lua_insert(L, -2);
-      lua_rawset(L, -5);
-    }
-  }
-  lua_pop(L, 1);
+  int top;
+  lua_getiuservalue(L, gidx, G_PARAMS);
   lua_getiuservalue(L, gidx, G_ITEMS);
   lua_rawgeti(L, -1, i);
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    lua_pushvalue(L, -2);
-    lua_insert(L, -2);
-    lua_rawset(L, -6);
-  }
-  lua_pop(L, 2);
+  lua_remove(L, -2);
+  top = lua_gettop(L);
+  pf_push_merged(L, top - 1, top);
+  lua_replace(L, top - 1);
+  lua_pop(L, 1);
 }
 
 /* Pushes item i's body and arguments; returns the argument count. */

@@ -547,20 +547,9 @@ static int run_loop(pf_sched *S, size_t *stranded) {
 /* Pushes fn's results (kept in the main task's user value) or raises its
 ** error after the loop ran out of tasks. */
 static int main_outcome(lua_State *L, pf_task *t, int tidx) {
-  if (t->outcome == PF_OK) {
-    int n, i;
-    lua_getiuservalue(L, tidx, PF_UV_AUX);
-    lua_getfield(L, -1, "n");
-    n = (int)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    luaL_checkstack(L, n, "too many results");
-    for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
-    return n;
-  }
   if (t->outcome == PF_CANCELLED)
     return luaL_error(L, "pf.run: the main task was cancelled");
-  lua_getiuservalue(L, tidx, PF_UV_AUX);
-  return lua_error(L);
+  return pf_task_outcome(L, t, tidx);
 }
 
 static void forget_lost(lua_State *L, pf_sched *S, int tidx) {

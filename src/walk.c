@@ -325,6 +325,25 @@ static void next_node(lua_State *L, int b) {
   lua_settop(L, succ - 1);
 }
 
+static void copy_fields(lua_State *L, int from, int to) {
+  lua_pushnil(L);
+  while (lua_next(L, from)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, to);
+  }
+}
+
+/* Pushes {base..., over...}: a batch walk's params, the flow's merged
+** under the batch's (base may be nil). Indices are absolute. */
+void pf_push_merged(lua_State *L, int base, int over) {
+  int t;
+  lua_newtable(L);
+  t = lua_gettop(L);
+  if (lua_istable(L, base)) copy_fields(L, base, t);
+  copy_fields(L, over, t);
+}
+
 /* ----------------------------------------------------------------- walk */
 
 /* Starts the run of the node at b+F_AUX with the walk's params. */
@@ -556,26 +575,11 @@ static int walk(lua_State *L, int status, int b) {
       }
       set_state(L, b, ST(PF_K_BFLOW, 3));
       nb = push_frame(L, PF_K_ORCH, b + F_SELF, b + F_SHARED, 0);
-      /* {flow params..., batch params...} */
-      lua_newtable(L);
-      if (get_key(L, b + F_SELF, K_PARAMS) == LUA_TTABLE) {
-        lua_pushnil(L);
-        while (lua_next(L, -2)) {
-          lua_pushvalue(L, -2);
-          lua_insert(L, -2);
-          lua_rawset(L, -5);
-        }
-      }
-      lua_pop(L, 1);
+      get_key(L, b + F_SELF, K_PARAMS);
       lua_rawgeti(L, b + F_AUX, i);
-      lua_pushnil(L);
-      while (lua_next(L, -2)) {
-        lua_pushvalue(L, -2);
-        lua_insert(L, -2);
-        lua_rawset(L, -5);
-      }
-      lua_pop(L, 1);
+      pf_push_merged(L, lua_gettop(L) - 1, lua_gettop(L));
       lua_replace(L, nb + F_PARAMS);
+      lua_pop(L, 2);
       b = nb;
       break;
     }
