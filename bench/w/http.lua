@@ -2,10 +2,9 @@
 -- items of a ParallelBatchNode (max_concurrency = C), each checked for
 -- status 200 and a body of SIZE bytes.
 --
--- pf.http is being written while this is; its call shape is not settled.
--- get() below tries, in order: pf.http.get(url), pf.http.request{...},
--- pf.http(url). The response may be a table (status/code, body) or the
--- values status, body. Adjust get() once the API is in API.md.
+-- pf.http.get(url) returns { status, headers, body } (README, I/O). get()
+-- below also accepts pf.http.request{...} or a callable pf.http, and a
+-- response given as the values status, body: the one place to adapt.
 local pf = require "pocketflow"
 local B = require "w.lib"
 local N = tonumber(arg[1]) or 20000
