@@ -24,6 +24,8 @@ LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
   lua_setfield(L, -2, "kinds");
   lua_pushcfunction(L, pf_noop);
   lua_setfield(L, -2, "noop");
+  lua_pushcfunction(L, pf_reraise);
+  lua_setfield(L, -2, "reraise");
   lua_pushliteral(L, PF_VERSION);
   lua_setfield(L, -2, "version");
   return 1;

@@ -14,11 +14,13 @@ struct pf_group {
   int kind;
   int ref;              /* registry ref while items run */
   int failed;
+  int direct;           /* items run exec itself (see plain_exec) */
   lua_Integer n, next, running, done, maxc;
 };
 
 /* user values of a group userdata */
-enum { G_ITEMS = 1, G_RESULTS, G_SELF, G_SHARED, G_PARAMS, G_ERROR, G_NUV };
+enum { G_ITEMS = 1, G_RESULTS, G_SELF, G_SHARED, G_PARAMS, G_ERROR, G_EXEC,
+       G_NUV };
 
 static void push_group(lua_State *L, pf_group *g) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->ref);
@@ -41,6 +43,16 @@ static void push_walk_params(lua_State *L, int gidx, lua_Integer i) {
 static int push_body(lua_State *L, pf_group *g, int gidx, lua_Integer i) {
   switch (g->kind) {
     case PF_G_ITEMS:
+      if (g->direct) {
+        lua_getiuservalue(L, gidx, G_EXEC);
+        lua_newtable(L);                    /* the item's own self */
+        lua_getiuservalue(L, gidx, G_SELF);
+        lua_setmetatable(L, -2);
+        lua_getiuservalue(L, gidx, G_ITEMS);
+        lua_rawgeti(L, -1, i);
+        lua_remove(L, -2);
+        return 2;
+      }
       lua_pushcfunction(L, pf_machine);
       lua_pushinteger(L, PF_K_EXEC);
       lua_newtable(L);                      /* the item's own self */
@@ -64,6 +76,26 @@ static int push_body(lua_State *L, pf_group *g, int gidx, lua_Integer i) {
       lua_remove(L, -2);
       return 0;
   }
+}
+
+/* An item whose exec makes one attempt and whose fallback is the default
+** needs no machine: the task runs exec(item_self, item) itself, and an
+** error ends it unchanged, as the default fallback would. This saves a
+** frame, a pcall and the stack growth they cause, per item. Decided once
+** per group; exec is fetched once. */
+static int plain_exec(lua_State *L, int self, int gidx) {
+  int isnum = 0, plain;
+  lua_Integer n;
+  lua_getfield(L, self, "max_retries");
+  n = lua_isnil(L, -1) ? 1 : lua_tointegerx(L, -1, &isnum);
+  plain = (lua_isnil(L, -1) || isnum) && n == 1;
+  lua_getfield(L, self, "exec_fallback");
+  plain = plain && lua_tocfunction(L, -1) == pf_reraise;
+  lua_pop(L, 2);
+  if (!plain) return 0;
+  lua_getfield(L, self, "exec");
+  lua_setiuservalue(L, gidx, G_EXEC);
+  return 1;
 }
 
 static void launch(lua_State *L, pf_group *g, int gidx) {
@@ -111,6 +143,7 @@ int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
       lua_rawset(L, -3);
     }
     lua_setiuservalue(L, gidx, G_SELF);
+    if (kind == PF_G_ITEMS) g->direct = plain_exec(L, self, gidx);
   }
   if (shared) {
     lua_pushvalue(L, shared);

@@ -91,6 +91,7 @@ enum { PF_G_ITEMS, PF_G_WALKS, PF_G_GATHER };
 /* walk.c: the node/flow machine */
 int pf_machine(lua_State *L);
 int pf_noop(lua_State *L);
+int pf_reraise(lua_State *L);
 void pf_push_merged(lua_State *L, int base, int over);
 int pf_run_node(lua_State *L);
 

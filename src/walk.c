@@ -58,6 +58,12 @@ int pf_noop(lua_State *L) {
   return 0;
 }
 
+/* The default exec_fallback: re-raises err (self, prep_res, err) as is. */
+int pf_reraise(lua_State *L) {
+  lua_settop(L, 3);
+  return lua_error(L);
+}
+
 #define ST(kind, phase) ((kind) << 5 | (phase))
 
 /* Phases of exec, after those of the frame's own kind: a node runs them

@@ -115,7 +115,7 @@ BaseNode.prep = core.noop
 BaseNode.exec = core.noop
 BaseNode.post = core.noop
 BaseNode.cur_retry = 0
-function BaseNode.exec_fallback(_, _, err) error(err, 0) end
+BaseNode.exec_fallback = core.reraise   -- re-raises err unchanged
 
 BaseNode.run = core.run_node
 rawset(BaseNode, "run_async", core.run_node)
