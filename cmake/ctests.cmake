@@ -1,6 +1,6 @@
 # C tests of the core's pure parts, registered in CTest.
 
-# the sleep heap (timer.c) on a real libuv loop; pf_wake is stubbed.
+# the sleepers (timer.c: FIFO + heap) on a real libuv loop; pf_wake is stubbed.
 # No -I src: src/sched.h would hide the system <sched.h> that uv.h needs.
 add_executable(heap_test tests/heap_test.c src/timer.c)
 target_link_libraries(heap_test PRIVATE PkgConfig::LUA PkgConfig::UV m)

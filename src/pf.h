@@ -42,7 +42,8 @@ struct pf_task {
   void *cancel_data;
   uint64_t deadline;        /* timer heap key: ns on pf.now()'s clock */
   uint64_t seq;             /* heap tie-break: FIFO among equal deadlines */
-  size_t heap_idx;          /* position + 1 in the heap, 0 when absent */
+  size_t heap_idx;          /* position + 1 in the heap, PF_IN_FIFO, or 0 */
+  pf_task *fnext, *fprev;   /* sleep FIFO links (timer.c) */
   lua_Integer group_idx;
   unsigned wait_seq;        /* bumps on each park: stale resumes are ignored */
   int nresume;              /* values on co's stack for the next resume */
@@ -73,9 +74,11 @@ int pf_has_traceback(lua_State *L, int idx);
 uv_loop_t *pf_loop(lua_State *L);
 void pf_push_task(lua_State *L, pf_task *t);
 
-/* timer.c: sleeps on one heap behind one uv_timer */
+/* timer.c: sleeps on one heap and one FIFO behind one uv_timer */
+#define PF_IN_FIFO SIZE_MAX
 int pf_heap_push(pf_sched *S, pf_task *t, uint64_t delay_ms);
 void pf_heap_remove(pf_sched *S, pf_task *t);
+pf_task *pf_sleep_first(pf_sched *S);
 void pf_timer_fire(uv_timer_t *h);
 uint64_t pf_ms_from_seconds(double s);
 

@@ -20,6 +20,7 @@ struct pf_sched {
   pf_task **heap;           /* sleepers, min-heap on (deadline, seq) */
   size_t heap_n, heap_cap;
   uint64_t heap_seq;
+  pf_task *fhead, *ftail;   /* sleepers in deadline order, outside the heap */
   pf_task *current;         /* the task being resumed, if any */
   size_t live;              /* tasks not ended */
   int running;              /* pf.run loops on the C stack */

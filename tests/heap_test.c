@@ -1,6 +1,7 @@
 /*
-** The sleep heap of timer.c on a real loop: ordering on (deadline, seq),
-** removal from the middle, and the wakes the timer delivers. pf_wake is
+** The sleepers of timer.c (a FIFO for in-order deadlines, a heap for the
+** rest) on a real loop: ordering on (deadline, seq), removal from the
+** middle of either, and the wakes the timer delivers. pf_wake is
 ** stubbed here: it records the order instead of readying a task.
 */
 #include <stdio.h>
@@ -30,13 +31,21 @@ static int before(const pf_task *a, const pf_task *b) {
          (a->deadline == b->deadline && a->seq < b->seq);
 }
 
-/* every slot knows its index and no child comes before its parent */
-static void check_heap(pf_sched *S) {
-  size_t i;
+/* every heap slot knows its index and no child comes before its parent;
+** the FIFO is linked both ways and in order. Returns the sleeper count. */
+static size_t check_sleepers(pf_sched *S) {
+  size_t i, n = 0;
+  pf_task *f, *prev = NULL;
   for (i = 0; i < S->heap_n; i++) {
     CHECK(S->heap[i]->heap_idx == i + 1);
     if (i > 0) CHECK(!before(S->heap[i], S->heap[(i - 1) / 2]));
   }
+  for (f = S->fhead; f; prev = f, f = f->fnext, n++) {
+    CHECK(f->heap_idx == PF_IN_FIFO && f->fprev == prev);
+    if (prev) CHECK(before(prev, f));
+  }
+  CHECK(S->ftail == prev);
+  return S->heap_n + n;
 }
 
 static void setup(pf_sched *S, uv_loop_t *loop, uv_timer_t *timer) {
@@ -57,38 +66,48 @@ static void teardown(pf_sched *S, uv_loop_t *loop, uv_timer_t *timer) {
   free(S->heap);
 }
 
-/* Pops by removing the root: the order must be by deadline, then FIFO. */
-static void test_order_and_removal(void) {
+/* Pushes N sleepers with delay(i), removes every third, then pops the
+** earliest until none is left: the order must be by deadline, then seq. */
+static void check_order(uint64_t (*delay)(int), int want_fifo, int want_heap) {
   pf_sched S;
   uv_loop_t loop;
   uv_timer_t timer;
   int i, removed = 0;
-  uint64_t last_deadline = 0, last_seq = 0;
+  pf_task *t, *last = NULL;
   setup(&S, &loop, &timer);
   for (i = 0; i < N; i++) {
-    CHECK(pf_heap_push(&S, &tasks[i], (uint64_t)((i * 7919) % 13)) == 0);
-    check_heap(&S);
+    CHECK(pf_heap_push(&S, &tasks[i], delay(i)) == 0);
+    CHECK(check_sleepers(&S) == (size_t)i + 1);
   }
-  CHECK(S.heap_n == N);
-  for (i = 0; i < N; i += 3) {  /* from anywhere in the heap */
+  CHECK(want_fifo ? S.fhead != NULL : S.fhead == NULL || S.fhead == S.ftail);
+  CHECK(want_heap ? S.heap_n > 0 : S.heap_n == 0);
+  for (i = 0; i < N; i += 3) {  /* from anywhere */
     pf_heap_remove(&S, &tasks[i]);
     CHECK(tasks[i].heap_idx == 0);
     removed++;
-    check_heap(&S);
+    CHECK(check_sleepers(&S) == (size_t)(N - removed));
   }
-  CHECK(S.heap_n == (size_t)(N - removed));
-  for (i = 0; S.heap_n > 0; i++) {
-    pf_task *t = S.heap[0];
+  while ((t = pf_sleep_first(&S)) != NULL) {
     CHECK((t - tasks) % 3 != 0);
-    CHECK(t->deadline > last_deadline ||
-          (t->deadline == last_deadline && (i == 0 || t->seq > last_seq)));
-    last_deadline = t->deadline;
-    last_seq = t->seq;
+    if (last) CHECK(before(last, t));
+    last = t;
     pf_heap_remove(&S, t);
-    check_heap(&S);
+    check_sleepers(&S);
   }
   CHECK(!uv_is_active((uv_handle_t *)&timer));  /* stopped when empty */
   teardown(&S, &loop, &timer);
+}
+
+static uint64_t scattered(int i) { return (uint64_t)((i * 7919) % 13); }
+static uint64_t same(int i) { (void)i; return 10; }
+static uint64_t rising(int i) { return (uint64_t)i / 10; }
+static uint64_t falling(int i) { return (uint64_t)(N - i); }
+
+static void test_order_and_removal(void) {
+  check_order(scattered, 1, 1);
+  check_order(same, 1, 0);      /* equal delays: all in the FIFO */
+  check_order(rising, 1, 0);
+  check_order(falling, 0, 1);   /* each earlier than the last: the heap */
 }
 
 /* The timer wakes sleepers in deadline order, never before their time. */
