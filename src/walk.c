@@ -70,10 +70,15 @@ int pf_reraise(lua_State *L) {
 ** inline, an item's EXEC frame starts with them. */
 enum { EX_ATTEMPT = 16, EX_RESULT };
 
-static int walk(lua_State *L, int status, int b);
+/* The running frame's state is a C variable, carried through calls and
+** yields in the continuation context with the frame's base; the F_STATE
+** slot keeps the state of frames below the top only. */
+#define CTX(b, st) ((lua_KContext)(b) << 10 | (st))
+
+static int walk(lua_State *L, int status, int b, int st);
 
 static int walk_k(lua_State *L, int status, lua_KContext ctx) {
-  return walk(L, status, (int)ctx);
+  return walk(L, status, (int)(ctx >> 10), (int)(ctx & 1023));
 }
 
 /* --------------------------------------------------------------- frames */
@@ -81,6 +86,10 @@ static int walk_k(lua_State *L, int status, lua_KContext ctx) {
 static void set_state(lua_State *L, int b, int st) {
   lua_pushinteger(L, st);
   lua_replace(L, b + F_STATE);
+}
+
+static int get_state(lua_State *L, int b) {
+  return (int)lua_tointeger(L, b + F_STATE);
 }
 
 static void set_int(lua_State *L, int b, int slot, lua_Integer v) {
@@ -92,15 +101,19 @@ static lua_Integer get_int(lua_State *L, int b, int slot) {
   return lua_tointeger(L, b + slot);
 }
 
-/* Pushes a frame for 'kind' running self (a run's own table; 0 = the
-** value on top) with the given shared and prep slots (0 = nil). Returns
-** its base. */
-static int push_frame(lua_State *L, int kind, int self, int shared, int prep) {
+static int first_state(int kind) {
+  return ST(kind, kind == PF_K_EXEC ? EX_ATTEMPT : 0);
+}
+
+/* Pushes a frame running self (a run's own table; 0 = the value on top)
+** with the given shared and prep slots (0 = nil). Returns its base; the
+** caller sets the state, first_state(kind). */
+static int push_frame(lua_State *L, int self, int shared, int prep) {
   int b;
   luaL_checkstack(L, FS + LUA_MINSTACK, "flow nesting too deep");
   if (self) lua_pushvalue(L, self);
   b = lua_gettop(L);
-  lua_pushinteger(L, ST(kind, kind == PF_K_EXEC ? EX_ATTEMPT : 0));
+  lua_pushinteger(L, 0);
   if (shared) lua_pushvalue(L, shared); else lua_pushnil(L);
   if (prep) lua_pushvalue(L, prep); else lua_pushnil(L);
   lua_pushnil(L);
@@ -177,19 +190,23 @@ static int push_method(lua_State *L, int b, int key) {
   return 1;
 }
 
-static void call(lua_State *L, int b, int nargs) {
-  lua_callk(L, nargs + 1, 1, b, walk_k);
+/* Calls the method pushed with its nargs arguments; its result comes
+** back to state st of the frame at b. */
+static void call(lua_State *L, int b, int st, int nargs) {
+  lua_callk(L, nargs + 1, 1, CTX(b, st), walk_k);
 }
 
-/* Calls post(self, shared, prep_res, exec_res) with exec_res on top. */
-static void call_post(lua_State *L, int b) {
+/* Calls post(self, shared, prep_res, exec_res) with exec_res on top; the
+** frame ends with post's result. Returns the frame's new state. */
+static int call_post(lua_State *L, int b) {
   lua_replace(L, b + F_RES);
   if (push_method(L, b, K_POST)) {
     lua_pushvalue(L, b + F_SHARED);
     lua_pushvalue(L, b + F_PREP);
     lua_pushvalue(L, b + F_RES);
-    call(L, b, 3);
+    call(L, b, ST(PF_K_NODE, 3), 3);
   }
+  return ST(PF_K_NODE, 3);
 }
 
 static lua_Integer checked_retries(lua_State *L, int b) {
@@ -352,58 +369,62 @@ void pf_push_merged(lua_State *L, int base, int over) {
 
 /* ----------------------------------------------------------------- walk */
 
-/* Starts the run of the node at b+F_AUX with the walk's params. */
-static int start_child(lua_State *L, int b) {
+/* Starts the run of the node at b+F_AUX with the walk's params; the
+** walk's own frame goes on at ORCH 2. Returns the new frame's base and
+** sets *st to its state. */
+static int start_child(lua_State *L, int b, int *st) {
   int kind = node_kind(L, b + F_AUX, 1);
   if (kind == 0)
     return luaL_error(L, "flow step: successor is a %s, not a pocketflow node",
                       luaL_typename(L, b + F_AUX));
   set_state(L, b, ST(PF_K_ORCH, 2));
   push_run_self(L, b + F_AUX, b + F_PARAMS);
-  return push_frame(L, kind, 0, b + F_SHARED, 0);
+  *st = first_state(kind);
+  return push_frame(L, 0, b + F_SHARED, 0);
 }
 
 /* exec's result is on top: a node calls post, an item's frame goes to
-** its end phase. */
-static void exec_done(lua_State *L, int b, int st) {
-  if (st >> 5 == PF_K_NODE) {
-    set_state(L, b, ST(PF_K_NODE, 3));
-    call_post(L, b);
-  } else {
-    set_state(L, b, ST(PF_K_EXEC, EX_RESULT + 2));
+** its end phase. Returns the new state. */
+static int exec_done(lua_State *L, int b, int st) {
+  if (st >> 5 == PF_K_NODE) return call_post(L, b);
+  return ST(PF_K_EXEC, EX_RESULT + 2);
+}
+
+/* Calls the frame's prep(self, shared), whose result comes back in st. */
+static void call_prep(lua_State *L, int b, int st) {
+  if (push_method(L, b, K_PREP)) {
+    lua_pushvalue(L, b + F_SHARED);
+    call(L, b, st, 1);
   }
 }
 
-static int retry_wait(lua_State *L, int b, lua_Number w) {
+static int retry_wait(lua_State *L, int b, int st, lua_Number w) {
   pf_task *t = pf_check_task(L, "retry wait");
   pf_check_yield(L, "retry wait");
   if (pf_heap_push(t->S, t, pf_ms_from_seconds(w)) < 0)
     return luaL_error(L, "retry wait: out of memory");
   pf_park(t, NULL, NULL);
-  return lua_yieldk(L, 0, b, walk_k);
+  return lua_yieldk(L, 0, CTX(b, st), walk_k);
 }
 
-static int walk(lua_State *L, int status, int b) {
+static int walk(lua_State *L, int status, int b, int st) {
   for (;;) {
-    int st = (int)lua_tointeger(L, b + F_STATE);
     switch (st) {
 
     /* -------- a plain node: prep, exec with retries, post */
     case ST(PF_K_NODE, 0):
-      set_state(L, b, ST(PF_K_NODE, 1));
-      if (push_method(L, b, K_PREP)) {
-        lua_pushvalue(L, b + F_SHARED);
-        call(L, b, 1);
-      }
+      st = ST(PF_K_NODE, 1);
+      call_prep(L, b, st);
       break;
     case ST(PF_K_NODE, 1):
       lua_replace(L, b + F_PREP);
-      set_state(L, b, ST(PF_K_NODE, EX_ATTEMPT));
+      st = ST(PF_K_NODE, EX_ATTEMPT);
       break;
     case ST(PF_K_NODE, 3):   /* post's result ends the frame */
     case ST(PF_K_EXEC, EX_RESULT + 2):
       b = pop_frame(L, b);
       if (b == 0) return 1;
+      st = get_state(L, b);
       break;
 
     /* -------- exec: attempts, waits between, fallback. For an item
@@ -418,38 +439,38 @@ static int walk(lua_State *L, int status, int b) {
         lua_pushinteger(L, attempt);
         lua_rawset(L, b + F_SELF);
       }
-      set_state(L, b, st + 1);
+      st++;
       status = LUA_OK;
       if (push_method(L, b, K_EXEC)) {
         lua_pushvalue(L, b + F_PREP);
-        status = lua_pcallk(L, 2, 1, MSGH, b, walk_k);
+        status = lua_pcallk(L, 2, 1, MSGH, CTX(b, st), walk_k);
       }
       break;
     }
     case ST(PF_K_NODE, EX_RESULT):
     case ST(PF_K_EXEC, EX_RESULT):
       if (status == LUA_OK || status == LUA_YIELD) {
-        exec_done(L, b, st);
+        st = exec_done(L, b, st);
         break;
       }
       lua_replace(L, b + F_AUX);
       set_int(L, b, F_I, get_int(L, b, F_I) + 1);
       if (get_int(L, b, F_I) < checked_retries(L, b)) {
         lua_Number w = checked_wait(L, b);
-        set_state(L, b, st - 1);
-        if (w > 0) return retry_wait(L, b, w);
+        st--;
+        if (w > 0) return retry_wait(L, b, st, w);
         break;
       }
-      set_state(L, b, st + 1);
+      st++;
       get_key(L, b + F_SELF, K_FALLBACK);
       lua_pushvalue(L, b + F_SELF);
       lua_pushvalue(L, b + F_PREP);
       lua_pushvalue(L, b + F_AUX);
-      call(L, b, 2);
+      call(L, b, st, 2);
       break;
     case ST(PF_K_NODE, EX_RESULT + 1):
     case ST(PF_K_EXEC, EX_RESULT + 1):
-      exec_done(L, b, st);
+      st = exec_done(L, b, st);
       break;
 
     /* -------- a batch node: exec per item, in order */
@@ -458,11 +479,8 @@ static int walk(lua_State *L, int status, int b) {
     case ST(PF_K_FLOW, 0):
     case ST(PF_K_BFLOW, 0):
     case ST(PF_K_PBFLOW, 0):
-      set_state(L, b, st + 1);
-      if (push_method(L, b, K_PREP)) {
-        lua_pushvalue(L, b + F_SHARED);
-        call(L, b, 1);
-      }
+      st++;
+      call_prep(L, b, st);
       break;
     case ST(PF_K_BATCH, 1):
       lua_pushvalue(L, -1);
@@ -472,18 +490,18 @@ static int walk(lua_State *L, int status, int b) {
       lua_newtable(L);
       lua_replace(L, b + F_RES);
       set_int(L, b, F_I, 1);
-      set_state(L, b, ST(PF_K_BATCH, 2));
+      st = ST(PF_K_BATCH, 2);
       break;
     case ST(PF_K_BATCH, 2): {
       lua_Integer i = get_int(L, b, F_I);
       if (i > (lua_Integer)lua_rawlen(L, b + F_AUX)) {
-        set_state(L, b, ST(PF_K_NODE, 3));
         lua_pushvalue(L, b + F_RES);
-        call_post(L, b);
+        st = call_post(L, b);
         break;
       }
       set_state(L, b, ST(PF_K_BATCH, 3));
-      b = push_frame(L, PF_K_EXEC, b + F_SELF, 0, 0);
+      b = push_frame(L, b + F_SELF, 0, 0);
+      st = first_state(PF_K_EXEC);
       lua_rawgeti(L, b - FS + F_AUX, i);
       lua_replace(L, b + F_PREP);
       break;
@@ -492,7 +510,7 @@ static int walk(lua_State *L, int status, int b) {
       lua_Integer i = get_int(L, b, F_I);
       lua_rawseti(L, b + F_RES, i);
       set_int(L, b, F_I, i + 1);
-      set_state(L, b, ST(PF_K_BATCH, 2));
+      st = ST(PF_K_BATCH, 2);
       break;
     }
 
@@ -520,12 +538,12 @@ static int walk(lua_State *L, int status, int b) {
       if (parallel_flow) lua_replace(L, b + F_PARAMS);
       pf_check_task(L, "parallel batch");
       pf_check_yield(L, "parallel batch");
-      set_state(L, b, st + 1);
+      st++;
       if (pf_group_start(L, parallel_flow ? PF_G_WALKS : PF_G_ITEMS,
                          b + F_AUX, b + F_SELF, b + F_SHARED,
                          parallel_flow ? b + F_PARAMS : 0, maxc)) {
         lua_replace(L, b + F_I);
-        return lua_yieldk(L, 0, b, walk_k);
+        return lua_yieldk(L, 0, CTX(b, st), walk_k);
       }
       lua_replace(L, b + F_I);
       break;
@@ -538,8 +556,7 @@ static int walk(lua_State *L, int status, int b) {
         lua_pushnil(L);
       }
       set_int(L, b, F_I, 0);
-      set_state(L, b, ST(PF_K_NODE, 3));
-      call_post(L, b);
+      st = call_post(L, b);
       break;
 
     /* -------- a flow: prep, the walk, post */
@@ -551,13 +568,13 @@ static int walk(lua_State *L, int status, int b) {
         lua_newtable(L);
       }
       lua_replace(L, b + F_PARAMS);
-      b = push_frame(L, PF_K_ORCH, b + F_SELF, b + F_SHARED, 0);
+      b = push_frame(L, b + F_SELF, b + F_SHARED, 0);
+      st = first_state(PF_K_ORCH);
       lua_pushvalue(L, b - FS + F_PARAMS);
       lua_replace(L, b + F_PARAMS);
       break;
     case ST(PF_K_FLOW, 2):
-      set_state(L, b, ST(PF_K_NODE, 3));
-      call_post(L, b);
+      st = call_post(L, b);
       break;
 
     /* -------- a batch flow: the walk once per param table, in order */
@@ -568,31 +585,31 @@ static int walk(lua_State *L, int status, int b) {
       lua_replace(L, b + F_AUX);
       check_param_sets(L, b, b + F_AUX);
       set_int(L, b, F_I, 1);
-      set_state(L, b, ST(PF_K_BFLOW, 2));
+      st = ST(PF_K_BFLOW, 2);
       break;
     case ST(PF_K_BFLOW, 2): {
       lua_Integer i = get_int(L, b, F_I);
       int nb;
       if (i > (lua_Integer)lua_rawlen(L, b + F_AUX)) {
-        set_state(L, b, ST(PF_K_NODE, 3));
         lua_pushnil(L);
-        call_post(L, b);
+        st = call_post(L, b);
         break;
       }
       set_state(L, b, ST(PF_K_BFLOW, 3));
-      nb = push_frame(L, PF_K_ORCH, b + F_SELF, b + F_SHARED, 0);
+      nb = push_frame(L, b + F_SELF, b + F_SHARED, 0);
       get_key(L, b + F_SELF, K_PARAMS);
       lua_rawgeti(L, b + F_AUX, i);
       pf_push_merged(L, lua_gettop(L) - 1, lua_gettop(L));
       lua_replace(L, nb + F_PARAMS);
       lua_pop(L, 2);
       b = nb;
+      st = first_state(PF_K_ORCH);
       break;
     }
     case ST(PF_K_BFLOW, 3):
       lua_pop(L, 1);
       set_int(L, b, F_I, get_int(L, b, F_I) + 1);
-      set_state(L, b, ST(PF_K_BFLOW, 2));
+      st = ST(PF_K_BFLOW, 2);
       break;
 
     /* -------- the walk: from the start node along the actions */
@@ -601,21 +618,22 @@ static int walk(lua_State *L, int status, int b) {
         return luaL_error(L, "%s: flow has no start node",
                           node_name(L, b + F_SELF));
       lua_replace(L, b + F_AUX);
-      set_state(L, b, ST(PF_K_ORCH, 1));
+      st = ST(PF_K_ORCH, 1);
       break;
     case ST(PF_K_ORCH, 1):
       if (lua_isnil(L, b + F_AUX)) {
         lua_pushvalue(L, b + F_RES);
         b = pop_frame(L, b);
         if (b == 0) return 1;
+        st = get_state(L, b);
         break;
       }
-      b = start_child(L, b);
+      b = start_child(L, b, &st);
       break;
     case ST(PF_K_ORCH, 2):
       lua_replace(L, b + F_RES);
       next_node(L, b);
-      set_state(L, b, ST(PF_K_ORCH, 1));
+      st = ST(PF_K_ORCH, 1);
       break;
 
     default:
@@ -635,12 +653,12 @@ static int start(lua_State *L, int kind, int from_node) {
     push_run_self(L, 2, 0);
     lua_replace(L, 2);
   }
-  b = push_frame(L, kind, 2, 3, kind == PF_K_EXEC ? 4 : 0);
+  b = push_frame(L, 2, 3, kind == PF_K_EXEC ? 4 : 0);
   if (kind == PF_K_ORCH) {
     lua_pushvalue(L, 4);
     lua_replace(L, b + F_PARAMS);
   }
-  return walk(L, LUA_OK, b);
+  return walk(L, LUA_OK, b, first_state(kind));
 }
 
 /* core.machine(kind, self, shared, x): the body of item and walk tasks.
