@@ -1,11 +1,7 @@
 -- Flows: transitions, actions, nesting, params, warnings (API.md §2)
 local pf = require "pocketflow"
 
-local function capture_warnings()
-  local seen, saved = {}, pf.on_warning
-  pf.on_warning = function(msg) seen[#seen + 1] = msg end
-  return seen, function() pf.on_warning = saved end
-end
+local capture_warnings = require("support.warnings").capture
 
 -- a node that appends its name to shared.path and returns an action
 local function step(name, action)

@@ -1,11 +1,7 @@
 -- Nodes: prep -> exec -> post, retries, fallback, classes, aliases (API.md §2)
 local pf = require "pocketflow"
 
-local function capture_warnings()
-  local seen, saved = {}, pf.on_warning
-  pf.on_warning = function(msg) seen[#seen + 1] = msg end
-  return seen, function() pf.on_warning = saved end
-end
+local capture_warnings = require("support.warnings").capture
 
 describe("a node", function()
   it("runs prep, exec and post in order and returns post's value", function()

@@ -15,14 +15,7 @@ local function count(s, sub)
   end
 end
 
-local function warnings_of(fn)
-  local saved, got = pf.on_warning, {}
-  pf.on_warning = function(msg) got[#got + 1] = msg end
-  local ok, err = pcall(fn)
-  pf.on_warning = saved
-  if not ok then error(err, 0) end
-  return got
-end
+local warnings_of = require("support.warnings").of
 
 -- the error fn raises, inside a task and outside
 local function error_of(fn, ...)

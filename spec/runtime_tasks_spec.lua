@@ -5,15 +5,7 @@ local pf = require "pocketflow"
 local mode = os.getenv("PF_MODE") or "plain"
 local slow = mode == "valgrind"
 
--- replaces pf.on_warning while fn runs; returns the messages it got
-local function warnings_of(fn)
-  local saved, got = pf.on_warning, {}
-  pf.on_warning = function(msg) got[#got + 1] = msg end
-  local ok, err = pcall(fn)
-  pf.on_warning = saved
-  if not ok then error(err, 0) end
-  return got
-end
+local warnings_of = require("support.warnings").of
 
 local function has(s, sub)
   return type(s) == "string" and s:find(sub, 1, true) ~= nil

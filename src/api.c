@@ -147,14 +147,6 @@ static int l_spawn(lua_State *L) {
   return 1;
 }
 
-static void forget_lost(lua_State *L, pf_task *t, int tidx) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->S->lost);
-  lua_pushvalue(L, tidx);
-  lua_pushnil(L);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
-}
-
 /* Pushes an ended task's results, or raises its error. */
 int pf_task_outcome(lua_State *L, pf_task *t, int tidx) {
   int n, i;
@@ -168,7 +160,7 @@ int pf_task_outcome(lua_State *L, pf_task *t, int tidx) {
       for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
       return n;
     case PF_ERROR:
-      forget_lost(L, t, tidx);
+      pf_forget_lost(L, t->S, tidx);
       lua_getiuservalue(L, tidx, PF_UV_AUX);
       return lua_error(L);
     default:
@@ -232,7 +224,7 @@ static int timeout_k(lua_State *L, int status, lua_KContext ctx) {
   if (me->timed_out) {
     me->timed_out = 0;
     pf_cancel(child);
-    forget_lost(L, child, 2);  /* it may have failed since: not reported */
+    pf_forget_lost(L, child->S, 2);  /* it may have failed since: not reported */
     return luaL_error(L, "pf.timeout: timeout after %f s",
                       (double)lua_tonumber(L, 1));
   }

@@ -552,7 +552,8 @@ static int main_outcome(lua_State *L, pf_task *t, int tidx) {
   return pf_task_outcome(L, t, tidx);
 }
 
-static void forget_lost(lua_State *L, pf_sched *S, int tidx) {
+/* The ended task at tidx is waited on: its error is not reported. */
+void pf_forget_lost(lua_State *L, pf_sched *S, int tidx) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->lost);
   lua_pushvalue(L, tidx);
   lua_pushnil(L);
@@ -569,12 +570,12 @@ static int run_main(lua_State *L, int nargs) {
   t->keep_results = 1;
   tidx = lua_gettop(L);
   if (run_loop(S, &stranded) < 0) {
-    forget_lost(L, S, tidx);
+    pf_forget_lost(L, S, tidx);
     report_lost(S);
     return luaL_error(L, "pf.run: deadlock: %d task(s) wait on nothing that "
                          "can wake them (cancelled)", (int)stranded);
   }
-  forget_lost(L, S, tidx);
+  pf_forget_lost(L, S, tidx);
   report_lost(S);
   return main_outcome(L, t, tidx);
 }
