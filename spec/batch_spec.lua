@@ -118,6 +118,36 @@ describe("ParallelBatchNode", function()
     assert.same({ 10, 20 }, s.r)
   end)
 
+  -- with one attempt and the default fallback an item runs exec as its
+  -- task's body (group.c); with a fallback it runs the full machine
+  for _, case in ipairs{ { "one attempt", {} },
+                         { "a fallback", { exec_fallback = function() return -1 end } } } do
+    it("keeps what each item writes on self to that item, with " .. case[1], function()
+      local opts = { prep = function() return { 1, 2, 3 } end,
+        exec = function(self, x)
+          self.mine = x
+          pf.sleep(0.001 * (4 - x))  -- the last item writes first
+          return self.mine * 10 + self.cur_retry
+        end,
+        post = function(self, s, _, r) s.r, s.left = r, rawget(self, "mine") end }
+      for k, v in pairs(case[2]) do opts[k] = v end
+      local n, s = pf.ParallelBatchNode(opts), {}
+      n:run(s)
+      assert.same({ 10, 20, 30 }, s.r)
+      assert.is_nil(s.left)
+      assert.is_nil(rawget(n, "mine"))
+    end)
+  end
+
+  it("reports an item's error at the user's line, with its traceback", function()
+    local n = pf.ParallelBatchNode{ prep = function() return { 1, 2 } end,
+      exec = function(_, x) pf.sleep(0); if x == 2 then error("bad item") end; return x end }
+    local ok, err = pcall(n.run, n, {})
+    assert.is_false(ok)
+    assert.matches("batch_spec.lua:%d+: bad item", err)
+    assert.matches("stack traceback:", err, 1, true)
+  end)
+
   it("cancels the others on the first failure and raises it", function()
     local finished = 0
     local n = pf.ParallelBatchNode{
