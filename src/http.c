@@ -8,14 +8,22 @@
 ** a to-be-closed variable: its methods :next() (the next buffered body
 ** chunk, for streaming) and :result() wait in the task. curl's callbacks
 ** only buffer and wake the task; they never call Lua.
+**
+** libcurl is not linked: it and the ~35 libraries it pulls in would cost
+** every start of the program several ms of dynamic loading. The first
+** request dlopens it and fills the context's table of functions.
 */
 #include <ctype.h>
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <curl/curl.h>
 
 #include "io.h"
+
+#define CURL_SONAME "libcurl.so.4"
+#define CURL_MIN_VERSION 0x075500   /* 7.85.0: CURLOPT_PROTOCOLS_STR */
 
 #define XFER_MT "pocketflow.http.transfer"
 #define STREAM_HIGH_WATER (1u << 20)   /* buffered bytes that pause a stream */
@@ -25,7 +33,37 @@ static const char HTTP_KEY = 'H';
 typedef struct xfer xfer;
 typedef struct sock sock;
 
+/* the libcurl functions used here, found with dlsym as "curl_" name */
+#define CURL_FUNCS(X) \
+  X(CURLcode, global_init, (long)) \
+  X(void, global_cleanup, (void)) \
+  X(curl_version_info_data *, version_info, (CURLversion)) \
+  X(CURL *, easy_init, (void)) \
+  X(void, easy_cleanup, (CURL *)) \
+  X(CURLcode, easy_setopt, (CURL *, CURLoption, ...)) \
+  X(CURLcode, easy_getinfo, (CURL *, CURLINFO, ...)) \
+  X(CURLcode, easy_pause, (CURL *, int)) \
+  X(const char *, easy_strerror, (CURLcode)) \
+  X(struct curl_slist *, slist_append, (struct curl_slist *, const char *)) \
+  X(void, slist_free_all, (struct curl_slist *)) \
+  X(CURLM *, multi_init, (void)) \
+  X(CURLMcode, multi_cleanup, (CURLM *)) \
+  X(CURLMcode, multi_setopt, (CURLM *, CURLMoption, ...)) \
+  X(CURLMcode, multi_add_handle, (CURLM *, CURL *)) \
+  X(CURLMcode, multi_remove_handle, (CURLM *, CURL *)) \
+  X(CURLMcode, multi_assign, (CURLM *, curl_socket_t, void *)) \
+  X(CURLMcode, multi_socket_action, (CURLM *, curl_socket_t, int, int *)) \
+  X(CURLMsg *, multi_info_read, (CURLM *, int *))
+
+typedef struct curl_api {
+#define X(ret, name, args) ret (*name) args;
+  CURL_FUNCS(X)
+#undef X
+} curl_api;
+
 typedef struct http_ctx {
+  void *lib;            /* libcurl's dlopen handle, NULL until loaded */
+  curl_api c;
   CURLM *multi;
   uv_loop_t *loop;
   uv_timer_t *timer;
@@ -60,13 +98,14 @@ struct xfer {
 /* ----------------------------------------------------------- transfers */
 
 static void xfer_release(xfer *x) {
+  const curl_api *c = &x->h->c;
   if (x->released) return;
   x->released = 1;
-  if (x->active) curl_multi_remove_handle(x->h->multi, x->easy);
+  if (x->active) c->multi_remove_handle(x->h->multi, x->easy);
   x->active = 0;
-  if (x->easy) curl_easy_cleanup(x->easy);
+  if (x->easy) c->easy_cleanup(x->easy);
   x->easy = NULL;
-  curl_slist_free_all(x->hdrs);
+  c->slist_free_all(x->hdrs);
   x->hdrs = NULL;
   pf_buf_free(&x->body);
   pf_buf_free(&x->head);
@@ -88,14 +127,14 @@ static void xfer_wake(xfer *x) {
 static void check_done(http_ctx *h) {
   CURLMsg *m;
   int left;
-  while ((m = curl_multi_info_read(h->multi, &left)) != NULL) {
+  while ((m = h->c.multi_info_read(h->multi, &left)) != NULL) {
     xfer *x = NULL;
     if (m->msg != CURLMSG_DONE) continue;
-    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+    h->c.easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
     x->result = m->data.result;
     x->done = 1;
     x->active = 0;
-    curl_multi_remove_handle(h->multi, m->easy_handle);
+    h->c.multi_remove_handle(h->multi, m->easy_handle);
     if (x->t) xfer_wake(x);
   }
 }
@@ -129,7 +168,7 @@ static void on_poll(uv_poll_t *p, int status, int events) {
   if (status < 0) flags = CURL_CSELECT_ERR;
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
-  curl_multi_socket_action(h->multi, s->fd, flags, &running);
+  h->c.multi_socket_action(h->multi, s->fd, flags, &running);
   check_done(h);
 }
 
@@ -146,7 +185,7 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sp) {
   (void)e;
   if (what == CURL_POLL_REMOVE) {
     if (s) {
-      curl_multi_assign(h->multi, fd, NULL);
+      h->c.multi_assign(h->multi, fd, NULL);
       sock_close(h, s);
     }
     return 0;
@@ -164,7 +203,7 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sp) {
     s->next = h->socks;
     if (h->socks) h->socks->prev = s;
     h->socks = s;
-    curl_multi_assign(h->multi, fd, s);
+    h->c.multi_assign(h->multi, fd, s);
   }
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
@@ -175,7 +214,7 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sp) {
 static void on_timer(uv_timer_t *t) {
   http_ctx *h = (http_ctx *)t->data;
   int running;
-  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  h->c.multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
   check_done(h);
 }
 
@@ -187,17 +226,92 @@ static int on_curl_timer(CURLM *m, long ms, void *ud) {
   return 0;
 }
 
+/* ------------------------------------------------------------- libcurl */
+
+/* Raises "pf.http: <what>: <dlerror()>"; lib is closed after dlerror()
+** was read. */
+static int load_error(lua_State *L, void *lib, const char *what) {
+  const char *why = dlerror();
+  lua_pushfstring(L, "pf.http: %s: %s", what, why ? why : "unknown error");
+  if (lib) dlclose(lib);
+  return lua_error(L);
+}
+
+static void *curl_open(lua_State *L, curl_api *c) {
+  void *lib = dlopen(CURL_SONAME, RTLD_NOW | RTLD_LOCAL), *sym;
+  if (lib == NULL) load_error(L, NULL, "cannot load " CURL_SONAME);
+#define X(ret, name, args) \
+  if ((sym = dlsym(lib, "curl_" #name)) == NULL) \
+    load_error(L, lib, CURL_SONAME " has no curl_" #name); \
+  c->name = (ret (*) args)sym;
+  CURL_FUNCS(X)
+#undef X
+  return lib;
+}
+
+static void check_version(lua_State *L, http_ctx *h) {
+  const curl_version_info_data *v = h->c.version_info(CURLVERSION_NOW);
+  if (v->version_num < CURL_MIN_VERSION) {
+    lua_pushfstring(L, "pf.http: %s is libcurl %s; 7.85.0 or later is needed",
+                    CURL_SONAME, v->version);
+    dlclose(h->lib);
+    h->lib = NULL;
+    lua_error(L);
+  }
+}
+
+/* The multi handle and its timer; undoes curl_global_init on failure. */
+static void multi_open(lua_State *L, http_ctx *h) {
+  const curl_api *c = &h->c;
+  h->multi = c->multi_init();
+  h->timer = (uv_timer_t *)malloc(sizeof(uv_timer_t));
+  if (h->multi == NULL || h->timer == NULL) {
+    if (h->multi) c->multi_cleanup(h->multi);
+    free(h->timer);
+    h->multi = NULL;
+    h->timer = NULL;
+    c->global_cleanup();
+    dlclose(h->lib);
+    h->lib = NULL;
+    luaL_error(L, "pf.http: out of memory");
+  }
+  uv_timer_init(h->loop, h->timer);
+  h->timer->data = h;
+  c->multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  c->multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+  c->multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+  c->multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+}
+
+/* libcurl, its global state and the multi, on the first request */
+static void ctx_load(lua_State *L, http_ctx *h) {
+  if (h->lib) return;
+  if (h->closed) luaL_error(L, "pf.http: the Lua state is closing");
+  h->lib = curl_open(L, &h->c);
+  check_version(L, h);
+  if (h->c.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    dlclose(h->lib);
+    h->lib = NULL;
+    luaL_error(L, "pf.http: curl_global_init failed");
+  }
+  multi_open(L, h);
+}
+
 /* ------------------------------------------------------------- context */
 
 static int ctx_gc(lua_State *L) {
   http_ctx *h = (http_ctx *)lua_touserdata(L, 1);
-  if (h->closed) return 0;
   h->closed = 1;
+  if (h->lib == NULL) return 0;
   while (h->xfers) xfer_release(h->xfers);
-  curl_multi_cleanup(h->multi);   /* may report sockets removed */
+  h->c.multi_cleanup(h->multi);   /* may report sockets removed */
+  h->multi = NULL;
   while (h->socks) sock_close(h, h->socks);
   uv_close((uv_handle_t *)h->timer, pf_close_free_cb);
-  curl_global_cleanup();
+  h->timer = NULL;
+  h->c.global_cleanup();
+  dlclose(h->lib);
+  h->lib = NULL;
   return 0;
 }
 
@@ -214,25 +328,9 @@ static http_ctx *ctx_get(lua_State *L) {
 static void ctx_open(lua_State *L) {
   http_ctx *h;
   if (ctx_get(L)) return;
-  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-    luaL_error(L, "pf.http: curl_global_init failed");
   h = (http_ctx *)lua_newuserdatauv(L, sizeof *h, 0);
   memset(h, 0, sizeof *h);
   h->loop = pf_loop(L);
-  h->multi = curl_multi_init();
-  h->timer = (uv_timer_t *)malloc(sizeof(uv_timer_t));
-  if (h->multi == NULL || h->timer == NULL) {
-    if (h->multi) curl_multi_cleanup(h->multi);
-    free(h->timer);
-    curl_global_cleanup();
-    luaL_error(L, "pf.http: out of memory");
-  }
-  uv_timer_init(h->loop, h->timer);
-  h->timer->data = h;
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
   lua_newtable(L);
   lua_pushcfunction(L, ctx_gc);
   lua_setfield(L, -2, "__gc");
@@ -257,16 +355,17 @@ static const char *field_string(lua_State *L, const char *name,
 }
 
 static void set_headers(lua_State *L, xfer *x) {
+  const curl_api *c = &x->h->c;
   struct curl_slist *l;
   /* no "Expect: 100-continue" round trip before large bodies */
-  x->hdrs = curl_slist_append(NULL, "Expect:");
+  x->hdrs = c->slist_append(NULL, "Expect:");
   if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
     lua_pushnil(L);
     while (lua_next(L, -2)) {
       if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
         luaL_error(L, "pf.http: headers must map names to strings");
       lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
-      l = curl_slist_append(x->hdrs, lua_tostring(L, -1));
+      l = c->slist_append(x->hdrs, lua_tostring(L, -1));
       if (l == NULL) luaL_error(L, "pf.http: out of memory");
       x->hdrs = l;
       lua_pop(L, 2);
@@ -276,41 +375,43 @@ static void set_headers(lua_State *L, xfer *x) {
                luaL_typename(L, -1));
   }
   lua_pop(L, 1);
-  curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->hdrs);
+  c->easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->hdrs);
 }
 
 static void set_method(xfer *x, const char *method, const char *body,
                        size_t blen) {
+  const curl_api *c = &x->h->c;
   CURL *e = x->easy;
   if (strcmp(method, "HEAD") == 0) {
-    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    c->easy_setopt(e, CURLOPT_NOBODY, 1L);
     return;
   }
   if (body) {
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
+    c->easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+    c->easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
   }
   if (strcmp(method, "POST") != 0 && (body || strcmp(method, "GET") != 0))
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    c->easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
 }
 
 static void set_options(lua_State *L, xfer *x, const char *url) {
+  const curl_api *c = &x->h->c;
   CURL *e = x->easy;
   double timeout = 0;
-  curl_easy_setopt(e, CURLOPT_URL, url);
-  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_USERAGENT, "pocketflow/" PF_VERSION);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+  c->easy_setopt(e, CURLOPT_URL, url);
+  c->easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
+  c->easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+  c->easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  c->easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  c->easy_setopt(e, CURLOPT_USERAGENT, "pocketflow/" PF_VERSION);
+  c->easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  c->easy_setopt(e, CURLOPT_WRITEDATA, x);
+  c->easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  c->easy_setopt(e, CURLOPT_HEADERDATA, x);
   lua_getfield(L, 1, "follow");
   if (lua_isnil(L, -1) || lua_toboolean(L, -1)) {
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
-    curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
+    c->easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+    c->easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
   }
   lua_pop(L, 1);
   if (lua_getfield(L, 1, "timeout") != LUA_TNIL) {
@@ -318,7 +419,7 @@ static void set_options(lua_State *L, xfer *x, const char *url) {
     timeout = (double)lua_tonumberx(L, -1, &isnum);
     if (!isnum || !(timeout > 0))
       luaL_error(L, "pf.http: timeout must be a positive number of seconds");
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)pf_ms_from_seconds(timeout));
+    c->easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)pf_ms_from_seconds(timeout));
   }
   lua_pop(L, 1);
 }
@@ -334,12 +435,13 @@ static int l_http_start(lua_State *L) {
   if (url == NULL) return luaL_error(L, "pf.http: url is required");
   method = field_string(L, "method", "GET", NULL);
   body = field_string(L, "body", NULL, &blen);
+  ctx_load(L, h);
   x = (xfer *)lua_newuserdatauv(L, sizeof *x, 0);
   memset(x, 0, sizeof *x);
   x->h = h;
   x->released = 1;   /* nothing to release until linked */
   luaL_setmetatable(L, XFER_MT);
-  x->easy = curl_easy_init();
+  x->easy = h->c.easy_init();
   x->desc = (char *)malloc(strlen(method) + strlen(url) + 2);
   x->released = 0;
   x->next = h->xfers;
@@ -356,7 +458,7 @@ static int l_http_start(lua_State *L) {
   set_options(L, x, url);
   set_headers(L, x);
   set_method(x, method, body, blen);
-  if (curl_multi_add_handle(h->multi, x->easy) != CURLM_OK)
+  if (h->c.multi_add_handle(h->multi, x->easy) != CURLM_OK)
     return luaL_error(L, "pf.http: %s: cannot start the transfer", x->desc);
   x->active = 1;
   return 1;
@@ -388,7 +490,7 @@ static int park(lua_State *L, xfer *x, int what, lua_KFunction k) {
 }
 
 static int raise_failure(lua_State *L, xfer *x) {
-  const char *why = curl_easy_strerror(x->result);
+  const char *why = x->h->c.easy_strerror(x->result);
   const char *detail = x->errbuf[0] ? x->errbuf : why;
   if (x->result == CURLE_OPERATION_TIMEDOUT)
     return luaL_error(L, "pf.http: %s: timeout (%s)", x->desc, detail);
@@ -405,7 +507,7 @@ static int next_k(lua_State *L, int status, lua_KContext ctx) {
     x->body.len = 0;
     if (x->paused) {
       x->paused = 0;
-      curl_easy_pause(x->easy, CURLPAUSE_CONT);
+      x->h->c.easy_pause(x->easy, CURLPAUSE_CONT);
     }
     return 1;
   }
@@ -465,12 +567,12 @@ static int result_k(lua_State *L, int status, lua_KContext ctx) {
     if (x->paused) {   /* nobody streams: take everything */
       x->paused = 0;
       x->stream = 0;
-      curl_easy_pause(x->easy, CURLPAUSE_CONT);
+      x->h->c.easy_pause(x->easy, CURLPAUSE_CONT);
     }
     return park(L, x, W_DONE, result_k);
   }
   if (x->result != CURLE_OK) return raise_failure(L, x);
-  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+  x->h->c.easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
   lua_createtable(L, 0, 3);
   lua_pushinteger(L, code);
   lua_setfield(L, -2, "status");
