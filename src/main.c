@@ -11,11 +11,11 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "embed.h"
 #include "pf.h"
 
 LUALIB_API int luaopen_pocketflow_core(lua_State *L);
-extern const char pf_init_lua[];
-extern const size_t pf_init_lua_len;
+extern const pf_chunk pf_init_lua;
 
 static const char *progname = "pocketflow";
 
@@ -249,7 +249,7 @@ static int runargs(lua_State *L, char **argv, int n) {
 }
 
 static int load_module(lua_State *L) {
-  if (luaL_loadbuffer(L, pf_init_lua, pf_init_lua_len, "=pocketflow") != LUA_OK)
+  if (pf_load_chunk(L, &pf_init_lua) != LUA_OK)
     return lua_error(L);
   lua_pushvalue(L, 1);
   lua_call(L, 1, 1);
