@@ -79,8 +79,9 @@ static int run_task(lua_State *L, int nargs) {
   return report(L, status);
 }
 
+/* run_task reports its own errors; the chunk's load error is reported here */
 static int dochunk(lua_State *L, int status) {
-  if (status == LUA_OK) status = run_task(L, 0);
+  if (status == LUA_OK) return run_task(L, 0);
   return report(L, status);
 }
 
@@ -130,10 +131,7 @@ static int handle_script(lua_State *L, char **argv) {
   int status;
   if (strcmp(fname, "-") == 0 && strcmp(argv[-1], "--") != 0) fname = NULL;
   status = luaL_loadfile(L, fname);
-  if (status == LUA_OK) {
-    int n = pushargs(L);
-    status = run_task(L, n);
-  }
+  if (status == LUA_OK) return run_task(L, pushargs(L));
   return report(L, status);
 }
 
