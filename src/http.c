@@ -27,11 +27,14 @@
 
 #define XFER_MT "pocketflow.http.transfer"
 #define STREAM_HIGH_WATER (1u << 20)   /* buffered bytes that pause a stream */
+#define POOL_MAX 64                    /* idle easy handles kept */
+#define BUF_KEEP (64u << 10)           /* larger buffers are not kept idle */
 
 static const char HTTP_KEY = 'H';
 
 typedef struct xfer xfer;
 typedef struct sock sock;
+typedef struct slot slot;
 
 /* the libcurl functions used here, found with dlsym as "curl_" name */
 #define CURL_FUNCS(X) \
@@ -40,6 +43,7 @@ typedef struct sock sock;
   X(curl_version_info_data *, version_info, (CURLversion)) \
   X(CURL *, easy_init, (void)) \
   X(void, easy_cleanup, (CURL *)) \
+  X(void, easy_reset, (CURL *)) \
   X(CURLcode, easy_setopt, (CURL *, CURLoption, ...)) \
   X(CURLcode, easy_getinfo, (CURL *, CURLINFO, ...)) \
   X(CURLcode, easy_pause, (CURL *, int)) \
@@ -69,8 +73,20 @@ typedef struct http_ctx {
   uv_timer_t *timer;
   xfer *xfers;          /* transfers not yet released */
   sock *socks;          /* polls not yet closed */
+  slot *idle;           /* pooled easy handles, up to POOL_MAX */
+  int nidle;
+  struct curl_slist *expect;   /* the headers of a request without any */
   int closed;
 } http_ctx;
+
+/* An easy handle with the buffers of its transfer, reused across requests
+** (curl_easy_reset) instead of made and freed for each. */
+struct slot {
+  CURL *easy;
+  pf_buf body, head;
+  slot *next;           /* in the idle list */
+  char errbuf[CURL_ERROR_SIZE];
+};
 
 struct sock {
   uv_poll_t poll;
@@ -81,37 +97,78 @@ struct sock {
 
 enum { W_NONE, W_DATA, W_DONE };   /* what a parked task waits for */
 
+/* A transfer: a userdata whose user values are its method and URL (for
+** messages). It holds a slot from its start until released. */
 struct xfer {
   http_ctx *h;
-  CURL *easy;
-  struct curl_slist *hdrs;
+  slot *s;              /* NULL once released */
+  CURL *easy;           /* s->easy */
+  struct curl_slist *hdrs;   /* request headers of its own, or NULL */
   xfer *prev, *next;
   pf_task *t;           /* the parked task, or NULL */
-  pf_buf body, head;
-  char *desc;           /* "METHOD url", for messages */
   CURLcode result;
   int wait;
-  unsigned char active, done, stream, paused, released;
-  char errbuf[CURL_ERROR_SIZE];
+  unsigned char active, done, stream, paused;
 };
+
+/* --------------------------------------------------------------- slots */
+
+static void slot_free(http_ctx *h, slot *s) {
+  h->c.easy_cleanup(s->easy);
+  pf_buf_free(&s->body);
+  pf_buf_free(&s->head);
+  free(s);
+}
+
+static slot *slot_get(http_ctx *h) {
+  slot *s = h->idle;
+  if (s) {
+    h->idle = s->next;
+    h->nidle--;
+    return s;
+  }
+  s = (slot *)calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  if ((s->easy = h->c.easy_init()) == NULL) {
+    free(s);
+    return NULL;
+  }
+  return s;
+}
+
+static void buf_recycle(pf_buf *b) {
+  if (b->cap > BUF_KEEP) pf_buf_free(b);
+  b->len = 0;
+}
+
+/* Back to the pool, out of the multi; the handle forgets every option. */
+static void slot_put(http_ctx *h, slot *s) {
+  if (h->nidle >= POOL_MAX) {
+    slot_free(h, s);
+    return;
+  }
+  h->c.easy_reset(s->easy);
+  buf_recycle(&s->body);
+  buf_recycle(&s->head);
+  s->errbuf[0] = '\0';
+  s->next = h->idle;
+  h->idle = s;
+  h->nidle++;
+}
 
 /* ----------------------------------------------------------- transfers */
 
 static void xfer_release(xfer *x) {
-  const curl_api *c = &x->h->c;
-  if (x->released) return;
-  x->released = 1;
-  if (x->active) c->multi_remove_handle(x->h->multi, x->easy);
+  http_ctx *h = x->h;
+  if (x->s == NULL) return;
+  if (x->active) h->c.multi_remove_handle(h->multi, x->easy);
   x->active = 0;
-  if (x->easy) c->easy_cleanup(x->easy);
+  slot_put(h, x->s);
+  x->s = NULL;
   x->easy = NULL;
-  c->slist_free_all(x->hdrs);
+  h->c.slist_free_all(x->hdrs);
   x->hdrs = NULL;
-  pf_buf_free(&x->body);
-  pf_buf_free(&x->head);
-  free(x->desc);
-  x->desc = NULL;
-  if (x->prev) x->prev->next = x->next; else x->h->xfers = x->next;
+  if (x->prev) x->prev->next = x->next; else h->xfers = x->next;
   if (x->next) x->next->prev = x->prev;
   x->prev = x->next = NULL;
 }
@@ -142,11 +199,11 @@ static void check_done(http_ctx *h) {
 static size_t on_body(char *p, size_t size, size_t n, void *ud) {
   xfer *x = (xfer *)ud;
   size_t len = size * n;
-  if (x->stream && x->body.len >= STREAM_HIGH_WATER) {
+  if (x->stream && x->s->body.len >= STREAM_HIGH_WATER) {
     x->paused = 1;   /* curl keeps this chunk until the task takes some */
     return CURL_WRITEFUNC_PAUSE;
   }
-  if (pf_buf_add(&x->body, p, len) < 0) return 0;  /* CURLE_WRITE_ERROR */
+  if (pf_buf_add(&x->s->body, p, len) < 0) return 0;  /* CURLE_WRITE_ERROR */
   if (x->t && x->wait == W_DATA) xfer_wake(x);
   return len;
 }
@@ -154,8 +211,8 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud) {
 static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   xfer *x = (xfer *)ud;
   size_t len = size * n;
-  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) x->head.len = 0;  /* a new response */
-  if (pf_buf_add(&x->head, p, len) < 0) return 0;
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) x->s->head.len = 0;  /* a new response */
+  if (pf_buf_add(&x->s->head, p, len) < 0) return 0;
   return len;
 }
 
@@ -265,11 +322,15 @@ static void multi_open(lua_State *L, http_ctx *h) {
   const curl_api *c = &h->c;
   h->multi = c->multi_init();
   h->timer = (uv_timer_t *)malloc(sizeof(uv_timer_t));
-  if (h->multi == NULL || h->timer == NULL) {
+  /* no "Expect: 100-continue" round trip before large bodies */
+  h->expect = c->slist_append(NULL, "Expect:");
+  if (h->multi == NULL || h->timer == NULL || h->expect == NULL) {
     if (h->multi) c->multi_cleanup(h->multi);
     free(h->timer);
+    c->slist_free_all(h->expect);
     h->multi = NULL;
     h->timer = NULL;
+    h->expect = NULL;
     c->global_cleanup();
     dlclose(h->lib);
     h->lib = NULL;
@@ -306,6 +367,14 @@ static int ctx_gc(lua_State *L) {
   while (h->xfers) xfer_release(h->xfers);
   h->c.multi_cleanup(h->multi);   /* may report sockets removed */
   h->multi = NULL;
+  while (h->idle) {
+    slot *s = h->idle;
+    h->idle = s->next;
+    slot_free(h, s);
+  }
+  h->nidle = 0;
+  h->c.slist_free_all(h->expect);
+  h->expect = NULL;
   while (h->socks) sock_close(h, h->socks);
   uv_close((uv_handle_t *)h->timer, pf_close_free_cb);
   h->timer = NULL;
@@ -340,26 +409,24 @@ static void ctx_open(lua_State *L) {
 
 /* ------------------------------------------------------ core.http_start */
 
-static const char *field_string(lua_State *L, const char *name,
-                                const char *def, size_t *len) {
-  const char *s = def;
-  if (len) *len = def ? strlen(def) : 0;
-  if (lua_getfield(L, 1, name) != LUA_TNIL) {
-    if (lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "pf.http: %s must be a string (got %s)", name,
-                 luaL_typename(L, -1));
-    s = lua_tolstring(L, -1, len);
-  }
-  lua_pop(L, 1);  /* still referenced by the options */
-  return s;
+/* Pushes opts.name (index 1): a string, or nil, then NULL. */
+static const char *opt_string(lua_State *L, const char *name, size_t *len) {
+  int t = lua_getfield(L, 1, name);
+  if (t == LUA_TNIL) return NULL;
+  if (t != LUA_TSTRING)
+    luaL_error(L, "pf.http: %s must be a string (got %s)", name,
+               lua_typename(L, t));
+  return lua_tolstring(L, -1, len);
 }
 
+/* Request headers of the transfer's own when opts has some; the
+** context's list (only "Expect:") otherwise. */
 static void set_headers(lua_State *L, xfer *x) {
   const curl_api *c = &x->h->c;
-  struct curl_slist *l;
-  /* no "Expect: 100-continue" round trip before large bodies */
-  x->hdrs = c->slist_append(NULL, "Expect:");
+  struct curl_slist *l = x->h->expect;
   if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
+    x->hdrs = c->slist_append(NULL, "Expect:");
+    if (x->hdrs == NULL) luaL_error(L, "pf.http: out of memory");
     lua_pushnil(L);
     while (lua_next(L, -2)) {
       if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
@@ -370,12 +437,13 @@ static void set_headers(lua_State *L, xfer *x) {
       x->hdrs = l;
       lua_pop(L, 2);
     }
+    l = x->hdrs;
   } else if (!lua_isnil(L, -1)) {
     luaL_error(L, "pf.http: headers must be a table (got %s)",
                luaL_typename(L, -1));
   }
   lua_pop(L, 1);
-  c->easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->hdrs);
+  c->easy_setopt(x->easy, CURLOPT_HTTPHEADER, l);
 }
 
 static void set_method(xfer *x, const char *method, const char *body,
@@ -400,7 +468,7 @@ static void set_options(lua_State *L, xfer *x, const char *url) {
   double timeout = 0;
   c->easy_setopt(e, CURLOPT_URL, url);
   c->easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
-  c->easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+  c->easy_setopt(e, CURLOPT_ERRORBUFFER, x->s->errbuf);
   c->easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   c->easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   c->easy_setopt(e, CURLOPT_USERAGENT, "pocketflow/" PF_VERSION);
@@ -422,45 +490,73 @@ static void set_options(lua_State *L, xfer *x, const char *url) {
     c->easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)pf_ms_from_seconds(timeout));
   }
   lua_pop(L, 1);
+  lua_getfield(L, 1, "stream");
+  x->stream = (unsigned char)lua_toboolean(L, -1);
+  lua_pop(L, 1);
 }
 
-/* core.http_start(opts): a transfer, already running */
-static int l_http_start(lua_State *L) {
+/* A new transfer on the stack, holding a slot; method and URL (indices 3
+** and 2) are kept as its user values. */
+static xfer *xfer_new(lua_State *L, http_ctx *h) {
+  xfer *x = (xfer *)lua_newuserdatauv(L, sizeof *x, 2);
+  memset(x, 0, sizeof *x);
+  x->h = h;
+  luaL_setmetatable(L, XFER_MT);
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, 2);
+  if ((x->s = slot_get(h)) == NULL) luaL_error(L, "pf.http: out of memory");
+  x->easy = x->s->easy;
+  x->next = h->xfers;
+  if (h->xfers) h->xfers->prev = x;
+  h->xfers = x;
+  return x;
+}
+
+/* Raises "pf.http: METHOD url: " .. the string on top; the transfer is
+** at idx. */
+static int xfer_error(lua_State *L, int idx) {
+  lua_getiuservalue(L, idx, 1);
+  lua_getiuservalue(L, idx, 2);
+  lua_pushfstring(L, "pf.http: %s %s: %s", lua_tostring(L, -2),
+                  lua_tostring(L, -1), lua_tostring(L, -3));
+  return lua_error(L);
+}
+
+/* Reads opts (index 1) and starts the transfer, pushed at index 5 above
+** the URL, the method and the body (or nil). */
+static xfer *start(lua_State *L) {
   http_ctx *h = ctx_get(L);
   size_t blen = 0;
   const char *url, *method, *body;
   xfer *x;
   luaL_checktype(L, 1, LUA_TTABLE);
-  url = field_string(L, "url", NULL, NULL);
-  if (url == NULL) return luaL_error(L, "pf.http: url is required");
-  method = field_string(L, "method", "GET", NULL);
-  body = field_string(L, "body", NULL, &blen);
+  lua_settop(L, 1);
+  url = opt_string(L, "url", NULL);
+  if (url == NULL) luaL_error(L, "pf.http: url is required");
+  method = opt_string(L, "method", NULL);
+  if (method == NULL) {
+    lua_pop(L, 1);
+    method = lua_pushliteral(L, "GET");
+  }
+  body = opt_string(L, "body", &blen);
   ctx_load(L, h);
-  x = (xfer *)lua_newuserdatauv(L, sizeof *x, 0);
-  memset(x, 0, sizeof *x);
-  x->h = h;
-  x->released = 1;   /* nothing to release until linked */
-  luaL_setmetatable(L, XFER_MT);
-  x->easy = h->c.easy_init();
-  x->desc = (char *)malloc(strlen(method) + strlen(url) + 2);
-  x->released = 0;
-  x->next = h->xfers;
-  if (h->xfers) h->xfers->prev = x;
-  h->xfers = x;
-  if (x->easy == NULL || x->desc == NULL)
-    return luaL_error(L, "pf.http: out of memory");
-  strcpy(x->desc, method);
-  strcat(x->desc, " ");
-  strcat(x->desc, url);
-  lua_getfield(L, 1, "stream");
-  x->stream = lua_toboolean(L, -1);
-  lua_pop(L, 1);
+  x = xfer_new(L, h);
   set_options(L, x, url);
   set_headers(L, x);
   set_method(x, method, body, blen);
-  if (h->c.multi_add_handle(h->multi, x->easy) != CURLM_OK)
-    return luaL_error(L, "pf.http: %s: cannot start the transfer", x->desc);
+  if (h->c.multi_add_handle(h->multi, x->easy) != CURLM_OK) {
+    lua_pushliteral(L, "cannot start the transfer");
+    xfer_error(L, 5);
+  }
   x->active = 1;
+  return x;
+}
+
+/* core.http_start(opts): a transfer, already running */
+static int l_http_start(lua_State *L) {
+  start(L);
   return 1;
 }
 
@@ -476,7 +572,7 @@ static void xfer_cancel(pf_task *t, void *data) {
 
 static xfer *check_xfer(lua_State *L) {
   xfer *x = (xfer *)luaL_checkudata(L, 1, XFER_MT);
-  if (x->released) luaL_error(L, "pf.http: the transfer was closed");
+  if (x->s == NULL) luaL_error(L, "pf.http: the transfer was closed");
   return x;
 }
 
@@ -489,22 +585,26 @@ static int park(lua_State *L, xfer *x, int what, lua_KFunction k) {
   return lua_yieldk(L, 0, 0, k);
 }
 
-static int raise_failure(lua_State *L, xfer *x) {
+/* the transfer at idx failed: raises libcurl's reason */
+static int raise_failure(lua_State *L, xfer *x, int idx) {
   const char *why = x->h->c.easy_strerror(x->result);
-  const char *detail = x->errbuf[0] ? x->errbuf : why;
+  const char *detail = x->s->errbuf[0] ? x->s->errbuf : why;
   if (x->result == CURLE_OPERATION_TIMEDOUT)
-    return luaL_error(L, "pf.http: %s: timeout (%s)", x->desc, detail);
-  return luaL_error(L, "pf.http: %s: %s (%s)", x->desc, why, detail);
+    lua_pushfstring(L, "timeout (%s)", detail);
+  else
+    lua_pushfstring(L, "%s (%s)", why, detail);
+  return xfer_error(L, idx);
 }
 
 /* transfer:next(): the body bytes that arrived since the last call,
 ** waiting for some; nil at the end */
 static int next_k(lua_State *L, int status, lua_KContext ctx) {
   xfer *x = check_xfer(L);
+  pf_buf *body = &x->s->body;
   (void)status; (void)ctx;
-  if (x->body.len > 0) {
-    lua_pushlstring(L, x->body.data, x->body.len);
-    x->body.len = 0;
+  if (body->len > 0) {
+    lua_pushlstring(L, body->data, body->len);
+    body->len = 0;
     if (x->paused) {
       x->paused = 0;
       x->h->c.easy_pause(x->easy, CURLPAUSE_CONT);
@@ -512,7 +612,7 @@ static int next_k(lua_State *L, int status, lua_KContext ctx) {
     return 1;
   }
   if (x->done) {
-    if (x->result != CURLE_OK) return raise_failure(L, x);
+    if (x->result != CURLE_OK) return raise_failure(L, x, 1);
     lua_pushnil(L);
     return 1;
   }
@@ -571,14 +671,14 @@ static int result_k(lua_State *L, int status, lua_KContext ctx) {
     }
     return park(L, x, W_DONE, result_k);
   }
-  if (x->result != CURLE_OK) return raise_failure(L, x);
+  if (x->result != CURLE_OK) return raise_failure(L, x, 1);
   x->h->c.easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
   lua_createtable(L, 0, 3);
   lua_pushinteger(L, code);
   lua_setfield(L, -2, "status");
-  push_headers(L, x->head.data ? x->head.data : "", x->head.len);
+  push_headers(L, x->s->head.data ? x->s->head.data : "", x->s->head.len);
   lua_setfield(L, -2, "headers");
-  lua_pushlstring(L, x->body.data ? x->body.data : "", x->body.len);
+  lua_pushlstring(L, x->s->body.data ? x->s->body.data : "", x->s->body.len);
   lua_setfield(L, -2, "body");
   xfer_release(x);
   return 1;
