@@ -97,6 +97,26 @@ describe("pf.http", function()
     assert.equal(1, srv.connections)
   end)
 
+  it("reconnects after the server closes an idle kept-alive connection", function()
+    local closer = httpd.start{ routes = { ["/bye"] = function(_, res)
+      res:send(200, "bye")
+      res:after(0.02, function() res:close() end)
+    end } }
+    local cpu
+    pf.run(function()
+      assert.equal("bye", pf.http.get(closer.url .. "/bye").body)
+      -- the idle socket turns readable (EOF) while curl is not watching it:
+      -- the poll must stop rather than wake the loop again and again
+      local c0 = os.clock()
+      pf.sleep(0.2)
+      cpu = os.clock() - c0
+      assert.equal("bye", pf.http.get(closer.url .. "/bye").body)
+    end)
+    closer:close()
+    assert.equal(2, closer.connections)
+    assert.is_true(cpu < 0.1, "cpu while idle: " .. cpu)
+  end)
+
   it("raises on connection refused, naming the URL", function()
     local url = "http://127.0.0.1:" .. httpd.dead_port() .. "/x"
     local ok, err = pcall(pf.http.get, url)

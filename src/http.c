@@ -17,6 +17,8 @@
 #include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -55,7 +57,6 @@ typedef struct slot slot;
   X(CURLMcode, multi_setopt, (CURLM *, CURLMoption, ...)) \
   X(CURLMcode, multi_add_handle, (CURLM *, CURL *)) \
   X(CURLMcode, multi_remove_handle, (CURLM *, CURL *)) \
-  X(CURLMcode, multi_assign, (CURLM *, curl_socket_t, void *)) \
   X(CURLMcode, multi_socket_action, (CURLM *, curl_socket_t, int, int *)) \
   X(CURLMsg *, multi_info_read, (CURLM *, int *))
 
@@ -72,7 +73,8 @@ typedef struct http_ctx {
   uv_loop_t *loop;
   uv_timer_t *timer;
   xfer *xfers;          /* transfers not yet released */
-  sock *socks;          /* polls not yet closed */
+  sock **socks;         /* the polls, by fd */
+  size_t nsocks;
   slot *idle;           /* pooled easy handles, up to POOL_MAX */
   int nidle;
   struct curl_slist *expect;   /* the headers of a request without any */
@@ -88,11 +90,19 @@ struct slot {
   char errbuf[CURL_ERROR_SIZE];
 };
 
+/* A uv_poll per socket. Connection sockets come from on_opensocket and
+** go through on_closesocket, so their poll lives as long as the socket:
+** between the transfers of a kept-alive connection (curl says
+** CURL_POLL_REMOVE) it stays started, and is stopped only if the idle
+** socket has an event (the server closed it). Other sockets (the
+** resolver's) curl closes itself: their poll goes on CURL_POLL_REMOVE. */
 struct sock {
   uv_poll_t poll;
-  curl_socket_t fd;
   http_ctx *h;
-  sock *prev, *next;
+  curl_socket_t fd;
+  int events;           /* UV_ events the poll is started with */
+  unsigned char want;   /* curl watches the socket */
+  unsigned char owned;  /* opened by on_opensocket */
 };
 
 enum { W_NONE, W_DATA, W_DONE };   /* what a parked task waits for */
@@ -218,10 +228,65 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
 
 /* --------------------------------------------------- curl <-> the loop */
 
+static sock *sock_find(http_ctx *h, curl_socket_t fd) {
+  return (fd >= 0 && (size_t)fd < h->nsocks) ? h->socks[fd] : NULL;
+}
+
+static void sock_close(http_ctx *h, sock *s) {
+  h->socks[s->fd] = NULL;
+  uv_close((uv_handle_t *)&s->poll, pf_close_free_cb);
+}
+
+static int socks_reserve(http_ctx *h, curl_socket_t fd) {
+  size_t n = h->nsocks ? h->nsocks : 64;
+  sock **p;
+  if ((size_t)fd < h->nsocks) return 0;
+  while (n <= (size_t)fd) n *= 2;
+  p = (sock **)realloc(h->socks, n * sizeof *p);
+  if (p == NULL) return -1;
+  memset(p + h->nsocks, 0, (n - h->nsocks) * sizeof *p);
+  h->socks = p;
+  h->nsocks = n;
+  return 0;
+}
+
+static sock *sock_new(http_ctx *h, curl_socket_t fd, int owned) {
+  sock *s;
+  if (fd < 0 || socks_reserve(h, fd) < 0) return NULL;
+  if (h->socks[fd]) sock_close(h, h->socks[fd]);  /* its fd was closed */
+  s = (sock *)calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  if (uv_poll_init_socket(h->loop, &s->poll, fd) < 0) {
+    free(s);
+    return NULL;
+  }
+  s->h = h;
+  s->fd = fd;
+  s->owned = (unsigned char)owned;
+  s->poll.data = s;
+  h->socks[fd] = s;
+  return s;
+}
+
+static void on_poll(uv_poll_t *p, int status, int events);
+
+/* Each uv_poll_start costs two epoll_ctl calls in libuv, even for the
+** same events: only when they change. */
+static int sock_watch(sock *s, int events) {
+  if (events == s->events) return 0;
+  if (uv_poll_start(&s->poll, events, on_poll) < 0) return -1;
+  s->events = events;
+  return 0;
+}
+
 static void on_poll(uv_poll_t *p, int status, int events) {
   sock *s = (sock *)p->data;
   http_ctx *h = s->h;
   int flags = 0, running;
+  if (!s->want) {   /* an idle connection: curl checks it before reuse */
+    sock_watch(s, 0);
+    return;
+  }
   if (status < 0) flags = CURL_CSELECT_ERR;
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
@@ -229,43 +294,45 @@ static void on_poll(uv_poll_t *p, int status, int events) {
   check_done(h);
 }
 
-static void sock_close(http_ctx *h, sock *s) {
-  if (s->prev) s->prev->next = s->next; else h->socks = s->next;
-  if (s->next) s->next->prev = s->prev;
-  uv_close((uv_handle_t *)&s->poll, pf_close_free_cb);
-}
-
 static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sp) {
   http_ctx *h = (http_ctx *)ud;
-  sock *s = (sock *)sp;
+  sock *s = sock_find(h, fd);
   int events = 0;
-  (void)e;
+  (void)e; (void)sp;
   if (what == CURL_POLL_REMOVE) {
-    if (s) {
-      h->c.multi_assign(h->multi, fd, NULL);
-      sock_close(h, s);
-    }
+    if (s && s->owned) s->want = 0;
+    else if (s) sock_close(h, s);
     return 0;
   }
-  if (s == NULL) {
-    s = (sock *)calloc(1, sizeof *s);
-    if (s == NULL) return -1;
-    if (uv_poll_init_socket(h->loop, &s->poll, fd) < 0) {
-      free(s);
-      return -1;
-    }
-    s->fd = fd;
-    s->h = h;
-    s->poll.data = s;
-    s->next = h->socks;
-    if (h->socks) h->socks->prev = s;
-    h->socks = s;
-    h->c.multi_assign(h->multi, fd, s);
-  }
+  if (s == NULL && (s = sock_new(h, fd, 0)) == NULL) return -1;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-  uv_poll_start(&s->poll, events, on_poll);
-  return 0;
+  s->want = 1;
+  return sock_watch(s, events);
+}
+
+static curl_socket_t on_opensocket(void *ud, curlsocktype purpose,
+                                   struct curl_sockaddr *a) {
+  http_ctx *h = (http_ctx *)ud;
+  int type = a->socktype;
+  curl_socket_t fd;
+  (void)purpose;
+#ifdef SOCK_CLOEXEC
+  type |= SOCK_CLOEXEC;   /* not inherited by pf.exec's children */
+#endif
+  fd = socket(a->family, type, a->protocol);
+  if (fd != CURL_SOCKET_BAD && sock_new(h, fd, 1) == NULL) {
+    close(fd);
+    return CURL_SOCKET_BAD;
+  }
+  return fd;
+}
+
+static int on_closesocket(void *ud, curl_socket_t fd) {
+  http_ctx *h = (http_ctx *)ud;
+  sock *s = sock_find(h, fd);
+  if (s) sock_close(h, s);
+  return close(fd);
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -362,6 +429,7 @@ static void ctx_load(lua_State *L, http_ctx *h) {
 
 static int ctx_gc(lua_State *L) {
   http_ctx *h = (http_ctx *)lua_touserdata(L, 1);
+  size_t i;
   h->closed = 1;
   if (h->lib == NULL) return 0;
   while (h->xfers) xfer_release(h->xfers);
@@ -375,7 +443,11 @@ static int ctx_gc(lua_State *L) {
   h->nidle = 0;
   h->c.slist_free_all(h->expect);
   h->expect = NULL;
-  while (h->socks) sock_close(h, h->socks);
+  for (i = 0; i < h->nsocks; i++)
+    if (h->socks[i]) sock_close(h, h->socks[i]);
+  free(h->socks);
+  h->socks = NULL;
+  h->nsocks = 0;
   uv_close((uv_handle_t *)h->timer, pf_close_free_cb);
   h->timer = NULL;
   h->c.global_cleanup();
@@ -476,6 +548,10 @@ static void set_options(lua_State *L, xfer *x, const char *url) {
   c->easy_setopt(e, CURLOPT_WRITEDATA, x);
   c->easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   c->easy_setopt(e, CURLOPT_HEADERDATA, x);
+  c->easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
+  c->easy_setopt(e, CURLOPT_OPENSOCKETDATA, x->h);
+  c->easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
+  c->easy_setopt(e, CURLOPT_CLOSESOCKETDATA, x->h);
   lua_getfield(L, 1, "follow");
   if (lua_isnil(L, -1) || lua_toboolean(L, -1)) {
     c->easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
