@@ -700,26 +700,36 @@ static int l_next(lua_State *L) {
   return next_k(L, LUA_OK, 0);
 }
 
+static void push_lower(lua_State *L, const char *p, size_t n) {
+  char small[64], *d = small;
+  luaL_Buffer b;
+  size_t i;
+  if (n > sizeof small) d = luaL_buffinitsize(L, &b, n);
+  for (i = 0; i < n; i++)
+    d[i] = (p[i] >= 'A' && p[i] <= 'Z') ? (char)(p[i] + ('a' - 'A')) : p[i];
+  if (d == small) lua_pushlstring(L, small, n);
+  else luaL_pushresultsize(&b, n);
+}
+
 /* "Name: value" lines after the status line, into a table with lower-case
 ** names; repeated names are joined with ", " */
 static void push_headers(lua_State *L, const char *p, size_t n) {
   const char *end = p + n, *eol;
-  lua_newtable(L);
+  int lines = 0;
+  for (eol = p; (eol = memchr(eol, '\n', (size_t)(end - eol))) != NULL; eol++)
+    lines++;
+  lua_createtable(L, 0, lines > 2 ? lines - 2 : 0);  /* not the status, blank */
   eol = memchr(p, '\n', n);
   p = eol ? eol + 1 : end;   /* skip the status line */
   for (; p < end; p = eol + 1) {
     const char *colon, *v, *ve;
-    luaL_Buffer b;
     eol = memchr(p, '\n', (size_t)(end - p));
     if (eol == NULL) eol = end;
     colon = memchr(p, ':', (size_t)(eol - p));
     if (colon == NULL) continue;
     for (v = colon + 1; v < eol && (*v == ' ' || *v == '\t'); v++) {}
     for (ve = eol; ve > v && isspace((unsigned char)ve[-1]); ve--) {}
-    luaL_buffinit(L, &b);
-    for (const char *c = p; c < colon; c++)
-      luaL_addchar(&b, (char)tolower((unsigned char)*c));
-    luaL_pushresult(&b);
+    push_lower(L, p, (size_t)(colon - p));
     lua_pushvalue(L, -1);
     if (lua_rawget(L, -3) == LUA_TSTRING) {
       lua_pushliteral(L, ", ");
