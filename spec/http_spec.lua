@@ -36,9 +36,11 @@ describe("pf.http", function()
   end)
 
   it("sends other methods through request", function()
-    local r = pf.http.request{ method = "put", url = srv.url .. "/echo", body = "b" }
+    local opts = { method = "put", url = srv.url .. "/echo", body = "b" }
+    local r = pf.http.request(opts)
     local e = pf.json.decode(r.body)
     assert.equal("PUT", e.method)
+    assert.equal("put", opts.method)   -- the caller's table is left as it was
     assert.equal("b", e.body)
     r = pf.http.request{ method = "DELETE", url = srv.url .. "/echo" }
     assert.equal("DELETE", pf.json.decode(r.body).method)

@@ -4,10 +4,15 @@
 ** uv_timer (CURLMOPT_TIMERFUNCTION). One multi per Lua state keeps the
 ** connection cache, so requests to one host reuse connections.
 **
-** A transfer is a userdata (core.http_start) that the Lua layer holds in
-** a to-be-closed variable: its methods :next() (the next buffered body
-** chunk, for streaming) and :result() wait in the task. curl's callbacks
-** only buffer and wake the task; they never call Lua.
+** core.http_request(opts) runs a request in the calling task and returns
+** its result. For streaming, core.http_start(opts) returns the transfer,
+** a userdata the Lua layer holds in a to-be-closed variable: its methods
+** :next() (the next buffered body chunk) and :result() wait in the task.
+** curl's callbacks only buffer and wake the task; they never call Lua.
+**
+** Once warm, a request allocates nothing on the C side: easy handles and
+** their buffers are pooled (slot), and a connection's uv_poll lives as
+** long as its socket (sock).
 **
 ** libcurl is not linked: it and the ~35 libraries it pulls in would cost
 ** every start of the program several ms of dynamic loading. The first
@@ -427,27 +432,35 @@ static void ctx_load(lua_State *L, http_ctx *h) {
 
 /* ------------------------------------------------------------- context */
 
-static int ctx_gc(lua_State *L) {
-  http_ctx *h = (http_ctx *)lua_touserdata(L, 1);
-  size_t i;
-  h->closed = 1;
-  if (h->lib == NULL) return 0;
-  while (h->xfers) xfer_release(h->xfers);
-  h->c.multi_cleanup(h->multi);   /* may report sockets removed */
-  h->multi = NULL;
+static void pool_free(http_ctx *h) {
   while (h->idle) {
     slot *s = h->idle;
     h->idle = s->next;
     slot_free(h, s);
   }
   h->nidle = 0;
-  h->c.slist_free_all(h->expect);
-  h->expect = NULL;
+}
+
+static void socks_free(http_ctx *h) {
+  size_t i;
   for (i = 0; i < h->nsocks; i++)
     if (h->socks[i]) sock_close(h, h->socks[i]);
   free(h->socks);
   h->socks = NULL;
   h->nsocks = 0;
+}
+
+static int ctx_gc(lua_State *L) {
+  http_ctx *h = (http_ctx *)lua_touserdata(L, 1);
+  h->closed = 1;
+  if (h->lib == NULL) return 0;
+  while (h->xfers) xfer_release(h->xfers);
+  h->c.multi_cleanup(h->multi);   /* closes the kept connections */
+  h->multi = NULL;
+  pool_free(h);
+  h->c.slist_free_all(h->expect);
+  h->expect = NULL;
+  socks_free(h);
   uv_close((uv_handle_t *)h->timer, pf_close_free_cb);
   h->timer = NULL;
   h->c.global_cleanup();
@@ -534,11 +547,10 @@ static void set_method(xfer *x, const char *method, const char *body,
     c->easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
 }
 
-static void set_options(lua_State *L, xfer *x, const char *url) {
+/* the options every transfer has: after curl_easy_reset, set again */
+static void set_callbacks(xfer *x) {
   const curl_api *c = &x->h->c;
   CURL *e = x->easy;
-  double timeout = 0;
-  c->easy_setopt(e, CURLOPT_URL, url);
   c->easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
   c->easy_setopt(e, CURLOPT_ERRORBUFFER, x->s->errbuf);
   c->easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -552,6 +564,12 @@ static void set_options(lua_State *L, xfer *x, const char *url) {
   c->easy_setopt(e, CURLOPT_OPENSOCKETDATA, x->h);
   c->easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
   c->easy_setopt(e, CURLOPT_CLOSESOCKETDATA, x->h);
+}
+
+static void set_options(lua_State *L, xfer *x, const char *url) {
+  const curl_api *c = &x->h->c;
+  CURL *e = x->easy;
+  c->easy_setopt(e, CURLOPT_URL, url);
   lua_getfield(L, 1, "follow");
   if (lua_isnil(L, -1) || lua_toboolean(L, -1)) {
     c->easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
@@ -560,7 +578,7 @@ static void set_options(lua_State *L, xfer *x, const char *url) {
   lua_pop(L, 1);
   if (lua_getfield(L, 1, "timeout") != LUA_TNIL) {
     int isnum;
-    timeout = (double)lua_tonumberx(L, -1, &isnum);
+    double timeout = (double)lua_tonumberx(L, -1, &isnum);
     if (!isnum || !(timeout > 0))
       luaL_error(L, "pf.http: timeout must be a positive number of seconds");
     c->easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)pf_ms_from_seconds(timeout));
@@ -590,14 +608,39 @@ static xfer *xfer_new(lua_State *L, http_ctx *h) {
   return x;
 }
 
-/* Raises "pf.http: METHOD url: " .. the string on top; the transfer is
-** at idx. */
-static int xfer_error(lua_State *L, int idx) {
+/* Replaces the string on top with "pf.http: METHOD url: " .. it; the
+** transfer is at idx. */
+static void xfer_message(lua_State *L, int idx) {
   lua_getiuservalue(L, idx, 1);
   lua_getiuservalue(L, idx, 2);
   lua_pushfstring(L, "pf.http: %s %s: %s", lua_tostring(L, -2),
                   lua_tostring(L, -1), lua_tostring(L, -3));
-  return lua_error(L);
+  lua_replace(L, -4);
+  lua_pop(L, 2);
+}
+
+/* Pushes opts.method as tostring() gives it, upper-cased; "GET" if nil. */
+static const char *push_method(lua_State *L) {
+  size_t n, i;
+  const char *m;
+  if (lua_getfield(L, 1, "method") == LUA_TNIL) {
+    lua_pop(L, 1);
+    return lua_pushliteral(L, "GET");
+  }
+  m = luaL_tolstring(L, -1, &n);
+  lua_remove(L, -2);
+  for (i = 0; i < n; i++)
+    if (m[i] >= 'a' && m[i] <= 'z') break;
+  if (i < n) {   /* "post" -> "POST" */
+    luaL_Buffer b;
+    char *d = luaL_buffinitsize(L, &b, n);
+    for (i = 0; i < n; i++)
+      d[i] = (char)toupper((unsigned char)m[i]);
+    luaL_pushresultsize(&b, n);
+    lua_remove(L, -2);
+    m = lua_tostring(L, -1);
+  }
+  return m;
 }
 
 /* Reads opts (index 1) and starts the transfer, pushed at index 5 above
@@ -611,20 +654,18 @@ static xfer *start(lua_State *L) {
   lua_settop(L, 1);
   url = opt_string(L, "url", NULL);
   if (url == NULL) luaL_error(L, "pf.http: url is required");
-  method = opt_string(L, "method", NULL);
-  if (method == NULL) {
-    lua_pop(L, 1);
-    method = lua_pushliteral(L, "GET");
-  }
+  method = push_method(L);
   body = opt_string(L, "body", &blen);
   ctx_load(L, h);
   x = xfer_new(L, h);
+  set_callbacks(x);
   set_options(L, x, url);
   set_headers(L, x);
   set_method(x, method, body, blen);
   if (h->c.multi_add_handle(h->multi, x->easy) != CURLM_OK) {
     lua_pushliteral(L, "cannot start the transfer");
-    xfer_error(L, 5);
+    xfer_message(L, 5);
+    lua_error(L);
   }
   x->active = 1;
   return x;
@@ -661,7 +702,7 @@ static int park(lua_State *L, xfer *x, int what, lua_KFunction k) {
   return lua_yieldk(L, 0, 0, k);
 }
 
-/* the transfer at idx failed: raises libcurl's reason */
+/* The transfer at idx failed: raises libcurl's reason, released. */
 static int raise_failure(lua_State *L, xfer *x, int idx) {
   const char *why = x->h->c.easy_strerror(x->result);
   const char *detail = x->s->errbuf[0] ? x->s->errbuf : why;
@@ -669,7 +710,9 @@ static int raise_failure(lua_State *L, xfer *x, int idx) {
     lua_pushfstring(L, "timeout (%s)", detail);
   else
     lua_pushfstring(L, "%s (%s)", why, detail);
-  return xfer_error(L, idx);
+  xfer_message(L, idx);
+  xfer_release(x);
+  return lua_error(L);
 }
 
 /* transfer:next(): the body bytes that arrived since the last call,
@@ -744,10 +787,26 @@ static void push_headers(lua_State *L, const char *p, size_t n) {
   }
 }
 
+/* The ended transfer at idx: its result (or its error), released. */
+static int finish(lua_State *L, xfer *x, int idx) {
+  slot *s = x->s;
+  long code = 0;
+  if (x->result != CURLE_OK) return raise_failure(L, x, idx);
+  x->h->c.easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, code);
+  lua_setfield(L, -2, "status");
+  push_headers(L, s->head.data ? s->head.data : "", s->head.len);
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, s->body.data ? s->body.data : "", s->body.len);
+  lua_setfield(L, -2, "body");
+  xfer_release(x);
+  return 1;
+}
+
 /* transfer:result(): waits for the end; { status =, headers =, body = } */
 static int result_k(lua_State *L, int status, lua_KContext ctx) {
   xfer *x = check_xfer(L);
-  long code = 0;
   (void)status; (void)ctx;
   if (!x->done) {
     if (x->paused) {   /* nobody streams: take everything */
@@ -757,22 +816,30 @@ static int result_k(lua_State *L, int status, lua_KContext ctx) {
     }
     return park(L, x, W_DONE, result_k);
   }
-  if (x->result != CURLE_OK) return raise_failure(L, x, 1);
-  x->h->c.easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
-  lua_createtable(L, 0, 3);
-  lua_pushinteger(L, code);
-  lua_setfield(L, -2, "status");
-  push_headers(L, x->s->head.data ? x->s->head.data : "", x->s->head.len);
-  lua_setfield(L, -2, "headers");
-  lua_pushlstring(L, x->s->body.data ? x->s->body.data : "", x->s->body.len);
-  lua_setfield(L, -2, "body");
-  xfer_release(x);
-  return 1;
+  return finish(L, x, 1);
 }
 
 static int l_result(lua_State *L) {
   lua_settop(L, 1);
   return result_k(L, LUA_OK, 0);
+}
+
+/* core.http_request(opts): runs the request in the calling task (or as
+** the main task of an implicit pf.run) and returns its result, with no
+** transfer object for the Lua layer to hold: not for streaming. */
+static int request_k(lua_State *L, int status, lua_KContext ctx) {
+  xfer *x = (xfer *)lua_touserdata(L, 5);
+  (void)status; (void)ctx;
+  if (!x->done) return park(L, x, W_DONE, request_k);
+  return finish(L, x, 5);
+}
+
+static int l_http_request(lua_State *L) {
+  if (pf_current(L) == NULL)
+    return pf_run_implicit(L, l_http_request, "pf.http.request");
+  pf_check_yield(L, "pf.http");
+  start(L);
+  return request_k(L, LUA_OK, 0);
 }
 
 /* __close and __gc: the transfer stops and everything it holds is freed */
@@ -798,4 +865,6 @@ void pf_open_http(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, l_http_start);
   lua_setfield(L, -2, "http_start");
+  lua_pushcfunction(L, l_http_request);
+  lua_setfield(L, -2, "http_request");
 }
