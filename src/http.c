@@ -838,7 +838,7 @@ static int l_http_request(lua_State *L) {
   if (pf_current(L) == NULL)
     return pf_run_implicit(L, l_http_request, "pf.http.request");
   pf_check_yield(L, "pf.http");
-  start(L);
+  start(L)->stream = 0;   /* nobody takes chunks: never pause */
   return request_k(L, LUA_OK, 0);
 }
 
