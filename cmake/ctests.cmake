@@ -6,3 +6,9 @@ add_executable(heap_test tests/heap_test.c src/timer.c)
 target_link_libraries(heap_test PRIVATE PkgConfig::LUA PkgConfig::UV m)
 add_test(NAME c.heap COMMAND heap_test)
 set_tests_properties(c.heap PROPERTIES LABELS c TIMEOUT 60)
+
+# pf_load_chunk's choice between the built-in bytecode and text
+add_executable(embed_test tests/embed_test.c src/embed.c)
+target_link_libraries(embed_test PRIVATE PkgConfig::LUA)
+add_test(NAME c.embed COMMAND embed_test)
+set_tests_properties(c.embed PROPERTIES LABELS c TIMEOUT 60)

@@ -88,6 +88,11 @@ describe("the pocketflow binary", function()
     assert.matches(":1: kaboom", err)
     assert.matches("stack traceback:", err)
     assert.matches(":2: in", err)
+    assert.is_nil(err:find("userdata:", 1, true))   -- reported once
+    _, err, code = sh(bin .. " -e " .. q("error('bang')"))
+    assert.equal(1, code)
+    assert.matches("^[^\n]*: %(command line%):1: bang\nstack traceback:", err)
+    assert.is_nil(err:find("userdata:", 1, true))
   end)
 
   it("exits when no task is left, after spawned tasks end", function()

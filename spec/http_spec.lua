@@ -36,9 +36,11 @@ describe("pf.http", function()
   end)
 
   it("sends other methods through request", function()
-    local r = pf.http.request{ method = "put", url = srv.url .. "/echo", body = "b" }
+    local opts = { method = "put", url = srv.url .. "/echo", body = "b" }
+    local r = pf.http.request(opts)
     local e = pf.json.decode(r.body)
     assert.equal("PUT", e.method)
+    assert.equal("put", opts.method)   -- the caller's table is left as it was
     assert.equal("b", e.body)
     r = pf.http.request{ method = "DELETE", url = srv.url .. "/echo" }
     assert.equal("DELETE", pf.json.decode(r.body).method)
@@ -95,6 +97,26 @@ describe("pf.http", function()
     end)
     assert.equal(5, srv.requests)
     assert.equal(1, srv.connections)
+  end)
+
+  it("reconnects after the server closes an idle kept-alive connection", function()
+    local closer = httpd.start{ routes = { ["/bye"] = function(_, res)
+      res:send(200, "bye")
+      res:after(0.02, function() res:close() end)
+    end } }
+    local cpu
+    pf.run(function()
+      assert.equal("bye", pf.http.get(closer.url .. "/bye").body)
+      -- the idle socket turns readable (EOF) while curl is not watching it:
+      -- the poll must stop rather than wake the loop again and again
+      local c0 = os.clock()
+      pf.sleep(0.2)
+      cpu = os.clock() - c0
+      assert.equal("bye", pf.http.get(closer.url .. "/bye").body)
+    end)
+    closer:close()
+    assert.equal(2, closer.connections)
+    assert.is_true(cpu < 0.1, "cpu while idle: " .. cpu)
   end)
 
   it("raises on connection refused, naming the URL", function()
@@ -176,6 +198,59 @@ describe("pf.http", function()
     assert.has_error(function() pf.http.request("x") end)
     assert.has_error(function() pf.http.request{ url = 1 } end)
     assert.has_error(function() pf.http.request{ url = srv.url, stream = 1 } end)
+  end)
+end)
+
+-- libcurl is dlopened by the first request, not when the program starts
+describe("pf.http without libcurl loaded", function()
+  local bin = assert(os.getenv("PF_BIN"), "PF_BIN: the built pocketflow binary")
+
+  local function sh(cmd)
+    local out = os.tmpname()
+    local _, _, code = os.execute(cmd .. " >" .. out .. " 2>&1 </dev/null")
+    local f = assert(io.open(out)); local s = f:read("a"); f:close(); os.remove(out)
+    return s, code
+  end
+
+  local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+  -- the file libcurl.so.4 resolves to, from this process's own mappings
+  local function libcurl_path()
+    local srv = httpd.start()
+    pf.http.get(srv.url .. "/hello")
+    srv:close()
+    for line in io.lines("/proc/self/maps") do
+      local p = line:match("%s(/%S*/libcurl%.so%.4[%.%d]*)$")
+      if p then return p end
+    end
+  end
+
+  it("starts and runs flows without mapping libcurl", function()
+    local out, code = sh(bin .. " -e " .. q([[
+      local pf = require "pocketflow"
+      pf.sleep(0.01)
+      assert(pf.json.decode("[1]")[1] == 1)
+      for l in io.lines("/proc/self/maps") do assert(not l:find("libcurl", 1, true), l) end
+      io.write("ok")]]))
+    assert.equal(0, code, out)
+    assert.equal("ok", out)
+  end)
+
+  it("fails a request with an error naming libcurl.so.4 when it cannot load", function()
+    local lib = libcurl_path()
+    assert.truthy(lib)
+    if select(2, sh("unshare -m true")) ~= 0 then
+      pending("needs unshare -m (root) to hide " .. lib)
+      return
+    end
+    local out, code = sh("unshare -m sh -c " .. q("mount --bind /dev/null " .. lib .. " && exec " .. bin .. " -e " .. q([[
+      local pf = require "pocketflow"
+      local ok, err = pcall(pf.http.get, "http://127.0.0.1:1/")
+      assert(not ok)
+      io.write(err, "\n")
+      assert(pf.json.encode({}) == "{}")]])))
+    assert.equal(0, code, out)
+    assert.matches("^pf%.http: cannot load libcurl%.so%.4: .+\n$", out)
   end)
 end)
 

@@ -4,75 +4,186 @@
 ** uv_timer (CURLMOPT_TIMERFUNCTION). One multi per Lua state keeps the
 ** connection cache, so requests to one host reuse connections.
 **
-** A transfer is a userdata (core.http_start) that the Lua layer holds in
-** a to-be-closed variable: its methods :next() (the next buffered body
-** chunk, for streaming) and :result() wait in the task. curl's callbacks
-** only buffer and wake the task; they never call Lua.
+** core.http_request(opts) runs a request in the calling task and returns
+** its result. For streaming, core.http_start(opts) returns the transfer,
+** a userdata the Lua layer holds in a to-be-closed variable: its methods
+** :next() (the next buffered body chunk) and :result() wait in the task.
+** curl's callbacks only buffer and wake the task; they never call Lua.
+**
+** Once warm, a request allocates nothing on the C side: easy handles and
+** their buffers are pooled (slot), and a connection's uv_poll lives as
+** long as its socket (sock).
+**
+** libcurl is not linked: it and the ~35 libraries it pulls in would cost
+** every start of the program several ms of dynamic loading. The first
+** request dlopens it and fills the context's table of functions.
 */
 #include <ctype.h>
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
 #include "io.h"
 
+#define CURL_SONAME "libcurl.so.4"
+#define CURL_MIN_VERSION 0x075500   /* 7.85.0: CURLOPT_PROTOCOLS_STR */
+
 #define XFER_MT "pocketflow.http.transfer"
 #define STREAM_HIGH_WATER (1u << 20)   /* buffered bytes that pause a stream */
+#define POOL_MAX 64                    /* idle easy handles kept */
+#define BUF_KEEP (64u << 10)           /* larger buffers are not kept idle */
 
 static const char HTTP_KEY = 'H';
 
 typedef struct xfer xfer;
 typedef struct sock sock;
+typedef struct slot slot;
+
+/* the libcurl functions used here, found with dlsym as "curl_" name */
+#define CURL_FUNCS(X) \
+  X(CURLcode, global_init, (long)) \
+  X(void, global_cleanup, (void)) \
+  X(curl_version_info_data *, version_info, (CURLversion)) \
+  X(CURL *, easy_init, (void)) \
+  X(void, easy_cleanup, (CURL *)) \
+  X(void, easy_reset, (CURL *)) \
+  X(CURLcode, easy_setopt, (CURL *, CURLoption, ...)) \
+  X(CURLcode, easy_getinfo, (CURL *, CURLINFO, ...)) \
+  X(CURLcode, easy_pause, (CURL *, int)) \
+  X(const char *, easy_strerror, (CURLcode)) \
+  X(struct curl_slist *, slist_append, (struct curl_slist *, const char *)) \
+  X(void, slist_free_all, (struct curl_slist *)) \
+  X(CURLM *, multi_init, (void)) \
+  X(CURLMcode, multi_cleanup, (CURLM *)) \
+  X(CURLMcode, multi_setopt, (CURLM *, CURLMoption, ...)) \
+  X(CURLMcode, multi_add_handle, (CURLM *, CURL *)) \
+  X(CURLMcode, multi_remove_handle, (CURLM *, CURL *)) \
+  X(CURLMcode, multi_socket_action, (CURLM *, curl_socket_t, int, int *)) \
+  X(CURLMsg *, multi_info_read, (CURLM *, int *))
+
+typedef struct curl_api {
+#define X(ret, name, args) ret (*name) args;
+  CURL_FUNCS(X)
+#undef X
+} curl_api;
 
 typedef struct http_ctx {
+  void *lib;            /* libcurl's dlopen handle, NULL until loaded */
+  curl_api c;
   CURLM *multi;
   uv_loop_t *loop;
   uv_timer_t *timer;
   xfer *xfers;          /* transfers not yet released */
-  sock *socks;          /* polls not yet closed */
+  sock **socks;         /* the polls, by fd */
+  size_t nsocks;
+  slot *idle;           /* pooled easy handles, up to POOL_MAX */
+  int nidle;
+  struct curl_slist *expect;   /* the headers of a request without any */
   int closed;
 } http_ctx;
 
+/* An easy handle with the buffers of its transfer, reused across requests
+** (curl_easy_reset) instead of made and freed for each. */
+struct slot {
+  CURL *easy;
+  pf_buf body, head;
+  slot *next;           /* in the idle list */
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+/* A uv_poll per socket. Connection sockets come from on_opensocket and
+** go through on_closesocket, so their poll lives as long as the socket:
+** between the transfers of a kept-alive connection (curl says
+** CURL_POLL_REMOVE) it stays started, and is stopped only if the idle
+** socket has an event (the server closed it). Other sockets (the
+** resolver's) curl closes itself: their poll goes on CURL_POLL_REMOVE. */
 struct sock {
   uv_poll_t poll;
-  curl_socket_t fd;
   http_ctx *h;
-  sock *prev, *next;
+  curl_socket_t fd;
+  int events;           /* UV_ events the poll is started with */
+  unsigned char want;   /* curl watches the socket */
+  unsigned char owned;  /* opened by on_opensocket */
 };
 
 enum { W_NONE, W_DATA, W_DONE };   /* what a parked task waits for */
 
+/* A transfer: a userdata whose user values are its method and URL (for
+** messages). It holds a slot from its start until released. */
 struct xfer {
   http_ctx *h;
-  CURL *easy;
-  struct curl_slist *hdrs;
+  slot *s;              /* NULL once released */
+  CURL *easy;           /* s->easy */
+  struct curl_slist *hdrs;   /* request headers of its own, or NULL */
   xfer *prev, *next;
   pf_task *t;           /* the parked task, or NULL */
-  pf_buf body, head;
-  char *desc;           /* "METHOD url", for messages */
   CURLcode result;
   int wait;
-  unsigned char active, done, stream, paused, released;
-  char errbuf[CURL_ERROR_SIZE];
+  unsigned char active, done, stream, paused;
 };
+
+/* --------------------------------------------------------------- slots */
+
+static void slot_free(http_ctx *h, slot *s) {
+  h->c.easy_cleanup(s->easy);
+  pf_buf_free(&s->body);
+  pf_buf_free(&s->head);
+  free(s);
+}
+
+static slot *slot_get(http_ctx *h) {
+  slot *s = h->idle;
+  if (s) {
+    h->idle = s->next;
+    h->nidle--;
+    return s;
+  }
+  s = (slot *)calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  if ((s->easy = h->c.easy_init()) == NULL) {
+    free(s);
+    return NULL;
+  }
+  return s;
+}
+
+static void buf_recycle(pf_buf *b) {
+  if (b->cap > BUF_KEEP) pf_buf_free(b);
+  b->len = 0;
+}
+
+/* Back to the pool, out of the multi; the handle forgets every option. */
+static void slot_put(http_ctx *h, slot *s) {
+  if (h->nidle >= POOL_MAX) {
+    slot_free(h, s);
+    return;
+  }
+  h->c.easy_reset(s->easy);
+  buf_recycle(&s->body);
+  buf_recycle(&s->head);
+  s->errbuf[0] = '\0';
+  s->next = h->idle;
+  h->idle = s;
+  h->nidle++;
+}
 
 /* ----------------------------------------------------------- transfers */
 
 static void xfer_release(xfer *x) {
-  if (x->released) return;
-  x->released = 1;
-  if (x->active) curl_multi_remove_handle(x->h->multi, x->easy);
+  http_ctx *h = x->h;
+  if (x->s == NULL) return;
+  if (x->active) h->c.multi_remove_handle(h->multi, x->easy);
   x->active = 0;
-  if (x->easy) curl_easy_cleanup(x->easy);
+  slot_put(h, x->s);
+  x->s = NULL;
   x->easy = NULL;
-  curl_slist_free_all(x->hdrs);
+  h->c.slist_free_all(x->hdrs);
   x->hdrs = NULL;
-  pf_buf_free(&x->body);
-  pf_buf_free(&x->head);
-  free(x->desc);
-  x->desc = NULL;
-  if (x->prev) x->prev->next = x->next; else x->h->xfers = x->next;
+  if (x->prev) x->prev->next = x->next; else h->xfers = x->next;
   if (x->next) x->next->prev = x->prev;
   x->prev = x->next = NULL;
 }
@@ -88,14 +199,14 @@ static void xfer_wake(xfer *x) {
 static void check_done(http_ctx *h) {
   CURLMsg *m;
   int left;
-  while ((m = curl_multi_info_read(h->multi, &left)) != NULL) {
+  while ((m = h->c.multi_info_read(h->multi, &left)) != NULL) {
     xfer *x = NULL;
     if (m->msg != CURLMSG_DONE) continue;
-    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+    h->c.easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
     x->result = m->data.result;
     x->done = 1;
     x->active = 0;
-    curl_multi_remove_handle(h->multi, m->easy_handle);
+    h->c.multi_remove_handle(h->multi, m->easy_handle);
     if (x->t) xfer_wake(x);
   }
 }
@@ -103,11 +214,11 @@ static void check_done(http_ctx *h) {
 static size_t on_body(char *p, size_t size, size_t n, void *ud) {
   xfer *x = (xfer *)ud;
   size_t len = size * n;
-  if (x->stream && x->body.len >= STREAM_HIGH_WATER) {
+  if (x->stream && x->s->body.len >= STREAM_HIGH_WATER) {
     x->paused = 1;   /* curl keeps this chunk until the task takes some */
     return CURL_WRITEFUNC_PAUSE;
   }
-  if (pf_buf_add(&x->body, p, len) < 0) return 0;  /* CURLE_WRITE_ERROR */
+  if (pf_buf_add(&x->s->body, p, len) < 0) return 0;  /* CURLE_WRITE_ERROR */
   if (x->t && x->wait == W_DATA) xfer_wake(x);
   return len;
 }
@@ -115,67 +226,124 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud) {
 static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   xfer *x = (xfer *)ud;
   size_t len = size * n;
-  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) x->head.len = 0;  /* a new response */
-  if (pf_buf_add(&x->head, p, len) < 0) return 0;
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) x->s->head.len = 0;  /* a new response */
+  if (pf_buf_add(&x->s->head, p, len) < 0) return 0;
   return len;
 }
 
 /* --------------------------------------------------- curl <-> the loop */
 
+static sock *sock_find(http_ctx *h, curl_socket_t fd) {
+  return (fd >= 0 && (size_t)fd < h->nsocks) ? h->socks[fd] : NULL;
+}
+
+static void sock_close(http_ctx *h, sock *s) {
+  h->socks[s->fd] = NULL;
+  uv_close((uv_handle_t *)&s->poll, pf_close_free_cb);
+}
+
+static int socks_reserve(http_ctx *h, curl_socket_t fd) {
+  size_t n = h->nsocks ? h->nsocks : 64;
+  sock **p;
+  if ((size_t)fd < h->nsocks) return 0;
+  while (n <= (size_t)fd) n *= 2;
+  p = (sock **)realloc(h->socks, n * sizeof *p);
+  if (p == NULL) return -1;
+  memset(p + h->nsocks, 0, (n - h->nsocks) * sizeof *p);
+  h->socks = p;
+  h->nsocks = n;
+  return 0;
+}
+
+static sock *sock_new(http_ctx *h, curl_socket_t fd, int owned) {
+  sock *s;
+  if (fd < 0 || socks_reserve(h, fd) < 0) return NULL;
+  if (h->socks[fd]) sock_close(h, h->socks[fd]);  /* its fd was closed */
+  s = (sock *)calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  if (uv_poll_init_socket(h->loop, &s->poll, fd) < 0) {
+    free(s);
+    return NULL;
+  }
+  s->h = h;
+  s->fd = fd;
+  s->owned = (unsigned char)owned;
+  s->poll.data = s;
+  h->socks[fd] = s;
+  return s;
+}
+
+static void on_poll(uv_poll_t *p, int status, int events);
+
+/* Each uv_poll_start costs two epoll_ctl calls in libuv, even for the
+** same events: only when they change. */
+static int sock_watch(sock *s, int events) {
+  if (events == s->events) return 0;
+  if (uv_poll_start(&s->poll, events, on_poll) < 0) return -1;
+  s->events = events;
+  return 0;
+}
+
 static void on_poll(uv_poll_t *p, int status, int events) {
   sock *s = (sock *)p->data;
   http_ctx *h = s->h;
   int flags = 0, running;
+  if (!s->want) {   /* an idle connection: curl checks it before reuse */
+    sock_watch(s, 0);
+    return;
+  }
   if (status < 0) flags = CURL_CSELECT_ERR;
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
-  curl_multi_socket_action(h->multi, s->fd, flags, &running);
+  h->c.multi_socket_action(h->multi, s->fd, flags, &running);
   check_done(h);
-}
-
-static void sock_close(http_ctx *h, sock *s) {
-  if (s->prev) s->prev->next = s->next; else h->socks = s->next;
-  if (s->next) s->next->prev = s->prev;
-  uv_close((uv_handle_t *)&s->poll, pf_close_free_cb);
 }
 
 static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sp) {
   http_ctx *h = (http_ctx *)ud;
-  sock *s = (sock *)sp;
+  sock *s = sock_find(h, fd);
   int events = 0;
-  (void)e;
+  (void)e; (void)sp;
   if (what == CURL_POLL_REMOVE) {
-    if (s) {
-      curl_multi_assign(h->multi, fd, NULL);
-      sock_close(h, s);
-    }
+    if (s && s->owned) s->want = 0;
+    else if (s) sock_close(h, s);
     return 0;
   }
-  if (s == NULL) {
-    s = (sock *)calloc(1, sizeof *s);
-    if (s == NULL) return -1;
-    if (uv_poll_init_socket(h->loop, &s->poll, fd) < 0) {
-      free(s);
-      return -1;
-    }
-    s->fd = fd;
-    s->h = h;
-    s->poll.data = s;
-    s->next = h->socks;
-    if (h->socks) h->socks->prev = s;
-    h->socks = s;
-    curl_multi_assign(h->multi, fd, s);
-  }
+  if (s == NULL && (s = sock_new(h, fd, 0)) == NULL) return -1;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-  uv_poll_start(&s->poll, events, on_poll);
-  return 0;
+  s->want = 1;
+  return sock_watch(s, events);
+}
+
+static curl_socket_t on_opensocket(void *ud, curlsocktype purpose,
+                                   struct curl_sockaddr *a) {
+  http_ctx *h = (http_ctx *)ud;
+  int type = a->socktype;
+  curl_socket_t fd;
+  (void)purpose;
+#ifdef SOCK_CLOEXEC
+  type |= SOCK_CLOEXEC;   /* not inherited by pf.exec's children */
+#endif
+  fd = socket(a->family, type, a->protocol);
+  if (fd != CURL_SOCKET_BAD && sock_new(h, fd, 1) == NULL) {
+    close(fd);
+    return CURL_SOCKET_BAD;
+  }
+  return fd;
+}
+
+static int on_closesocket(void *ud, curl_socket_t fd) {
+  http_ctx *h = (http_ctx *)ud;
+  sock *s = sock_find(h, fd);
+  if (s) sock_close(h, s);
+  return close(fd);
 }
 
 static void on_timer(uv_timer_t *t) {
   http_ctx *h = (http_ctx *)t->data;
   int running;
-  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  h->c.multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
   check_done(h);
 }
 
@@ -187,17 +355,117 @@ static int on_curl_timer(CURLM *m, long ms, void *ud) {
   return 0;
 }
 
+/* ------------------------------------------------------------- libcurl */
+
+/* Raises "pf.http: <what>: <dlerror()>"; lib is closed after dlerror()
+** was read. */
+static int load_error(lua_State *L, void *lib, const char *what) {
+  const char *why = dlerror();
+  lua_pushfstring(L, "pf.http: %s: %s", what, why ? why : "unknown error");
+  if (lib) dlclose(lib);
+  return lua_error(L);
+}
+
+static void *curl_open(lua_State *L, curl_api *c) {
+  void *lib = dlopen(CURL_SONAME, RTLD_NOW | RTLD_LOCAL), *sym;
+  if (lib == NULL) load_error(L, NULL, "cannot load " CURL_SONAME);
+#define X(ret, name, args) \
+  if ((sym = dlsym(lib, "curl_" #name)) == NULL) \
+    load_error(L, lib, CURL_SONAME " has no curl_" #name); \
+  c->name = (ret (*) args)sym;
+  CURL_FUNCS(X)
+#undef X
+  return lib;
+}
+
+static void check_version(lua_State *L, http_ctx *h) {
+  const curl_version_info_data *v = h->c.version_info(CURLVERSION_NOW);
+  if (v->version_num < CURL_MIN_VERSION) {
+    lua_pushfstring(L, "pf.http: %s is libcurl %s; 7.85.0 or later is needed",
+                    CURL_SONAME, v->version);
+    dlclose(h->lib);
+    h->lib = NULL;
+    lua_error(L);
+  }
+}
+
+/* The multi handle and its timer; undoes curl_global_init on failure. */
+static void multi_open(lua_State *L, http_ctx *h) {
+  const curl_api *c = &h->c;
+  h->multi = c->multi_init();
+  h->timer = (uv_timer_t *)malloc(sizeof(uv_timer_t));
+  /* no "Expect: 100-continue" round trip before large bodies */
+  h->expect = c->slist_append(NULL, "Expect:");
+  if (h->multi == NULL || h->timer == NULL || h->expect == NULL) {
+    if (h->multi) c->multi_cleanup(h->multi);
+    free(h->timer);
+    c->slist_free_all(h->expect);
+    h->multi = NULL;
+    h->timer = NULL;
+    h->expect = NULL;
+    c->global_cleanup();
+    dlclose(h->lib);
+    h->lib = NULL;
+    luaL_error(L, "pf.http: out of memory");
+  }
+  uv_timer_init(h->loop, h->timer);
+  h->timer->data = h;
+  c->multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  c->multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+  c->multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+  c->multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+}
+
+/* libcurl, its global state and the multi, on the first request */
+static void ctx_load(lua_State *L, http_ctx *h) {
+  if (h->lib) return;
+  if (h->closed) luaL_error(L, "pf.http: the Lua state is closing");
+  h->lib = curl_open(L, &h->c);
+  check_version(L, h);
+  if (h->c.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    dlclose(h->lib);
+    h->lib = NULL;
+    luaL_error(L, "pf.http: curl_global_init failed");
+  }
+  multi_open(L, h);
+}
+
 /* ------------------------------------------------------------- context */
+
+static void pool_free(http_ctx *h) {
+  while (h->idle) {
+    slot *s = h->idle;
+    h->idle = s->next;
+    slot_free(h, s);
+  }
+  h->nidle = 0;
+}
+
+static void socks_free(http_ctx *h) {
+  size_t i;
+  for (i = 0; i < h->nsocks; i++)
+    if (h->socks[i]) sock_close(h, h->socks[i]);
+  free(h->socks);
+  h->socks = NULL;
+  h->nsocks = 0;
+}
 
 static int ctx_gc(lua_State *L) {
   http_ctx *h = (http_ctx *)lua_touserdata(L, 1);
-  if (h->closed) return 0;
   h->closed = 1;
+  if (h->lib == NULL) return 0;
   while (h->xfers) xfer_release(h->xfers);
-  curl_multi_cleanup(h->multi);   /* may report sockets removed */
-  while (h->socks) sock_close(h, h->socks);
+  h->c.multi_cleanup(h->multi);   /* closes the kept connections */
+  h->multi = NULL;
+  pool_free(h);
+  h->c.slist_free_all(h->expect);
+  h->expect = NULL;
+  socks_free(h);
   uv_close((uv_handle_t *)h->timer, pf_close_free_cb);
-  curl_global_cleanup();
+  h->timer = NULL;
+  h->c.global_cleanup();
+  dlclose(h->lib);
+  h->lib = NULL;
   return 0;
 }
 
@@ -214,25 +482,9 @@ static http_ctx *ctx_get(lua_State *L) {
 static void ctx_open(lua_State *L) {
   http_ctx *h;
   if (ctx_get(L)) return;
-  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-    luaL_error(L, "pf.http: curl_global_init failed");
   h = (http_ctx *)lua_newuserdatauv(L, sizeof *h, 0);
   memset(h, 0, sizeof *h);
   h->loop = pf_loop(L);
-  h->multi = curl_multi_init();
-  h->timer = (uv_timer_t *)malloc(sizeof(uv_timer_t));
-  if (h->multi == NULL || h->timer == NULL) {
-    if (h->multi) curl_multi_cleanup(h->multi);
-    free(h->timer);
-    curl_global_cleanup();
-    luaL_error(L, "pf.http: out of memory");
-  }
-  uv_timer_init(h->loop, h->timer);
-  h->timer->data = h;
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
   lua_newtable(L);
   lua_pushcfunction(L, ctx_gc);
   lua_setfield(L, -2, "__gc");
@@ -242,123 +494,186 @@ static void ctx_open(lua_State *L) {
 
 /* ------------------------------------------------------ core.http_start */
 
-static const char *field_string(lua_State *L, const char *name,
-                                const char *def, size_t *len) {
-  const char *s = def;
-  if (len) *len = def ? strlen(def) : 0;
-  if (lua_getfield(L, 1, name) != LUA_TNIL) {
-    if (lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "pf.http: %s must be a string (got %s)", name,
-                 luaL_typename(L, -1));
-    s = lua_tolstring(L, -1, len);
-  }
-  lua_pop(L, 1);  /* still referenced by the options */
-  return s;
+/* Pushes opts.name (index 1): a string, or nil, then NULL. */
+static const char *opt_string(lua_State *L, const char *name, size_t *len) {
+  int t = lua_getfield(L, 1, name);
+  if (t == LUA_TNIL) return NULL;
+  if (t != LUA_TSTRING)
+    luaL_error(L, "pf.http: %s must be a string (got %s)", name,
+               lua_typename(L, t));
+  return lua_tolstring(L, -1, len);
 }
 
+/* Request headers of the transfer's own when opts has some; the
+** context's list (only "Expect:") otherwise. */
 static void set_headers(lua_State *L, xfer *x) {
-  struct curl_slist *l;
-  /* no "Expect: 100-continue" round trip before large bodies */
-  x->hdrs = curl_slist_append(NULL, "Expect:");
+  const curl_api *c = &x->h->c;
+  struct curl_slist *l = x->h->expect;
   if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
+    x->hdrs = c->slist_append(NULL, "Expect:");
+    if (x->hdrs == NULL) luaL_error(L, "pf.http: out of memory");
     lua_pushnil(L);
     while (lua_next(L, -2)) {
       if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
         luaL_error(L, "pf.http: headers must map names to strings");
       lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
-      l = curl_slist_append(x->hdrs, lua_tostring(L, -1));
+      l = c->slist_append(x->hdrs, lua_tostring(L, -1));
       if (l == NULL) luaL_error(L, "pf.http: out of memory");
       x->hdrs = l;
       lua_pop(L, 2);
     }
+    l = x->hdrs;
   } else if (!lua_isnil(L, -1)) {
     luaL_error(L, "pf.http: headers must be a table (got %s)",
                luaL_typename(L, -1));
   }
   lua_pop(L, 1);
-  curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->hdrs);
+  c->easy_setopt(x->easy, CURLOPT_HTTPHEADER, l);
 }
 
 static void set_method(xfer *x, const char *method, const char *body,
                        size_t blen) {
+  const curl_api *c = &x->h->c;
   CURL *e = x->easy;
   if (strcmp(method, "HEAD") == 0) {
-    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    c->easy_setopt(e, CURLOPT_NOBODY, 1L);
     return;
   }
   if (body) {
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
+    c->easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+    c->easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
   }
   if (strcmp(method, "POST") != 0 && (body || strcmp(method, "GET") != 0))
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    c->easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+}
+
+/* the options every transfer has: after curl_easy_reset, set again */
+static void set_callbacks(xfer *x) {
+  const curl_api *c = &x->h->c;
+  CURL *e = x->easy;
+  c->easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
+  c->easy_setopt(e, CURLOPT_ERRORBUFFER, x->s->errbuf);
+  c->easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  c->easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  c->easy_setopt(e, CURLOPT_USERAGENT, "pocketflow/" PF_VERSION);
+  c->easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  c->easy_setopt(e, CURLOPT_WRITEDATA, x);
+  c->easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  c->easy_setopt(e, CURLOPT_HEADERDATA, x);
+  c->easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
+  c->easy_setopt(e, CURLOPT_OPENSOCKETDATA, x->h);
+  c->easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
+  c->easy_setopt(e, CURLOPT_CLOSESOCKETDATA, x->h);
 }
 
 static void set_options(lua_State *L, xfer *x, const char *url) {
+  const curl_api *c = &x->h->c;
   CURL *e = x->easy;
-  double timeout = 0;
-  curl_easy_setopt(e, CURLOPT_URL, url);
-  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_USERAGENT, "pocketflow/" PF_VERSION);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+  c->easy_setopt(e, CURLOPT_URL, url);
   lua_getfield(L, 1, "follow");
   if (lua_isnil(L, -1) || lua_toboolean(L, -1)) {
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
-    curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
+    c->easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+    c->easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
   }
   lua_pop(L, 1);
   if (lua_getfield(L, 1, "timeout") != LUA_TNIL) {
     int isnum;
-    timeout = (double)lua_tonumberx(L, -1, &isnum);
+    double timeout = (double)lua_tonumberx(L, -1, &isnum);
     if (!isnum || !(timeout > 0))
       luaL_error(L, "pf.http: timeout must be a positive number of seconds");
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)pf_ms_from_seconds(timeout));
+    c->easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)pf_ms_from_seconds(timeout));
   }
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "stream");
+  x->stream = (unsigned char)lua_toboolean(L, -1);
   lua_pop(L, 1);
 }
 
-/* core.http_start(opts): a transfer, already running */
-static int l_http_start(lua_State *L) {
+/* A new transfer on the stack, holding a slot; method and URL (indices 3
+** and 2) are kept as its user values. */
+static xfer *xfer_new(lua_State *L, http_ctx *h) {
+  xfer *x = (xfer *)lua_newuserdatauv(L, sizeof *x, 2);
+  memset(x, 0, sizeof *x);
+  x->h = h;
+  luaL_setmetatable(L, XFER_MT);
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, 2);
+  if ((x->s = slot_get(h)) == NULL) luaL_error(L, "pf.http: out of memory");
+  x->easy = x->s->easy;
+  x->next = h->xfers;
+  if (h->xfers) h->xfers->prev = x;
+  h->xfers = x;
+  return x;
+}
+
+/* Replaces the string on top with "pf.http: METHOD url: " .. it; the
+** transfer is at idx. */
+static void xfer_message(lua_State *L, int idx) {
+  lua_getiuservalue(L, idx, 1);
+  lua_getiuservalue(L, idx, 2);
+  lua_pushfstring(L, "pf.http: %s %s: %s", lua_tostring(L, -2),
+                  lua_tostring(L, -1), lua_tostring(L, -3));
+  lua_replace(L, -4);
+  lua_pop(L, 2);
+}
+
+/* Pushes opts.method as tostring() gives it, upper-cased; "GET" if nil. */
+static const char *push_method(lua_State *L) {
+  size_t n, i;
+  const char *m;
+  if (lua_getfield(L, 1, "method") == LUA_TNIL) {
+    lua_pop(L, 1);
+    return lua_pushliteral(L, "GET");
+  }
+  m = luaL_tolstring(L, -1, &n);
+  lua_remove(L, -2);
+  for (i = 0; i < n; i++)
+    if (m[i] >= 'a' && m[i] <= 'z') break;
+  if (i < n) {   /* "post" -> "POST" */
+    luaL_Buffer b;
+    char *d = luaL_buffinitsize(L, &b, n);
+    for (i = 0; i < n; i++)
+      d[i] = (char)toupper((unsigned char)m[i]);
+    luaL_pushresultsize(&b, n);
+    lua_remove(L, -2);
+    m = lua_tostring(L, -1);
+  }
+  return m;
+}
+
+/* Reads opts (index 1) and starts the transfer, pushed at index 5 above
+** the URL, the method and the body (or nil). */
+static xfer *start(lua_State *L) {
   http_ctx *h = ctx_get(L);
   size_t blen = 0;
   const char *url, *method, *body;
   xfer *x;
   luaL_checktype(L, 1, LUA_TTABLE);
-  url = field_string(L, "url", NULL, NULL);
-  if (url == NULL) return luaL_error(L, "pf.http: url is required");
-  method = field_string(L, "method", "GET", NULL);
-  body = field_string(L, "body", NULL, &blen);
-  x = (xfer *)lua_newuserdatauv(L, sizeof *x, 0);
-  memset(x, 0, sizeof *x);
-  x->h = h;
-  x->released = 1;   /* nothing to release until linked */
-  luaL_setmetatable(L, XFER_MT);
-  x->easy = curl_easy_init();
-  x->desc = (char *)malloc(strlen(method) + strlen(url) + 2);
-  x->released = 0;
-  x->next = h->xfers;
-  if (h->xfers) h->xfers->prev = x;
-  h->xfers = x;
-  if (x->easy == NULL || x->desc == NULL)
-    return luaL_error(L, "pf.http: out of memory");
-  strcpy(x->desc, method);
-  strcat(x->desc, " ");
-  strcat(x->desc, url);
-  lua_getfield(L, 1, "stream");
-  x->stream = lua_toboolean(L, -1);
-  lua_pop(L, 1);
+  lua_settop(L, 1);
+  url = opt_string(L, "url", NULL);
+  if (url == NULL) luaL_error(L, "pf.http: url is required");
+  method = push_method(L);
+  body = opt_string(L, "body", &blen);
+  ctx_load(L, h);
+  x = xfer_new(L, h);
+  set_callbacks(x);
   set_options(L, x, url);
   set_headers(L, x);
   set_method(x, method, body, blen);
-  if (curl_multi_add_handle(h->multi, x->easy) != CURLM_OK)
-    return luaL_error(L, "pf.http: %s: cannot start the transfer", x->desc);
+  if (h->c.multi_add_handle(h->multi, x->easy) != CURLM_OK) {
+    lua_pushliteral(L, "cannot start the transfer");
+    xfer_message(L, 5);
+    lua_error(L);
+  }
   x->active = 1;
+  return x;
+}
+
+/* core.http_start(opts): a transfer, already running */
+static int l_http_start(lua_State *L) {
+  start(L);
   return 1;
 }
 
@@ -374,7 +689,7 @@ static void xfer_cancel(pf_task *t, void *data) {
 
 static xfer *check_xfer(lua_State *L) {
   xfer *x = (xfer *)luaL_checkudata(L, 1, XFER_MT);
-  if (x->released) luaL_error(L, "pf.http: the transfer was closed");
+  if (x->s == NULL) luaL_error(L, "pf.http: the transfer was closed");
   return x;
 }
 
@@ -387,30 +702,36 @@ static int park(lua_State *L, xfer *x, int what, lua_KFunction k) {
   return lua_yieldk(L, 0, 0, k);
 }
 
-static int raise_failure(lua_State *L, xfer *x) {
-  const char *why = curl_easy_strerror(x->result);
-  const char *detail = x->errbuf[0] ? x->errbuf : why;
+/* The transfer at idx failed: raises libcurl's reason, released. */
+static int raise_failure(lua_State *L, xfer *x, int idx) {
+  const char *why = x->h->c.easy_strerror(x->result);
+  const char *detail = x->s->errbuf[0] ? x->s->errbuf : why;
   if (x->result == CURLE_OPERATION_TIMEDOUT)
-    return luaL_error(L, "pf.http: %s: timeout (%s)", x->desc, detail);
-  return luaL_error(L, "pf.http: %s: %s (%s)", x->desc, why, detail);
+    lua_pushfstring(L, "timeout (%s)", detail);
+  else
+    lua_pushfstring(L, "%s (%s)", why, detail);
+  xfer_message(L, idx);
+  xfer_release(x);
+  return lua_error(L);
 }
 
 /* transfer:next(): the body bytes that arrived since the last call,
 ** waiting for some; nil at the end */
 static int next_k(lua_State *L, int status, lua_KContext ctx) {
   xfer *x = check_xfer(L);
+  pf_buf *body = &x->s->body;
   (void)status; (void)ctx;
-  if (x->body.len > 0) {
-    lua_pushlstring(L, x->body.data, x->body.len);
-    x->body.len = 0;
+  if (body->len > 0) {
+    lua_pushlstring(L, body->data, body->len);
+    body->len = 0;
     if (x->paused) {
       x->paused = 0;
-      curl_easy_pause(x->easy, CURLPAUSE_CONT);
+      x->h->c.easy_pause(x->easy, CURLPAUSE_CONT);
     }
     return 1;
   }
   if (x->done) {
-    if (x->result != CURLE_OK) return raise_failure(L, x);
+    if (x->result != CURLE_OK) return raise_failure(L, x, 1);
     lua_pushnil(L);
     return 1;
   }
@@ -422,26 +743,36 @@ static int l_next(lua_State *L) {
   return next_k(L, LUA_OK, 0);
 }
 
+static void push_lower(lua_State *L, const char *p, size_t n) {
+  char small[64], *d = small;
+  luaL_Buffer b;
+  size_t i;
+  if (n > sizeof small) d = luaL_buffinitsize(L, &b, n);
+  for (i = 0; i < n; i++)
+    d[i] = (p[i] >= 'A' && p[i] <= 'Z') ? (char)(p[i] + ('a' - 'A')) : p[i];
+  if (d == small) lua_pushlstring(L, small, n);
+  else luaL_pushresultsize(&b, n);
+}
+
 /* "Name: value" lines after the status line, into a table with lower-case
 ** names; repeated names are joined with ", " */
 static void push_headers(lua_State *L, const char *p, size_t n) {
   const char *end = p + n, *eol;
-  lua_newtable(L);
+  int lines = 0;
+  for (eol = p; (eol = memchr(eol, '\n', (size_t)(end - eol))) != NULL; eol++)
+    lines++;
+  lua_createtable(L, 0, lines > 2 ? lines - 2 : 0);  /* not the status, blank */
   eol = memchr(p, '\n', n);
   p = eol ? eol + 1 : end;   /* skip the status line */
   for (; p < end; p = eol + 1) {
     const char *colon, *v, *ve;
-    luaL_Buffer b;
     eol = memchr(p, '\n', (size_t)(end - p));
     if (eol == NULL) eol = end;
     colon = memchr(p, ':', (size_t)(eol - p));
     if (colon == NULL) continue;
     for (v = colon + 1; v < eol && (*v == ' ' || *v == '\t'); v++) {}
     for (ve = eol; ve > v && isspace((unsigned char)ve[-1]); ve--) {}
-    luaL_buffinit(L, &b);
-    for (const char *c = p; c < colon; c++)
-      luaL_addchar(&b, (char)tolower((unsigned char)*c));
-    luaL_pushresult(&b);
+    push_lower(L, p, (size_t)(colon - p));
     lua_pushvalue(L, -1);
     if (lua_rawget(L, -3) == LUA_TSTRING) {
       lua_pushliteral(L, ", ");
@@ -456,35 +787,59 @@ static void push_headers(lua_State *L, const char *p, size_t n) {
   }
 }
 
-/* transfer:result(): waits for the end; { status =, headers =, body = } */
-static int result_k(lua_State *L, int status, lua_KContext ctx) {
-  xfer *x = check_xfer(L);
+/* The ended transfer at idx: its result (or its error), released. */
+static int finish(lua_State *L, xfer *x, int idx) {
+  slot *s = x->s;
   long code = 0;
-  (void)status; (void)ctx;
-  if (!x->done) {
-    if (x->paused) {   /* nobody streams: take everything */
-      x->paused = 0;
-      x->stream = 0;
-      curl_easy_pause(x->easy, CURLPAUSE_CONT);
-    }
-    return park(L, x, W_DONE, result_k);
-  }
-  if (x->result != CURLE_OK) return raise_failure(L, x);
-  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+  if (x->result != CURLE_OK) return raise_failure(L, x, idx);
+  x->h->c.easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
   lua_createtable(L, 0, 3);
   lua_pushinteger(L, code);
   lua_setfield(L, -2, "status");
-  push_headers(L, x->head.data ? x->head.data : "", x->head.len);
+  push_headers(L, s->head.data ? s->head.data : "", s->head.len);
   lua_setfield(L, -2, "headers");
-  lua_pushlstring(L, x->body.data ? x->body.data : "", x->body.len);
+  lua_pushlstring(L, s->body.data ? s->body.data : "", s->body.len);
   lua_setfield(L, -2, "body");
   xfer_release(x);
   return 1;
 }
 
+/* transfer:result(): waits for the end; { status =, headers =, body = } */
+static int result_k(lua_State *L, int status, lua_KContext ctx) {
+  xfer *x = check_xfer(L);
+  (void)status; (void)ctx;
+  if (!x->done) {
+    if (x->paused) {   /* nobody streams: take everything */
+      x->paused = 0;
+      x->stream = 0;
+      x->h->c.easy_pause(x->easy, CURLPAUSE_CONT);
+    }
+    return park(L, x, W_DONE, result_k);
+  }
+  return finish(L, x, 1);
+}
+
 static int l_result(lua_State *L) {
   lua_settop(L, 1);
   return result_k(L, LUA_OK, 0);
+}
+
+/* core.http_request(opts): runs the request in the calling task (or as
+** the main task of an implicit pf.run) and returns its result, with no
+** transfer object for the Lua layer to hold: not for streaming. */
+static int request_k(lua_State *L, int status, lua_KContext ctx) {
+  xfer *x = (xfer *)lua_touserdata(L, 5);
+  (void)status; (void)ctx;
+  if (!x->done) return park(L, x, W_DONE, request_k);
+  return finish(L, x, 5);
+}
+
+static int l_http_request(lua_State *L) {
+  if (pf_current(L) == NULL)
+    return pf_run_implicit(L, l_http_request, "pf.http.request");
+  pf_check_yield(L, "pf.http");
+  start(L)->stream = 0;   /* nobody takes chunks: never pause */
+  return request_k(L, LUA_OK, 0);
 }
 
 /* __close and __gc: the transfer stops and everything it holds is freed */
@@ -510,4 +865,6 @@ void pf_open_http(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, l_http_start);
   lua_setfield(L, -2, "http_start");
+  lua_pushcfunction(L, l_http_request);
+  lua_setfield(L, -2, "http_request");
 }

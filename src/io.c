@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "embed.h"
 #include "io.h"
 
 int pf_buf_reserve(pf_buf *b, size_t extra) {
@@ -55,36 +56,29 @@ static void ignore_sigpipe(void) {
   }
 }
 
-/* the Lua modules built in (cmake/embed.cmake) */
-extern const char pf_http_lua[], pf_json_lua[];
-extern const size_t pf_http_lua_len, pf_json_lua_len;
+/* the Lua modules built in (tools/embed.c) */
+extern const pf_chunk pf_http_lua, pf_json_lua;
 
 static int load_embedded(lua_State *L) {
-  const char *code = (const char *)lua_touserdata(L, lua_upvalueindex(1));
-  size_t len = (size_t)lua_tointeger(L, lua_upvalueindex(2));
-  const char *name = luaL_checkstring(L, 1);
-  lua_pushfstring(L, "=%s", name);
-  if (luaL_loadbuffer(L, code, len, lua_tostring(L, -1)) != LUA_OK)
-    return lua_error(L);
+  const pf_chunk *c = (const pf_chunk *)lua_touserdata(L, lua_upvalueindex(1));
+  if (pf_load_chunk(L, c) != LUA_OK) return lua_error(L);
   lua_pushvalue(L, 1);
   lua_call(L, 1, 1);
   return 1;
 }
 
-static void preload(lua_State *L, const char *name, const char *code,
-                    size_t len) {
+static void preload(lua_State *L, const char *name, const pf_chunk *c) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushlightuserdata(L, (void *)code);
-  lua_pushinteger(L, (lua_Integer)len);
-  lua_pushcclosure(L, load_embedded, 2);
+  lua_pushlightuserdata(L, (void *)c);
+  lua_pushcclosure(L, load_embedded, 1);
   lua_setfield(L, -2, name);
   lua_pop(L, 1);
 }
 
 void pf_open_io(lua_State *L) {
   ignore_sigpipe();
-  preload(L, "pocketflow.http", pf_http_lua, pf_http_lua_len);
-  preload(L, "pocketflow.json", pf_json_lua, pf_json_lua_len);
+  preload(L, "pocketflow.http", &pf_http_lua);
+  preload(L, "pocketflow.json", &pf_json_lua);
   pf_open_exec(L);
   pf_open_fs(L);
   pf_open_http(L);

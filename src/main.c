@@ -11,11 +11,11 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "embed.h"
 #include "pf.h"
 
 LUALIB_API int luaopen_pocketflow_core(lua_State *L);
-extern const char pf_init_lua[];
-extern const size_t pf_init_lua_len;
+extern const pf_chunk pf_init_lua;
 
 static const char *progname = "pocketflow";
 
@@ -79,8 +79,9 @@ static int run_task(lua_State *L, int nargs) {
   return report(L, status);
 }
 
+/* run_task reports its own errors; the chunk's load error is reported here */
 static int dochunk(lua_State *L, int status) {
-  if (status == LUA_OK) status = run_task(L, 0);
+  if (status == LUA_OK) return run_task(L, 0);
   return report(L, status);
 }
 
@@ -130,10 +131,7 @@ static int handle_script(lua_State *L, char **argv) {
   int status;
   if (strcmp(fname, "-") == 0 && strcmp(argv[-1], "--") != 0) fname = NULL;
   status = luaL_loadfile(L, fname);
-  if (status == LUA_OK) {
-    int n = pushargs(L);
-    status = run_task(L, n);
-  }
+  if (status == LUA_OK) return run_task(L, pushargs(L));
   return report(L, status);
 }
 
@@ -249,7 +247,7 @@ static int runargs(lua_State *L, char **argv, int n) {
 }
 
 static int load_module(lua_State *L) {
-  if (luaL_loadbuffer(L, pf_init_lua, pf_init_lua_len, "=pocketflow") != LUA_OK)
+  if (pf_load_chunk(L, &pf_init_lua) != LUA_OK)
     return lua_error(L);
   lua_pushvalue(L, 1);
   lua_call(L, 1, 1);

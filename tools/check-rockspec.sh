@@ -15,6 +15,9 @@ cd /
 out=$(lua5.4 -e '
   local pf = require "pocketflow"
   assert(package.searchpath("pocketflow.core", package.cpath):find(os.getenv("TREE"), 1, true))
+  -- libcurl is dlopened on the first request: refused, not "cannot load"
+  local ok, err = pcall(pf.http.get, "http://127.0.0.1:1/")
+  assert(not ok and err:find("onnect"), err)
   local n = pf.Node{ exec = function() pf.sleep(0.01) return "rock ok" end,
                      post = function(_, _, _, e) return e end }
   print(pf.Flow(n):run({}))' 2>&1)

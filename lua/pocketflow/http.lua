@@ -18,49 +18,56 @@ local function check_opts(opts, level)
   end
 end
 
--- The transfer is to-be-closed: an error, a cancel or a timeout of the
--- task stops it and frees what it holds.
-local function run(opts)
+-- A streamed request: the transfer is to-be-closed, so an error, a cancel
+-- or a timeout of the task stops it and frees what it holds.
+local function stream(opts)
   local x <close> = core.http_start(opts)
-  local stream = opts.stream
-  if stream then
-    while true do
-      local chunk = x:next()
-      if chunk == nil then break end
-      stream(chunk)
-    end
+  local fn = opts.stream
+  while true do
+    local chunk = x:next()
+    if chunk == nil then break end
+    fn(chunk)
   end
   return x:result()
 end
 
 -- pf.http.request{ method =, url =, headers =, body =, timeout =, stream =,
--- follow = } -> { status =, headers =, body = }
+-- follow = } -> { status =, headers =, body = }. The C side reads every
+-- option when the request starts (the method upper-cased), so opts is
+-- used as it is, not copied.
+local http_request = core.http_request
+
+local function request(opts)
+  if opts.stream then return core.run(stream, opts) end
+  return http_request(opts)
+end
+
 function http.request(opts)
   check_opts(opts, 3)
-  local o = {}
-  for k, v in pairs(opts) do o[k] = v end
-  if o.method ~= nil then o.method = tostring(o.method):upper() end
-  return core.run(run, o)
+  return request(opts)
 end
 
 local function with(opts, fields)
-  local o = {}
-  if opts ~= nil then
-    if type(opts) ~= "table" then
-      error(("pf.http: options must be a table (got %s)"):format(type(opts)), 3)
-    end
-    for k, v in pairs(opts) do o[k] = v end
+  if opts == nil then return fields end
+  if type(opts) ~= "table" then
+    error(("pf.http: options must be a table (got %s)"):format(type(opts)), 3)
   end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
   for k, v in pairs(fields) do o[k] = v end
   return o
 end
 
 function http.get(url, opts)
-  return http.request(with(opts, { url = url, method = "GET" }))
+  local o = with(opts, { url = url, method = "GET" })
+  check_opts(o, 3)
+  return request(o)
 end
 
 function http.post(url, body, opts)
-  return http.request(with(opts, { url = url, method = "POST", body = body }))
+  local o = with(opts, { url = url, method = "POST", body = body })
+  check_opts(o, 3)
+  return request(o)
 end
 
 -- ------------------------------------------------------ Server-Sent Events
