@@ -3,14 +3,9 @@ local pf = require "pocketflow"
 local B = require "w.lib"
 local N = B.n(1000000)
 
+local methods = require "w.step"
 local Step = pf.Node:extend("Step")
-function Step:prep(shared) return shared.left end
-function Step:exec(left) return left - 1 end
-function Step:post(shared, _, left)
-  shared.left = left
-  if left > 0 then return "loop" end
-  return "done"
-end
+Step.prep, Step.exec, Step.post = methods.prep, methods.exec, methods.post
 
 -- the walk ends on "done", which has no successor: the engine warns about
 -- that once; keep the run's output clean

@@ -5,15 +5,7 @@
 local B = require "w.lib"
 local N = B.n(1000000)
 
-local Step = {}
-Step.__index = Step
-function Step:prep(shared) return shared.left end
-function Step:exec(left) return left - 1 end
-function Step:post(shared, _, left)
-  shared.left = left
-  if left > 0 then return "loop" end
-  return "done"
-end
+local Step = require("w.step").class()
 
 local step = setmetatable({ params = {}, successors = {} }, Step)
 step.__index = step
