@@ -26,13 +26,25 @@ static void push_group(lua_State *L, pf_group *g) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->ref);
 }
 
+/* items[i] */
+static void push_item(lua_State *L, int gidx, lua_Integer i) {
+  lua_getiuservalue(L, gidx, G_ITEMS);
+  lua_rawgeti(L, -1, i);
+  lua_remove(L, -2);
+}
+
+/* An item's own self: writes stay there, reads fall through to self. */
+static void push_item_self(lua_State *L, int gidx) {
+  lua_newtable(L);
+  lua_getiuservalue(L, gidx, G_SELF);
+  lua_setmetatable(L, -2);
+}
+
 /* {params..., batch params...}: a new table for walk i */
 static void push_walk_params(lua_State *L, int gidx, lua_Integer i) {
   int top;
   lua_getiuservalue(L, gidx, G_PARAMS);
-  lua_getiuservalue(L, gidx, G_ITEMS);
-  lua_rawgeti(L, -1, i);
-  lua_remove(L, -2);
+  push_item(L, gidx, i);
   top = lua_gettop(L);
   pf_push_merged(L, top - 1, top);
   lua_replace(L, top - 1);
@@ -45,23 +57,15 @@ static int push_body(lua_State *L, pf_group *g, int gidx, lua_Integer i) {
     case PF_G_ITEMS:
       if (g->direct) {
         lua_getiuservalue(L, gidx, G_EXEC);
-        lua_newtable(L);                    /* the item's own self */
-        lua_getiuservalue(L, gidx, G_SELF);
-        lua_setmetatable(L, -2);
-        lua_getiuservalue(L, gidx, G_ITEMS);
-        lua_rawgeti(L, -1, i);
-        lua_remove(L, -2);
+        push_item_self(L, gidx);
+        push_item(L, gidx, i);
         return 2;
       }
       lua_pushcfunction(L, pf_machine);
       lua_pushinteger(L, PF_K_EXEC);
-      lua_newtable(L);                      /* the item's own self */
-      lua_getiuservalue(L, gidx, G_SELF);
-      lua_setmetatable(L, -2);
+      push_item_self(L, gidx);
       lua_pushnil(L);
-      lua_getiuservalue(L, gidx, G_ITEMS);
-      lua_rawgeti(L, -1, i);
-      lua_remove(L, -2);
+      push_item(L, gidx, i);
       return 4;
     case PF_G_WALKS:
       lua_pushcfunction(L, pf_machine);
@@ -71,9 +75,7 @@ static int push_body(lua_State *L, pf_group *g, int gidx, lua_Integer i) {
       push_walk_params(L, gidx, i);
       return 4;
     default:
-      lua_getiuservalue(L, gidx, G_ITEMS);
-      lua_rawgeti(L, -1, i);
-      lua_remove(L, -2);
+      push_item(L, gidx, i);
       return 0;
   }
 }

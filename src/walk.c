@@ -73,12 +73,14 @@ enum { EX_ATTEMPT = 16, EX_RESULT };
 /* The running frame's state is a C variable, carried through calls and
 ** yields in the continuation context with the frame's base; the F_STATE
 ** slot keeps the state of frames below the top only. */
-#define CTX(b, st) ((lua_KContext)(b) << 10 | (st))
+#define ST_BITS 10   /* ST() values stay below 1 << ST_BITS */
+#define CTX(b, st) ((lua_KContext)(b) << ST_BITS | (st))
 
 static int walk(lua_State *L, int status, int b, int st);
 
 static int walk_k(lua_State *L, int status, lua_KContext ctx) {
-  return walk(L, status, (int)(ctx >> 10), (int)(ctx & 1023));
+  return walk(L, status, (int)(ctx >> ST_BITS),
+              (int)(ctx & ((1 << ST_BITS) - 1)));
 }
 
 /* --------------------------------------------------------------- frames */
