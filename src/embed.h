@@ -20,4 +20,7 @@ typedef struct pf_chunk {
 /* Loads the chunk as a function on the stack; lua_load's status. */
 int pf_load_chunk(lua_State *L, const pf_chunk *c);
 
+/* require(name) runs the chunk, as a file module would be run. */
+void pf_preload(lua_State *L, const char *name, const pf_chunk *c);
+
 #endif

@@ -59,26 +59,10 @@ static void ignore_sigpipe(void) {
 /* the Lua modules built in (tools/embed.c) */
 extern const pf_chunk pf_http_lua, pf_json_lua;
 
-static int load_embedded(lua_State *L) {
-  const pf_chunk *c = (const pf_chunk *)lua_touserdata(L, lua_upvalueindex(1));
-  if (pf_load_chunk(L, c) != LUA_OK) return lua_error(L);
-  lua_pushvalue(L, 1);
-  lua_call(L, 1, 1);
-  return 1;
-}
-
-static void preload(lua_State *L, const char *name, const pf_chunk *c) {
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushlightuserdata(L, (void *)c);
-  lua_pushcclosure(L, load_embedded, 1);
-  lua_setfield(L, -2, name);
-  lua_pop(L, 1);
-}
-
 void pf_open_io(lua_State *L) {
   ignore_sigpipe();
-  preload(L, "pocketflow.http", &pf_http_lua);
-  preload(L, "pocketflow.json", &pf_json_lua);
+  pf_preload(L, "pocketflow.http", &pf_http_lua);
+  pf_preload(L, "pocketflow.json", &pf_json_lua);
   pf_open_exec(L);
   pf_open_fs(L);
   pf_open_http(L);

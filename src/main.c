@@ -246,14 +246,6 @@ static int runargs(lua_State *L, char **argv, int n) {
   return 1;
 }
 
-static int load_module(lua_State *L) {
-  if (pf_load_chunk(L, &pf_init_lua) != LUA_OK)
-    return lua_error(L);
-  lua_pushvalue(L, 1);
-  lua_call(L, 1, 1);
-  return 1;
-}
-
 static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = (char **)lua_touserdata(L, 2);
@@ -268,9 +260,8 @@ static int pmain(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_pocketflow_core);
   lua_setfield(L, -2, "pocketflow.core");
-  lua_pushcfunction(L, load_module);
-  lua_setfield(L, -2, "pocketflow");
   lua_pop(L, 1);
+  pf_preload(L, "pocketflow", &pf_init_lua);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "pocketflow");
   lua_call(L, 1, 0);
