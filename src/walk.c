@@ -145,7 +145,8 @@ static int node_kind(lua_State *L, int idx, int in_walk) {
     if (type == LUA_TNUMBER) kind = (int)lua_tointeger(L, -1);
     lua_pop(L, 2);
   }
-  return kind;
+  /* the walk's own frame kinds (ORCH, EXEC) are not classes */
+  return kind >= PF_K_NODE && kind <= PF_K_PBFLOW ? kind : 0;
 }
 
 /* A node's name for messages: its class's __name, then "node". */
@@ -237,16 +238,28 @@ static lua_Number checked_wait(lua_State *L, int b) {
   return w;
 }
 
-/* Replaces the prep result on top with an array of items: nil gives an
-** empty one; anything but a table is an error naming the node. */
+/* Replaces the prep result on top with a copy of its array of items:
+** nil gives an empty one; anything but a table is an error naming the
+** node. The run reads the copy, so user code that changes prep's array
+** while items run (replacing a param table, appending) changes nothing
+** and cannot break what check_param_sets found. */
 static void checked_items(lua_State *L, int b, const char *what) {
+  lua_Integer i, n;
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_newtable(L);
-  } else if (!lua_istable(L, -1)) {
+    return;
+  }
+  if (!lua_istable(L, -1))
     luaL_error(L, "%s: prep must return an array of %s (got %s)",
                node_name(L, b + F_SELF), what, luaL_typename(L, -1));
+  n = (lua_Integer)lua_rawlen(L, -1);
+  lua_createtable(L, n < (1 << 24) ? (int)n : 0, 0);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, -2, i);
+    lua_rawseti(L, -2, i);
   }
+  lua_remove(L, -2);
 }
 
 static void check_param_sets(lua_State *L, int b, int items) {
@@ -666,10 +679,13 @@ static int start(lua_State *L, int kind, int from_node) {
 /* core.machine(kind, self, shared, x): the body of item and walk tasks.
 ** x is the item (exec) or the params (walk). */
 int pf_machine(lua_State *L) {
-  int kind = (int)luaL_checkinteger(L, 1);
+  lua_Integer kind = luaL_checkinteger(L, 1);
   if (kind < PF_K_NODE || kind > PF_K_EXEC)
-    return luaL_error(L, "pocketflow: bad node kind %d", kind);
-  return start(L, kind, 0);
+    return luaL_error(L, "pocketflow: bad node kind %I", kind);
+  /* the frames write into self and merge the params: both raw */
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (kind == PF_K_ORCH) luaL_checktype(L, 4, LUA_TTABLE);
+  return start(L, (int)kind, 0);
 }
 
 /* node:run(shared) */
