@@ -5,7 +5,7 @@
 -- a sequential graph leaves the same trace twice.
 local fuzz = require "support.fuzz"
 
-local graphs = ({ plain = 300, asan = 150, valgrind = 40 })[os.getenv("PF_MODE") or "plain"] or 300
+local graphs = ({ plain = 300, asan = 200, valgrind = 100 })[os.getenv("PF_MODE") or "plain"] or 300
 
 describe("the fuzzer", function()
   it(("runs %d random graphs clean"):format(graphs), function()
