@@ -240,22 +240,39 @@ describe("README.md and docs/", function()
     assert.is_true(ran >= 3, "programs run: " .. ran)
   end)
 
-  it("link only to files in the repo", function()
+  -- GitHub's anchors: headings lower-cased, punctuation dropped, spaces as -
+  local function anchors(text)
+    local set = {}
+    for _, line in ipairs(lines_of(text)) do
+      local h = line:match("^#+%s+(.-)%s*$")
+      if h then set[(h:lower():gsub("[^%w%s_-]", ""):gsub("%s", "-"))] = true end
+    end
+    return set
+  end
+
+  it("link only to files in the repo, and to headings that exist", function()
+    local links = 0
     for _, f in ipairs(files) do
       local dir = f:match("^(.*)/") or "."
       for target in read(f):gmatch("%]%(([^)%s]+)%)") do
-        if not target:find("^%a[%w+.-]*:") and not target:find("^#") then
-          local path = target:gsub("#.*$", "")
-          local full = SRC .. "/" .. dir .. "/" .. path
-          local h = io.open(full, "rb")
+        if not target:find("^%a[%w+.-]*:") then
+          links = links + 1
+          local path, anchor = target:match("^([^#]*)#?(.*)$")
+          local rel = path == "" and f or (dir == "." and path or dir .. "/" .. path)
+          local h = io.open(SRC .. "/" .. rel, "rb")
           assert(h, f .. " links to " .. target .. ", which does not exist")
           h:close()
           -- inside the repo: no way out through ..
-          local depth = select(2, (dir .. "/"):gsub("/", "")) - (dir == "." and 1 or 0)
+          local depth = dir == "." and 0 or select(2, (dir .. "/"):gsub("/", ""))
           local ups = select(2, path:gsub("%.%./", ""))
           assert(ups <= depth, f .. " links outside the repo: " .. target)
+          if anchor ~= "" then
+            assert(anchors(read(rel))[anchor], f .. " links to " .. target
+              .. ": no such heading in " .. rel)
+          end
         end
       end
     end
+    assert.is_true(links >= 30, "links: " .. links)
   end)
 end)
