@@ -240,6 +240,24 @@ describe("README.md and docs/", function()
     assert.is_true(ran >= 3, "programs run: " .. ran)
   end)
 
+  it("README's layout table names every file of the top level, src/, lua/, docs/, tools/, tests/, spec/support/", function()
+    local readme = read("README.md")
+    local function named(path)
+      return readme:find("`" .. path .. "`", 1, true) or readme:find("`" .. path .. "/", 1, true)
+    end
+    local ls = io.popen("cd '" .. SRC .. "' && ls -A . && for d in src lua/pocketflow docs tools tests spec/support; do "
+      .. "for f in $d/*; do [ -f \"$f\" ] && echo \"$f\"; done; done")
+    local n = 0
+    for path in ls:lines() do
+      if not path:find("^build") and path ~= ".git" then
+        n = n + 1
+        assert(named(path), "README.md's layout table does not name " .. path)
+      end
+    end
+    ls:close()
+    assert.is_true(n >= 40, "files: " .. n)
+  end)
+
   -- GitHub's anchors: headings lower-cased, punctuation dropped, spaces as -
   local function anchors(text)
     local set = {}
