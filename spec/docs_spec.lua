@@ -154,7 +154,7 @@ describe("examples/guide.lua", function()
   after_each(function() srv:close() end)
 
   it("summarises the documents, two LLM calls at most at once", function()
-    srv = fake_llm.start(reply, { delay = 0.05 })
+    srv = fake_llm.start(reply, { delay = 0.2 })
     local argv = { BIN, SRC .. "/examples/guide.lua" }
     local env = child_env(srv)
     env.LUA_PATH = nil   -- the example finds llm.lua beside itself
@@ -245,16 +245,22 @@ describe("README.md and docs/", function()
     local function named(path)
       return readme:find("`" .. path .. "`", 1, true) or readme:find("`" .. path .. "/", 1, true)
     end
-    local ls = io.popen("cd '" .. SRC .. "' && ls -A . && for d in src lua/pocketflow docs tools tests spec/support; do "
-      .. "for f in $d/*; do [ -f \"$f\" ] && echo \"$f\"; done; done")
-    local n = 0
-    for path in ls:lines() do
-      if not path:find("^build") and path ~= ".git" then
-        n = n + 1
-        assert(named(path), "README.md's layout table does not name " .. path)
+    -- the repo's files (git's list: no build trees or stray local files)
+    local git = io.popen("git -C '" .. SRC .. "' ls-files")
+    local want, n = {}, 0
+    for path in git:lines() do
+      local top = path:match("^[^/]+")
+      local dir = path:match("^(.*)/[^/]+$")
+      want[top] = true
+      for _, d in ipairs{ "src", "lua/pocketflow", "docs", "tools", "tests", "spec/support" } do
+        if dir == d then want[path] = true end
       end
     end
-    ls:close()
+    git:close()
+    for path in pairs(want) do
+      n = n + 1
+      assert(named(path), "README.md's layout table does not name " .. path)
+    end
     assert.is_true(n >= 40, "files: " .. n)
   end)
 
