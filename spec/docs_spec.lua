@@ -241,7 +241,7 @@ describe("README.md and docs/", function()
   end)
 
   it("README's layout table names every file of the top level, src/, lua/, docs/, tools/, tests/, spec/support/", function()
-    local readme = read("README.md")
+    local readme = read("README.md"):gsub("<!%-%-.-%-%->", "")   -- not in comments
     local function named(path)
       return readme:find("`" .. path .. "`", 1, true) or readme:find("`" .. path .. "/", 1, true)
     end
