@@ -129,14 +129,20 @@ static lua_State *take_thread(lua_State *L, pf_sched *S) {
 ** unless a __close raised another: only a new value is warned about. */
 static void reset_thread(pf_sched *S, pf_task *t, lua_State *co) {
   lua_State *L = S->L;
-  int before = lua_gettop(L);
+  int before = lua_gettop(L), died = lua_status(co), status;
   if (t->outcome == PF_ERROR) {
     lua_pushvalue(co, -1);
     lua_xmove(co, L, 1);
   }
-  if (lua_resetthread(co) != LUA_OK) {
+  if ((status = lua_resetthread(co)) != LUA_OK) {
     lua_pushvalue(co, -1);
     lua_xmove(co, L, 1);
+    /* a memory error comes back as Lua's own message, not the task's
+    ** value (which has its traceback): the same error */
+    if (status == LUA_ERRMEM && died == LUA_ERRMEM) {
+      lua_settop(L, before);
+      return;
+    }
     if (lua_gettop(L) == before + 1 || !lua_rawequal(L, -1, -2)) {
       lua_pushfstring(L, "error closing a variable of a %s task: %s",
                       t->outcome == PF_ERROR ? "failed" : "cancelled",
