@@ -5,8 +5,7 @@
 -- that thread is yieldable (to pocketflow's waits). The suite's checks of
 -- the main thread are met here by presenting the task's thread as it.
 local main = coroutine.running()
-local running, isyieldable, resume, status =
-  coroutine.running, coroutine.isyieldable, coroutine.resume, coroutine.status
+local running, isyieldable = coroutine.running, coroutine.isyieldable
 coroutine.running = function()
   local co = running()
   return co, co == main
