@@ -694,11 +694,11 @@ static size_t check_head(lua_State *L, const unsigned char *s, size_t n) {
     shift += 7;
     if (!(s[off++] & 0x80)) break;
   }
-  if (len > n - off)
-    bad_head(L, "truncated: %I bytes of %I", (lua_Integer)n,
-             len < ((uint64_t)1 << 62) ? (lua_Integer)(off + len) : -1);
-  if (len < n - off)
-    bad_head(L, "%I bytes after the end", (lua_Integer)(n - off - len), 0);
+  if (len >= (uint64_t)1 << 62) bad_head(L, "bad length", 0, 0);
+  if (len != n - off)
+    bad_head(L, len > n - off ? "truncated: %I bytes where the header says %I"
+                              : "trailing data: %I bytes where the header says %I",
+             (lua_Integer)n, (lua_Integer)(off + len));
   if (get32(s + 4) != blob_crc(L, s, n))
     bad_head(L, "checksum mismatch", 0, 0);
   if (s[3] != PF_SERIAL_VERSION)
