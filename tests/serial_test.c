@@ -65,7 +65,10 @@ static int try_decode(lua_State *L, const unsigned char *s, size_t n) {
   if (!ok) {
     if (!starts(L, "pf.deserialize: corrupt data (") &&
         !starts(L, "pf.deserialize: format version")) {
-      fprintf(stderr, "unexpected error: %s\n", lua_tostring(L, -1));
+      size_t i;
+      fprintf(stderr, "unexpected error: %s\ninput:", lua_tostring(L, -1));
+      for (i = 0; i < n; i++) fprintf(stderr, " %02x", s[i]);
+      fprintf(stderr, "\n");
       failures++;
     }
     lua_pop(L, 1);
@@ -183,6 +186,54 @@ static void random_inputs(lua_State *L, const pf_crc_tables *tab,
   }
 }
 
+/* an allocator that counts live bytes (ud: a size_t) */
+static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  size_t *live = (size_t *)ud;
+  if (ptr != NULL) *live -= osize;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  ptr = realloc(ptr, nsize);
+  if (ptr != NULL) *live += nsize;
+  else if (osize > 0) *live += osize;  /* the old block stays */
+  return ptr;
+}
+
+/* A failing serialize frees its output buffer before pcall returns (a
+** to-be-closed slot), not at some later collection; a non-NULL light
+** userdata is refused like userdata. */
+static void check_error_frees(void) {
+  size_t live = 0, before;
+  lua_State *L = lua_newstate(counting_alloc, &live);
+  lua_newtable(L);
+  pf_open_serial(L);
+  lua_getfield(L, -1, "serialize");
+  lua_gc(L, LUA_GCSTOP);
+  lua_createtable(L, 2, 0);
+  lua_pushlightuserdata(L, &live);
+  lua_rawseti(L, -2, 2);
+  luaL_checkstack(L, 1, NULL);
+  lua_pushlstring(L, NULL, 0);
+  {
+    luaL_Buffer B;  /* a 4 MB string at t[1] */
+    char *p = luaL_buffinitsize(L, &B, 4 << 20);
+    memset(p, 'x', 4 << 20);
+    luaL_pushresultsize(&B, 4 << 20);
+  }
+  lua_rawseti(L, -3, 1);
+  lua_pop(L, 1);
+  before = live;
+  lua_pushvalue(L, -2);
+  lua_pushvalue(L, -2);
+  CHECK(lua_pcall(L, 1, 1, 0) != LUA_OK);
+  CHECK(strcmp(lua_tostring(L, -1),
+               "pf.serialize: cannot serialize value[2] (userdata)") == 0);
+  CHECK(live < before + 65536);  /* the 8 MB buffer is gone */
+  lua_close(L);
+  CHECK(live == 0);
+}
+
 static void check_crc(void) {
   static pf_crc_tables tab;
   const unsigned char *s = (const unsigned char *)"123456789";
@@ -203,6 +254,7 @@ int main(int argc, char **argv) {
   pf_open_serial(L);
   lua_setglobal(L, "S");
   check_crc();
+  check_error_frees();
   pf_crc32_init(&tab);
   for (i = 0; i < nb; i++) {
     size_t n;
