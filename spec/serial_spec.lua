@@ -412,6 +412,13 @@ describe("pf.deserialize", function()
     assert.equal("pf.deserialize: corrupt data (checksum mismatch)", err_of(pf.deserialize, flipped))
     assert.equal("pf.deserialize: format version 2 is not supported (this build reads version 1)",
       err_of(pf.deserialize, wrap("\2", 2)))
+    -- bytes 0-7 mean the same in every version: a newer layout after them
+    -- is told from damage
+    local head, rest = "PFS\3", "\255\255\255 whatever version 3 holds"
+    assert.equal("pf.deserialize: format version 3 is not supported (this build reads version 1)",
+      err_of(pf.deserialize, head .. string.pack("<I4", crc32(rest, crc32(head))) .. rest))
+    local damaged = wrap("\2"):sub(1, 3) .. "\2" .. wrap("\2"):sub(5)
+    assert.equal("pf.deserialize: corrupt data (checksum mismatch)", err_of(pf.deserialize, damaged))
   end)
 
   it("raises on payloads that pass the checksum but lie", function()

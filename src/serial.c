@@ -679,19 +679,15 @@ static _Noreturn void bad_head(lua_State *L, const char *fmt, lua_Integer a,
   abort();  /* not reached */
 }
 
-/* Checks the header, length and CRC; returns where the payload starts. */
-static size_t check_head(lua_State *L, const unsigned char *s, size_t n) {
+/* the payload's length (a varint at HEAD); returns where the payload starts */
+static size_t check_length(lua_State *L, const unsigned char *s, size_t n) {
   uint64_t len = 0;
   size_t off = HEAD;
-  int shift = 0;
-  if (n == 0) bad_head(L, "empty string", 0, 0);
-  if (memcmp(s, "PFS", n < 3 ? n : 3) != 0)
-    bad_head(L, "not made by pf.serialize", 0, 0);
-  for (;;) {  /* the payload's length */
+  int shift;
+  for (shift = 0;; shift += 7) {
     if (off >= n) bad_head(L, "truncated: %I bytes", (lua_Integer)n, 0);
     if (shift > 63) bad_head(L, "bad length", 0, 0);
     len |= (uint64_t)(s[off] & 0x7f) << shift;
-    shift += 7;
     if (!(s[off++] & 0x80)) break;
   }
   if (len >= (uint64_t)1 << 62) bad_head(L, "bad length", 0, 0);
@@ -699,11 +695,26 @@ static size_t check_head(lua_State *L, const unsigned char *s, size_t n) {
     bad_head(L, len > n - off ? "truncated: %I bytes where the header says %I"
                               : "trailing data: %I bytes where the header says %I",
              (lua_Integer)n, (lua_Integer)(off + len));
-  if (get32(s + 4) != blob_crc(L, s, n))
-    bad_head(L, "checksum mismatch", 0, 0);
-  if (s[3] != PF_SERIAL_VERSION)
+  return off;
+}
+
+/* Checks the header and the CRC; returns where the payload starts. Bytes
+** 0-7 (magic, version, CRC of all the rest) mean the same in every
+** version, so a newer blob is told from a damaged one. */
+static size_t check_head(lua_State *L, const unsigned char *s, size_t n) {
+  int crc_ok;
+  size_t off;
+  if (n == 0) bad_head(L, "empty string", 0, 0);
+  if (memcmp(s, "PFS", n < 3 ? n : 3) != 0)
+    bad_head(L, "not made by pf.serialize", 0, 0);
+  if (n <= HEAD) bad_head(L, "truncated: %I bytes", (lua_Integer)n, 0);
+  crc_ok = get32(s + 4) == blob_crc(L, s, n);
+  if (crc_ok && s[3] != PF_SERIAL_VERSION)
     luaL_error(L, "pf.deserialize: format version %d is not supported (this "
                   "build reads version %d)", s[3], PF_SERIAL_VERSION);
+  off = check_length(L, s, n);
+  if (!crc_ok || s[3] != PF_SERIAL_VERSION)
+    bad_head(L, "checksum mismatch", 0, 0);
   return off;
 }
 
