@@ -242,6 +242,8 @@ describe("pf.serialize / pf.deserialize", function()
       local v = generator(seed)()
       local ok, why = same_graph(v, round(v))
       assert(ok, "seed " .. seed .. ": " .. tostring(why))
+      ok, why = same_graph(v, pf.deserialize(pf.serialize(v, { sorted = true })))
+      assert(ok, "sorted, seed " .. seed .. ": " .. tostring(why))
     end
   end)
 
@@ -276,6 +278,51 @@ describe("pf.serialize / pf.deserialize", function()
   it("writes the same bytes for the same unchanged table", function()
     local v = generator(7)()
     assert.equal(pf.serialize(v), pf.serialize(v))
+  end)
+
+  it("with sorted, writes the same bytes for equal tables, in any process", function()
+    local function build(order, churn)
+      local t = { list = {}, nested = { z = 1, a = { b = 2.5, [false] = "f" } } }
+      for _, i in ipairs(order) do t["k" .. i] = { i, tostring(i), i / 2 } end
+      for i = 1, churn do t["tmp" .. i] = true end
+      for i = 1, churn do t["tmp" .. i] = nil end
+      t[1], t[2], t[1.5], t[-3], t[true] = "one", "two", "f", "neg", "t"
+      return t
+    end
+    local up, down = {}, {}
+    for i = 1, 60 do up[i], down[61 - i] = i, i end
+    local a, b = build(up, 0), build(down, 500)
+    local sa = pf.serialize(a, { sorted = true })
+    assert.equal(sa, pf.serialize(b, { sorted = true }))
+    assert.is_true(same_graph(a, pf.deserialize(sa)))
+    -- arrays with holes: the first border, however the table was made
+    local c, d = { 1, nil, 3 }, {}
+    d[3], d[1] = 3, 1
+    assert.equal(pf.serialize(c, { sorted = true }), pf.serialize(d, { sorted = true }))
+    assert.same({ 1, nil, 3 }, pf.deserialize(pf.serialize(d, { sorted = true })))
+    -- other processes seed their string hashes differently
+    local code = [[local pf = require "pocketflow"
+      local t = { list = { 1, 2 } } for i = 1, 60 do t["k" .. i] = { i, tostring(i) } end
+      io.write((pf.serialize(t, { sorted = true }):gsub(".", function(ch) return ("%02x"):format(ch:byte()) end)))]]
+    local function child()
+      local f = assert(io.popen(os.getenv("PF_BIN") .. " -e '" .. code .. "' 2>/dev/null"))
+      local out = f:read("a")
+      f:close()
+      return out
+    end
+    local t = { list = { 1, 2 } }
+    for i = 1, 60 do t["k" .. i] = { i, tostring(i) } end
+    local here = pf.serialize(t, { sorted = true }):gsub(".", function(ch) return ("%02x"):format(ch:byte()) end)
+    assert.equal(here, child())
+    assert.equal(here, child())
+    -- table keys follow the others, and still round-trip
+    local tk = { "key" }
+    local w = { [tk] = 1, z = 2, a = tk }
+    assert.is_true(same_graph(w, pf.deserialize(pf.serialize(w, { sorted = true }))))
+    assert.equal("pf.serialize: cannot serialize a key of value.x (function)",
+      err_of(pf.serialize, { x = { [print] = 1 } }, { sorted = true }))
+    assert.equal("pf.serialize: cannot serialize value.x.y (function)",
+      err_of(pf.serialize, { x = { y = print } }, { sorted = true }))
   end)
 
   it("writes the version 1 format", function()
@@ -354,6 +401,7 @@ describe("pf.serialize refuses", function()
 
   it("bad options", function()
     assert.equal("pf.serialize: unknown option 'rot'", err_of(pf.serialize, {}, { rot = "x" }))
+    assert.equal("pf.serialize: unknown option '?'", err_of(pf.serialize, {}, { "shared" }))
     assert.equal("pf.serialize: opts.root must be a string (got number)",
       err_of(pf.serialize, {}, { root = 1 }))
     assert.equal("pf.serialize: opts.skip must be a table (got string)",

@@ -134,6 +134,7 @@ typedef struct Enc {
   int seen;               /* stack index: table -> its number */
   int skip;               /* stack index of the set of root keys left out, or 0 */
   int checkpoint;         /* errors worded for checkpoints */
+  int sorted;             /* pairs in the order of their keys' bytes */
   const char *root;       /* the root's name in paths */
   lua_Integer ntables;
   /* the path to the value being written: at each depth the stack index of
@@ -356,25 +357,15 @@ static int passed(Enc *e, int k, lua_Integer n, int depth) {
   return skipped;
 }
 
-static void enc_table(Enc *e, int t, int depth) {
+/* pairs in next order; with tables_only, those whose keys are tables */
+static uint32_t enc_pairs(Enc *e, int t, lua_Integer n, int depth,
+                          int tables_only) {
   lua_State *L = e->L;
-  lua_Integer n;
   uint32_t m = 0;
-  size_t at;
-  if (seen(e, t)) return;
-  if (depth >= PF_SERIAL_MAXDEPTH) fail(e, "", depth, TOO_DEEP, 0);
-  luaL_checkstack(L, 8, "pf.serialize: too many nested tables");
-  /* the root without its left-out keys goes all through the pairs */
-  n = (depth == 0 && e->skip) ? 0 : (lua_Integer)lua_rawlen(L, t);
-  put_tagged(e, T_TABLE, (uint64_t)n);
-  at = e->b->len;
-  room(e, 4);
-  e->b->len += 4;           /* m, once counted */
-  enc_array(e, t, n, depth);
   lua_pushnil(L);
   while (lua_next(L, t)) {
     int k = lua_gettop(L) - 1;
-    if (!passed(e, k, n, depth)) {
+    if ((!tables_only || lua_type(L, k) == LUA_TTABLE) && !passed(e, k, n, depth)) {
       e->key[depth] = k;
       enc_value(e, k, depth + 1, 1);
       enc_value(e, k + 1, depth + 1, 0);
@@ -382,6 +373,103 @@ static void enc_table(Enc *e, int t, int depth) {
     }
     lua_pop(L, 1);
   }
+  return m;
+}
+
+typedef struct SKey {
+  const unsigned char *p;   /* the key's bytes */
+  size_t off, len;
+  lua_Integer i;            /* in the keys table */
+} SKey;
+
+static int skey_cmp(const void *a, const void *b) {
+  const SKey *x = (const SKey *)a, *y = (const SKey *)b;
+  int c = memcmp(x->p, y->p, x->len < y->len ? x->len : y->len);
+  return c != 0 ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* The keys that are not tables, into a new table on top; their count. */
+static lua_Integer collect_keys(Enc *e, int t, lua_Integer n, int depth) {
+  lua_State *L = e->L;
+  lua_Integer c = 0;
+  lua_newtable(L);
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TTABLE && !passed(e, lua_gettop(L), n, depth)) {
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, -3, ++c);
+    }
+  }
+  return c;
+}
+
+/* Pairs in the order of their keys' bytes (a key that is not a table
+** writes the same bytes wherever it is), then those with table keys. */
+static uint32_t enc_sorted(Enc *e, int t, lua_Integer n, int depth) {
+  lua_State *L = e->L;
+  size_t start = e->b->len, total;
+  lua_Integer c = collect_keys(e, t, n, depth), i;
+  int keys = lua_gettop(L);
+  SKey *sk = (SKey *)lua_newuserdatauv(L, (size_t)c * sizeof *sk + 1, 0);
+  unsigned char *copy;
+  for (i = 0; i < c; i++) {  /* each key's bytes, at the end of the output */
+    lua_rawgeti(L, keys, i + 1);
+    e->key[depth] = lua_gettop(L);
+    sk[i].off = e->b->len;
+    enc_value(e, lua_gettop(L), depth + 1, 1);
+    sk[i].len = e->b->len - sk[i].off;
+    sk[i].i = i + 1;
+    lua_pop(L, 1);
+  }
+  total = e->b->len - start;
+  copy = (unsigned char *)lua_newuserdatauv(L, total + 1, 0);
+  memcpy(copy, e->b->data + start, total);
+  for (i = 0; i < c; i++) sk[i].p = copy + (sk[i].off - start);
+  qsort(sk, (size_t)c, sizeof *sk, skey_cmp);
+  e->b->len = start;
+  for (i = 0; i < c; i++) {
+    memcpy(room(e, sk[i].len), sk[i].p, sk[i].len);
+    e->b->len += sk[i].len;
+    lua_rawgeti(L, keys, sk[i].i);
+    e->key[depth] = lua_gettop(L);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, t);
+    enc_value(e, lua_gettop(L), depth + 1, 0);
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 3);
+  return (uint32_t)c + enc_pairs(e, t, n, depth, 1);
+}
+/* the length of the array part: a border, or with sorted the first one,
+** so that equal tables write the same bytes */
+static lua_Integer array_length(Enc *e, int t, int depth) {
+  lua_Integer n = 0;
+  if (depth == 0 && e->skip) return 0;  /* all through the pairs */
+  if (!e->sorted) return (lua_Integer)lua_rawlen(e->L, t);
+  while (lua_rawgeti(e->L, t, n + 1) != LUA_TNIL) {
+    lua_pop(e->L, 1);
+    n++;
+  }
+  lua_pop(e->L, 1);
+  return n;
+}
+
+static void enc_table(Enc *e, int t, int depth) {
+  lua_State *L = e->L;
+  lua_Integer n;
+  size_t at;
+  uint32_t m;
+  if (seen(e, t)) return;
+  if (depth >= PF_SERIAL_MAXDEPTH) fail(e, "", depth, TOO_DEEP, 0);
+  luaL_checkstack(L, 12, "pf.serialize: too many nested tables");
+  n = array_length(e, t, depth);
+  put_tagged(e, T_TABLE, (uint64_t)n);
+  at = e->b->len;
+  room(e, 4);
+  e->b->len += 4;           /* m, once counted */
+  enc_array(e, t, n, depth);
+  m = e->sorted ? enc_sorted(e, t, n, depth) : enc_pairs(e, t, n, depth, 0);
   put32(e->b->data + at, m);
 }
 
@@ -441,7 +529,8 @@ static void check_opt_names(lua_State *L) {
   lua_pushnil(L);
   while (lua_next(L, 2)) {
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
-    if (strcmp(k, "root") && strcmp(k, "skip") && strcmp(k, "checkpoint"))
+    if (strcmp(k, "root") && strcmp(k, "skip") && strcmp(k, "checkpoint") &&
+        strcmp(k, "sorted"))
       luaL_error(L, "pf.serialize: unknown option '%s'", k);
     lua_pop(L, 1);
   }
@@ -472,14 +561,17 @@ static void read_opt_table(lua_State *L, Enc *e) {
   lua_pushliteral(L, "checkpoint");
   lua_rawget(L, 2);
   e->checkpoint = lua_toboolean(L, -1);
-  lua_pop(L, 1);
+  lua_pushliteral(L, "sorted");
+  lua_rawget(L, 2);
+  e->sorted = lua_toboolean(L, -1);
+  lua_pop(L, 2);
 }
 
 /* Leaves at 3 the root's name and at 4 the skip set or nil. */
 static void read_opts(lua_State *L, Enc *e) {
   int t = lua_type(L, 2);
   lua_settop(L, 2);
-  e->checkpoint = 0;
+  e->checkpoint = e->sorted = 0;
   if (t == LUA_TTABLE) {
     read_opt_table(L, e);
   } else if (t == LUA_TNONE || t == LUA_TNIL || t == LUA_TSTRING) {
