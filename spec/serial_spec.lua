@@ -418,8 +418,10 @@ describe("pf.serialize skip", function()
   it("leaves out top-level keys, given as a list or a set", function()
     local shared = { client = io.stdout, conn = print, x = 1, [2] = "two", nested = { client = 5 } }
     for _, skip in ipairs({ { "client", "conn" }, { client = true, conn = true } }) do
-      local r = pf.deserialize(pf.serialize(shared, { root = "shared", skip = skip, checkpoint = true }))
-      assert.same({ x = 1, [2] = "two", nested = { client = 5 } }, r)
+      for _, sorted in ipairs({ false, true }) do
+        local r = pf.deserialize(pf.serialize(shared, { root = "shared", skip = skip, checkpoint = true, sorted = sorted }))
+        assert.same({ x = 1, [2] = "two", nested = { client = 5 } }, r)
+      end
     end
     -- only at the top
     assert.equal("cannot checkpoint shared.cfg.client (userdata); list it in transient",
