@@ -13,6 +13,18 @@ target_link_libraries(embed_test PRIVATE PkgConfig::LUA)
 add_test(NAME c.embed COMMAND embed_test)
 set_tests_properties(c.embed PROPERTIES LABELS c TIMEOUT 60)
 
+# pf.deserialize against truncated, altered and random blobs (serial.c);
+# with PF_ASAN_DIR the same sweep runs on the sanitizer build's binary
+add_executable(serial_test tests/serial_test.c src/serial.c)
+target_link_libraries(serial_test PRIVATE PkgConfig::LUA)
+add_test(NAME c.serial COMMAND serial_test)
+set_tests_properties(c.serial PROPERTIES LABELS c TIMEOUT 300)
+if(PF_ASAN_DIR)
+  add_test(NAME asan.c.serial COMMAND ${PF_ASAN_DIR}/serial_test 50000)
+  set_tests_properties(asan.c.serial PROPERTIES LABELS asan TIMEOUT 600
+    ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1;UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
+endif()
+
 # allocation-failure injection: the module and the built-in init.lua as
 # the binary has them, under a Lua allocator that fails the N-th allocation,
 # for every N (tests/alloc_test.c). c.alloc.load sweeps loading the module
@@ -23,6 +35,17 @@ target_link_libraries(alloc_test PRIVATE PkgConfig::LUA PkgConfig::UV PkgConfig:
                                          ${CMAKE_DL_LIBS} m)
 add_test(NAME c.alloc.load COMMAND alloc_test --load 1)
 set_tests_properties(c.alloc.load PROPERTIES LABELS c TIMEOUT 600)
+if(PF_ASAN_DIR)
+  add_test(NAME asan.c.alloc.load COMMAND ${PF_ASAN_DIR}/alloc_test --load 1)
+  set_tests_properties(asan.c.alloc.load PROPERTIES LABELS asan TIMEOUT 600
+    ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1;UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
+endif()
+if(PF_VALGRIND)   # every 25th point: each child is a valgrind process
+  add_test(NAME valgrind.c.alloc.load COMMAND valgrind -q --leak-check=full
+    --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect
+    --error-exitcode=1 $<TARGET_FILE:alloc_test> --load 25)
+  set_tests_properties(valgrind.c.alloc.load PROPERTIES LABELS valgrind TIMEOUT 1200)
+endif()
 add_test(NAME c.alloc COMMAND alloc_test 1)
 # Pending (issue 8, the scheduler's part): a memory error raised by the
 # Lua API calls pf_drain makes outside any pcall (keep_outcome, group.c's
