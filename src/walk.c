@@ -112,7 +112,11 @@ static int first_state(int kind) {
 ** caller sets the state, first_state(kind). */
 static int push_frame(lua_State *L, int self, int shared, int prep) {
   int b;
-  luaL_checkstack(L, FS + LUA_MINSTACK, "flow nesting too deep");
+  /* lua_checkstack also fails when the stack cannot grow for memory */
+  if (!lua_checkstack(L, FS + LUA_MINSTACK))
+    luaL_error(L, lua_gettop(L) < LUAI_MAXSTACK - 2 * (FS + LUA_MINSTACK)
+                  ? "not enough memory (flow frames)"
+                  : "stack overflow (flow nesting too deep)");
   if (self) lua_pushvalue(L, self);
   b = lua_gettop(L);
   lua_pushinteger(L, 0);

@@ -18,5 +18,15 @@ local pf = require "pocketflow"
 local t0 = pf.now()
 local stats = fuzz.run(math.tointeger(n), math.tointeger(seed), os.getenv("PF_FUZZ_VERBOSE"))
 print(("seed %d: %s in %.1f s"):format(seed, fuzz.summary(stats), pf.now() - t0))
-for _, f in ipairs(stats.failures) do print("FAIL " .. f) end
+-- each failure once; the same text from many graphs is counted
+local seen, order = {}, {}
+for _, f in ipairs(stats.failures) do
+  local key = f:gsub("^seed %d+: ", ""):gsub("\n.*", "")
+  if not seen[key] then seen[key] = { first = f, n = 0 }; order[#order + 1] = key end
+  seen[key].n = seen[key].n + 1
+end
+print(("%d failures, %d distinct"):format(#stats.failures, #order))
+for _, key in ipairs(order) do
+  print(("FAIL (x%d) %s"):format(seen[key].n, seen[key].first))
+end
 os.exit(#stats.failures == 0 and 0 or 1)
