@@ -71,35 +71,35 @@ end
 local function check_opts(fname, opts)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then
-    error(("%s: options must be a table (got %s)"):format(fname, type(opts)), 3)
+    error(("%s: options must be a table (got %s)"):format(fname, type(opts)), 0)
   end
   for k in pairs(opts) do
     if k ~= "direction" and k ~= "depth" and k ~= "marks" then
-      error(("%s: unknown option '%s'"):format(fname, tostring(k)), 3)
+      error(("%s: unknown option '%s'"):format(fname, tostring(k)), 0)
     end
   end
   local dir = opts.direction
   if dir == nil then dir = "TD" end
   if dir ~= "TD" and dir ~= "TB" and dir ~= "BT" and dir ~= "LR" and dir ~= "RL" then
-    error(("%s: direction must be one of TD, TB, BT, LR, RL (got %s)"):format(fname, tostring(dir)), 3)
+    error(("%s: direction must be one of TD, TB, BT, LR, RL (got %s)"):format(fname, tostring(dir)), 0)
   end
   local depth = opts.depth
   if depth == nil then depth = math.huge end
   if type(depth) ~= "number" or not (depth >= 0) then
-    error(("%s: depth must be a non-negative number (got %s)"):format(fname, tostring(depth)), 3)
+    error(("%s: depth must be a non-negative number (got %s)"):format(fname, tostring(depth)), 0)
   end
   local marks = opts.marks
   if marks ~= nil then
     if type(marks) ~= "table" then
-      error(("%s: marks must be a table (got %s)"):format(fname, type(marks)), 3)
+      error(("%s: marks must be a table (got %s)"):format(fname, type(marks)), 0)
     end
     for node, mark in pairs(marks) do
       if kind_of(node) == nil then
-        error(("%s: marks keys must be pocketflow nodes (got %s)"):format(fname, type(node)), 3)
+        error(("%s: marks keys must be pocketflow nodes (got %s)"):format(fname, type(node)), 0)
       end
       if mark ~= "done" and mark ~= "current" and mark ~= "failed" then
         error(("%s: marks[%s] must be \"done\", \"current\" or \"failed\" (got %s)"):format(
-          fname, node_name(node), tostring(mark)), 3)
+          fname, node_name(node), tostring(mark)), 0)
       end
     end
   end
@@ -136,7 +136,7 @@ local function build(fname, flow, depth)
         local nxt = succ[action]
         if kind_of(nxt) == nil then
           error(("%s: %s's successor for '%s' is not a pocketflow node (got %s)"):format(
-            fname, node_name(node), action, type(nxt)), 4)
+            fname, node_name(node), action, type(nxt)), 0)
         end
         if not seen[nxt] then
           seen[nxt] = true
@@ -176,12 +176,19 @@ local function build(fname, flow, depth)
   return scope_of(flow, 0)
 end
 
-local function prepare(fname, flow, opts)
+local function checked(fname, flow, opts)
   if not is_flow_kind(kind_of(flow)) then
-    error(("%s: expected a flow (got %s)"):format(fname, type(flow)), 3)
+    error(("%s: expected a flow (got %s)"):format(fname, type(flow)), 0)
   end
   local dir, depth, marks = check_opts(fname, opts)
   return build(fname, flow, depth), dir, marks
+end
+
+-- the checks raise without a position; this gives the caller's
+local function prepare(fname, flow, opts)
+  local ok, scope, dir, marks = pcall(checked, fname, flow, opts)
+  if not ok then error(scope, 3) end
+  return scope, dir, marks
 end
 
 -- every edge of every scope, outer scopes first
@@ -194,6 +201,25 @@ local function all_edges(scope, out)
   return out
 end
 
+-- The inner nodes standing for a drawn flow where an edge cannot end at
+-- its subgraph or cluster: it is entered at its start, and left from the
+-- node the walk met last among those without successors.
+local function entry(item)
+  while item.scope do item = item.scope.items[1] end
+  return item
+end
+
+local function exit(item)
+  while item.scope do
+    local items, last = item.scope.items, nil
+    for _, inner in ipairs(items) do
+      if #(sorted_actions(inner.node)) == 0 then last = inner end
+    end
+    item = last or items[#items]
+  end
+  return item
+end
+
 local MARKS = { "done", "current", "failed" }
 
 -- ------------------------------------------------------------- Mermaid
@@ -202,14 +228,15 @@ local MARKS = { "done", "current", "failed" }
 local mermaid_entity = {
   ['"'] = "#quot;", ["#"] = "#35;", ["<"] = "#lt;", [">"] = "#gt;",
   ["&"] = "#amp;", ["`"] = "#96;", ["["] = "#91;", ["]"] = "#93;",
-  ["{"] = "#123;", ["}"] = "#125;", ["|"] = "#124;",
+  ["{"] = "#123;", ["}"] = "#125;", ["|"] = "#124;", ["\\"] = "#92;",
 }
 
 local function mermaid_text(s)
   s = valid_utf8(s):gsub("\r\n", "\n")
-  s = s:gsub('["#<>&`%[%]{}|]', mermaid_entity)
+  s = s:gsub('["#<>&`%[%]{}|\\]', mermaid_entity)
   s = s:gsub("[\r\n]", "<br/>")
   s = s:gsub("[%c]", " ")
+  if s == "" then s = " " end   -- Mermaid rejects an empty quoted label
   return '"' .. s .. '"'
 end
 
@@ -260,10 +287,16 @@ local function to_mermaid(flow, opts)
   local marked = { done = {}, current = {}, failed = {} }
   mermaid_scope(scope, "  ", out, marked, marks)
   for _, e in ipairs(all_edges(scope)) do
+    local from, to = e.from, e.to
+    if from == to and from.scope then
+      -- a subgraph linked to itself breaks Mermaid's layout: drawn
+      -- from the node it leaves by to the one it starts at
+      from, to = exit(from), entry(to)
+    end
     if e.action == "default" then
-      out[#out + 1] = ("  %s --> %s"):format(e.from.id, e.to.id)
+      out[#out + 1] = ("  %s --> %s"):format(from.id, to.id)
     else
-      out[#out + 1] = ("  %s -->|%s| %s"):format(e.from.id, mermaid_text(e.action), e.to.id)
+      out[#out + 1] = ("  %s -->|%s| %s"):format(from.id, mermaid_text(e.action), to.id)
     end
   end
   for _, mark in ipairs(MARKS) do
@@ -326,25 +359,6 @@ local function dot_scope(scope, indent, out, marks)
       out[#out + 1] = ("%s%s [label=%s, %s];"):format(indent, item.id, dot_text(item.label), attrs)
     end
   end
-end
-
--- An edge to or from a cluster is drawn to a node inside it and clipped
--- at its border (compound=true): entering at the inner start, leaving
--- from the inner node the walk met last among those without successors.
-local function entry(item)
-  while item.scope do item = item.scope.items[1] end
-  return item
-end
-
-local function exit(item)
-  while item.scope do
-    local items, last = item.scope.items, nil
-    for _, inner in ipairs(items) do
-      if #(sorted_actions(inner.node)) == 0 then last = inner end
-    end
-    item = last or items[#items]
-  end
-  return item
 end
 
 -- Edges are written from the earlier node to the later (numbers follow
