@@ -155,7 +155,7 @@ local function build(fname, flow, depth)
       ids = ids + 1
       local kind = kind_of(node)
       local item = { id = "n" .. ids, num = ids, node = node, kind = kind, label = label_of(node) }
-      if is_flow_kind(kind) and level < depth and not open[node]
+      if is_flow_kind(kind) and level + 1 <= depth and not open[node]
          and kind_of(rawget(node, "start_node")) ~= nil then
         item.scope = scope_of(node, level + 1)
       end
@@ -335,7 +335,12 @@ local cluster_style = {
   [kinds.parallel_batch_flow] = "rounded,bold",
 }
 
-local dot_fill = { done = "#d9f2d9", current = "#fff3c4", failed = "#f8d0d0" }
+-- the colours of Mermaid's classDefs above
+local dot_mark = {
+  done = 'fillcolor="#d9f2d9", color="#2e7d32"',
+  current = 'fillcolor="#fff3c4", color="#f9a825", penwidth=2',
+  failed = 'fillcolor="#f8d0d0", color="#c62828"',
+}
 
 local function dot_scope(scope, indent, out, marks)
   for _, item in ipairs(scope.items) do
@@ -344,7 +349,8 @@ local function dot_scope(scope, indent, out, marks)
       out[#out + 1] = ("%ssubgraph cluster_%s {"):format(indent, item.id)
       local style = cluster_style[item.kind]
       if mark then
-        out[#out + 1] = ("%s  style=\"filled,%s\"; fillcolor=\"%s\";"):format(indent, style, dot_fill[mark])
+        out[#out + 1] = ("%s  style=\"filled,%s\"; %s;"):format(indent, style,
+          (dot_mark[mark]:gsub(", ", "; ")))
       else
         out[#out + 1] = ("%s  style=\"%s\";"):format(indent, style)
       end
@@ -354,7 +360,7 @@ local function dot_scope(scope, indent, out, marks)
     else
       local attrs = dot_shape[item.kind] or dot_shape[kinds.node]
       if mark then
-        attrs = attrs .. (", fillcolor=\"%s\""):format(dot_fill[mark])
+        attrs = attrs .. ", " .. dot_mark[mark]
       end
       out[#out + 1] = ("%s%s [label=%s, %s];"):format(indent, item.id, dot_text(item.label), attrs)
     end
