@@ -96,7 +96,7 @@ flowchart TD
 ]=]
 
 local AGENT_DOT = [=[
-digraph {
+digraph "Agent" {
   rankdir=TB;
   compound=true;
   node [fontname="Helvetica", style=filled, fillcolor=white];
@@ -463,7 +463,7 @@ flowchart TD
     for i, name in ipairs(hostile) do nodes[i] = pf.Node{ name = name } end
     for i = 1, #nodes - 1 do local _ = nodes[i] - hostile[i] >> nodes[i + 1] end
     local inner = pf.Flow{ name = 'cl"uster\\ <x>', start = nodes[1] }
-    local flow = pf.Flow{ start = inner }
+    local flow = pf.Flow{ name = 'top "t" \\ \n{x}', start = inner }   -- DOT's graph id
     -- what the text should show for each name
     local function shown(s)
       s = s:gsub("\r\n", "\n"):gsub("\r", "\n"):gsub("\t", " ")
@@ -548,7 +548,7 @@ flowchart TD
   it("print the example's diagram, which Graphviz draws", function()
     local out, err, code = sh(bin .. " " .. src .. "/examples/diagram.lua dot")
     assert.equal(0, code, err)
-    assert.matches("^digraph {", out)
+    assert.matches('^digraph "Research agent" {\n', out)
     local texts = svg_texts(render(out))
     assert.truthy(#texts >= 8)
     local m, err2, code2 = sh(bin .. " " .. src .. "/examples/diagram.lua mermaid")

@@ -396,7 +396,8 @@ end
 local function to_dot(flow, opts)
   local scope, dir, marks = prepare("to_dot", flow, opts)
   local out = {
-    "digraph {",
+    -- the graph's id is not drawn; SVG output shows it as the title
+    ("digraph %s {"):format(dot_text(node_name(flow))),
     ("  rankdir=%s;"):format(dir == "TD" and "TB" or dir),
     "  compound=true;",
     '  node [fontname="Helvetica", style=filled, fillcolor=white];',
