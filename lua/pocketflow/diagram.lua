@@ -64,9 +64,11 @@ local function valid_utf8(s)
 end
 
 -- ----------------------------------------------------------- the model
--- A scope is one drawn flow: its nodes in walk order. An item is one
--- drawing of a node in one scope (a node reachable from two flows is
--- drawn in each): { id, node, kind, scope = inner scope if expanded }.
+-- A scope is one drawn flow: { items, edges }, its nodes in walk order.
+-- An item is one drawing of a node in one scope (a node reachable from
+-- two flows is drawn in each): { id = "n7", num = 7, node, kind, label,
+-- scope = the inner scope if it is a flow drawn opened }. An edge is
+-- { from = item, to = item, action }.
 
 local function check_opts(fname, opts)
   if opts == nil then opts = {} end
@@ -125,7 +127,7 @@ local function build(fname, flow, depth)
   end
 
   local scope_of
-  -- the nodes of one flow in walk order (breadth first), and its edges
+  -- the nodes of one flow in walk order: breadth first from start
   local function walk(start)
     local order, seen, head = { start }, { [start] = true }, 1
     while head <= #order do
