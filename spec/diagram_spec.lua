@@ -554,6 +554,19 @@ flowchart TD
     local m, err2, code2 = sh(bin .. " " .. src .. "/examples/diagram.lua mermaid")
     assert.equal(0, code2, err2)
     assert.matches("^flowchart LR\n", m)
+    -- docs/img/flow.svg is that output with marks, drawn by dot: the
+    -- same labels and colours as drawing it now (the layout may differ
+    -- between Graphviz versions)
+    local marked = sh(bin .. " " .. src .. "/examples/diagram.lua dot marks")
+    local now, committed = render(marked), slurp(src .. "/docs/img/flow.svg")
+    local function summary(svg)
+      local t = svg_texts(svg)
+      for fill in svg:gmatch('fill="(#%x+)"') do t[#t + 1] = fill end
+      table.sort(t)
+      return t
+    end
+    assert.same(summary(now), summary(committed))
+    assert.truthy(committed:find("<title>Research agent</title>", 1, true))
     local _, err3, code3 = sh(bin .. " " .. src .. "/examples/diagram.lua svg")
     assert.are_not.equal(0, code3)
     assert.matches("usage", err3)
