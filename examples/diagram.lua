@@ -2,13 +2,14 @@
 -- marks of a run halfway through (`marks` as a second argument):
 --   pocketflow examples/diagram.lua dot | dot -Tsvg -o flow.svg
 --   pocketflow examples/diagram.lua mermaid marks
+-- With no argument it prints the Mermaid text.
 -- Only the graph matters here, so the classes have no methods; a class
 -- made with extend("Name") gives its nodes that name in the diagram.
 local pf = require "pocketflow"
 
-local format, with_marks = arg[1], arg[2] == "marks"
+local format, with_marks = arg[1] or "mermaid", arg[2] == "marks"
 if (format ~= "dot" and format ~= "mermaid") or (arg[2] ~= nil and not with_marks) then
-  io.stderr:write("usage: pocketflow examples/diagram.lua dot|mermaid [marks]\n")
+  io.stderr:write("usage: pocketflow examples/diagram.lua [dot|mermaid [marks]]\n")
   os.exit(2)
 end
 
