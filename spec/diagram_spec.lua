@@ -510,6 +510,45 @@ flowchart TD
     assert.truthy(got:find("<b>bold</b> & &amp; &#35;", 1, true))
   end)
 
+  it("give Graphviz text it draws without a warning for random nested graphs", function()
+    local classes = { pf.Node, pf.BatchNode, pf.ParallelBatchNode }
+    local flows = { pf.Flow, pf.BatchFlow, pf.ParallelBatchFlow }
+    local names = { "A", "B", "A", 'q"', "x\ny", "<b>", "#1", "é", "end", "" }
+    local actions = { "default", "go", "back", "x y", 'a"b' }
+    local function graph(level)
+      local n = math.random(1, 6)
+      local nodes = {}
+      for i = 1, n do
+        if level < 3 and math.random() < 0.25 then
+          nodes[i] = graph(level + 1)
+        else
+          nodes[i] = classes[math.random(#classes)]{ name = names[math.random(#names)] }
+        end
+      end
+      for _ = 1, math.random(0, 2 * n) do
+        local _ = nodes[math.random(n)] - actions[math.random(#actions)] >> nodes[math.random(n)]
+      end
+      local f = flows[math.random(#flows)]{ name = names[math.random(#names)], start = nodes[1] }
+      if math.random() < 0.1 then local _ = nodes[n] - "again" >> f end   -- a flow inside itself
+      return f
+    end
+    local warn = pf.on_warning
+    pf.on_warning = function() end   -- successors overwritten at random
+    local ok, err = pcall(function()
+      for seed = 1, 40 do
+        math.randomseed(seed)
+        local flow = graph(0)
+        local depth = ({ 0, 1, 2, math.huge })[seed % 4 + 1]
+        local text = flow:to_dot{ depth = depth, direction = seed % 2 == 0 and "LR" or "TD" }
+        assert.equal(text, flow:to_dot{ depth = depth, direction = seed % 2 == 0 and "LR" or "TD" })
+        render(text)
+      end
+    end)
+    pf.on_warning = warn
+    math.randomseed()
+    assert(ok, err)
+  end)
+
   it("raise on bad options, naming the option and the value", function()
     local flow = agent()
     local cases = {
