@@ -29,6 +29,8 @@ struct pf_sched {
                                failed handles nobody waited on */
   int pool_n;
   int closed;
+  int draining;             /* pf_drain is on the C stack */
+  pf_task *closing;         /* task whose thread is being reset */
 };
 
 pf_sched *pf_sched_open(lua_State *L);
