@@ -468,13 +468,13 @@ static void cancel_one(pf_sched *S, pf_task *t) {
 ** user code (__close, warning handlers) that may cancel, end or spawn
 ** others, so the tree is first listed, each task pinned in a table, and
 ** then walked: no recursion, and no pointer read after user code ran. */
-void pf_cancel(pf_task *t) {
+static void cancel_tree(pf_task *t, int self) {
   pf_sched *S = t->S;
   lua_State *L = S->L;
   lua_Integer n = 0, i;
   pf_task *c = t;
   if (t->first_child == NULL) {
-    cancel_one(S, t);
+    if (self) cancel_one(S, t);
     return;
   }
   luaL_checkstack(L, 3, "cancelling tasks");
@@ -491,12 +491,16 @@ void pf_cancel(pf_task *t) {
       c = c->parent;
     }
   }
-  for (i = 1; i <= n; i++) {
+  for (i = 1; i <= n - !self; i++) {
     lua_rawgeti(L, -1, i);
     cancel_one(S, (pf_task *)lua_touserdata(L, -1));
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
+}
+
+void pf_cancel(pf_task *t) {
+  cancel_tree(t, 1);
 }
 
 /* ---------------------------------------------------------------- driver */
@@ -552,9 +556,12 @@ int pf_yield(lua_State *L, pf_task *t, lua_KContext ctx, lua_KFunction k) {
   return lua_yieldk(L, 0, (lua_KContext)t, guard_k);
 }
 
-/* A task whose thread user code resumed or closed: it ends failed. */
+/* A task whose thread user code resumed or closed: it ends failed, and
+** what it spawned for its wait (a timeout's call, gather's items) with
+** it. */
 static void end_broken(pf_sched *S, pf_task *t) {
   lua_State *co = t->co;
+  cancel_tree(t, 0);
   luaL_checkstack(co, 2, NULL);
   lua_pushstring(co, HIJACK_MSG);
   finish(S, t, LUA_ERRRUN, 0);
