@@ -29,14 +29,16 @@ describe("the cancel cascade", function()
     -- the parent's first child is 'a': cancelling it runs its __close,
     -- which cancels 'b' (the next sibling) and lets it be collected
     local weak = setmetatable({}, { __mode = "v" })
-    local closed = 0
+    local closed, started = 0, 0
     pf.run(function()
       local parent = pf.spawn(function()
         weak.b = pf.spawn(function()
           local _ <close> = closer(function() closed = closed + 1 end)
+          started = started + 1
           pf.sleep(100)
         end)
         pf.spawn(function()
+          started = started + 1
           local _ <close> = closer(function()
             weak.b:cancel()
             weak.b = nil
@@ -47,7 +49,7 @@ describe("the cancel cascade", function()
         end)
         pf.sleep(100)
       end)
-      pf.sleep(0.01)
+      while started < 2 do pf.sleep(0) end
       parent:cancel()
       assert.equal("cancelled", parent:status())
     end)
@@ -203,6 +205,7 @@ describe("coroutine.resume on a task's own thread", function()
     local t
     pf.run(function()
       t = pf.spawn(function() co = coroutine.running(); pf.sleep(100) end)
+      while co == nil do pf.sleep(0) end
       local timer = uv.new_timer()
       timer:start(5, 0, function()
         timer:close()
@@ -213,6 +216,7 @@ describe("coroutine.resume on a task's own thread", function()
     assert.is_false(res[1])
     assert.truthy(has(res[2], "cannot resume a pocketflow task's thread"), res[2])
     assert.equal("failed", t:status())
+    assert.truthy(has(error_of(t.wait, t), "cannot resume"))
     pf.run(function() co = pf.spawn(function() return coroutine.running() end):wait() end)
     assert.is_false((coroutine.resume(co, function() end)) and coroutine.status(co) ~= "dead")
     loop_works()
