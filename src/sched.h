@@ -31,6 +31,8 @@ struct pf_sched {
   int closed;
   int draining;             /* pf_drain is on the C stack */
   pf_task *closing;         /* task whose thread is being reset */
+  lua_Hook user_hook;       /* the thread's own hook, while coroutine.yield */
+  int user_mask, user_count;  /* raises its error (sched.c: foreign yield) */
 };
 
 pf_sched *pf_sched_open(lua_State *L);
