@@ -170,6 +170,12 @@ describe("coroutine.resume on a task's own thread", function()
     timeout = function() pf.timeout(100, pf.sleep, 100) end,
     gather = function() pf.gather({ function() pf.sleep(100) end }) end,
     wait = function() pf.spawn(function() pf.sleep(100) end):wait() end,
+    exec = function() pf.exec({ "sleep", "100.0808" }) end,
+    ["node retry wait"] = function()
+      pf.Node{ max_retries = 2, wait = 100, exec = function(self)
+        if self.cur_retry == 0 then error("first attempt fails") end
+      end }:run({})
+    end,
     ["parallel batch"] = function()
       pf.ParallelBatchNode{ prep = function() return { 1, 2 } end,
         exec = function() pf.sleep(100) end }:run({})
@@ -196,6 +202,11 @@ describe("coroutine.resume on a task's own thread", function()
         end
       end)
       loop_works()
+      -- the exec's child was killed with the wait
+      local p = io.popen("grep -l 100.0808 /proc/[0-9]*/cmdline 2>/dev/null")
+      local left = p:read("a")
+      p:close()
+      assert.equal("", left)
     end)
   end
 
