@@ -203,7 +203,7 @@ describe("coroutine.resume on a task's own thread", function()
       end)
       loop_works()
       -- the exec's child was killed with the wait
-      local p = io.popen("grep -l 100.0808 /proc/[0-9]*/cmdline 2>/dev/null")
+      local p = io.popen("grep -l '100[.]0808' /proc/[0-9]*/cmdline 2>/dev/null")
       local left = p:read("a")
       p:close()
       assert.equal("", left)
