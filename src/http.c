@@ -265,6 +265,7 @@ static sock *sock_new(http_ctx *h, curl_socket_t fd, int owned) {
     free(s);
     return NULL;
   }
+  pf_handle_internal((uv_handle_t *)&s->poll);
   s->h = h;
   s->fd = fd;
   s->owned = (unsigned char)owned;
@@ -409,6 +410,7 @@ static void multi_open(lua_State *L, http_ctx *h) {
     luaL_error(L, "pf.http: out of memory");
   }
   uv_timer_init(h->loop, h->timer);
+  pf_handle_internal((uv_handle_t *)h->timer);
   h->timer->data = h;
   c->multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
   c->multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
@@ -699,7 +701,7 @@ static int park(lua_State *L, xfer *x, int what, lua_KFunction k) {
   x->t = t;
   x->wait = what;
   pf_park(t, xfer_cancel, x);
-  return lua_yieldk(L, 0, 0, k);
+  return pf_yield(L, t, 0, k);
 }
 
 /* The transfer at idx failed: raises libcurl's reason, released. */
