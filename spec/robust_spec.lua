@@ -94,7 +94,7 @@ describe("pocketflow.core with wrong arguments", function()
   local waits = { sleep = true, timeout = true }
   local function garbage_calls(name, each)
     local step3, step4 = 2, 3
-    if os.getenv("PF_MODE") == "valgrind" then step3, step4 = 5, 6 end
+    if os.getenv("PF_MODE") == "valgrind" then step3, step4 = 7, 8 end
     local function call(...)
       local n = select("#", ...)
       local first = ...
@@ -163,7 +163,7 @@ describe("pocketflow.core with wrong arguments", function()
 
   it("core.machine runs every kind on any arguments, or raises", function()
     local calls = 0
-    local step = os.getenv("PF_MODE") == "valgrind" and 3 or 1
+    local step = os.getenv("PF_MODE") == "valgrind" and 5 or 1
     for kind = -1, 9 do
       for i = 1, nv, step do for j = 1, nv do for k = 1, nv, 2 do
         calls = calls + 1
