@@ -136,7 +136,7 @@ struct xfer {
   CURLcode result;
   int sys_errno;        /* why on_opensocket could not make a socket */
   int wait;
-  unsigned char active, done, stream, paused;
+  unsigned char active, done, stream, paused, retried;
 };
 
 /* --------------------------------------------------------------- slots */
@@ -208,18 +208,35 @@ static void xfer_wake(xfer *x) {
   pf_wake(t, 0);
 }
 
+/* A request on a kept-alive connection that the server reset just after
+** curl's liveness check fails to send before any answer came; curl does
+** not retry that. Once per transfer, it starts again on a new connection. */
+static int retry_reused(http_ctx *h, xfer *x, CURLcode r) {
+  long conns = 1;
+  if (r != CURLE_SEND_ERROR || x->retried || x->s->head.len || x->s->body.len)
+    return 0;
+  h->c.easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &conns);
+  if (conns != 0) return 0;   /* it was a new connection */
+  x->retried = 1;
+  x->s->errbuf[0] = '\0';
+  h->c.easy_setopt(x->easy, CURLOPT_FRESH_CONNECT, 1L);
+  return h->c.multi_add_handle(h->multi, x->easy) == CURLM_OK;
+}
+
 /* Transfers that ended: out of the multi, their task woken. */
 static void check_done(http_ctx *h) {
   CURLMsg *m;
   int left;
   while ((m = h->c.multi_info_read(h->multi, &left)) != NULL) {
     xfer *x = NULL;
+    CURLcode r = m->data.result;
     if (m->msg != CURLMSG_DONE) continue;
     h->c.easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-    x->result = m->data.result;
+    h->c.multi_remove_handle(h->multi, m->easy_handle);
+    if (retry_reused(h, x, r)) continue;
+    x->result = r;
     x->done = 1;
     x->active = 0;
-    h->c.multi_remove_handle(h->multi, m->easy_handle);
     if (x->t) xfer_wake(x);
   }
 }
@@ -561,14 +578,20 @@ static void ctx_open(lua_State *L) {
 
 /* ------------------------------------------------------ core.http_start */
 
-/* Pushes opts.name (index 1): a string, or nil, then NULL. */
+/* Pushes opts.name (index 1): a string, or nil, then NULL. Without len
+** the string goes to curl as a C string: a NUL byte in it is an error. */
 static const char *opt_string(lua_State *L, const char *name, size_t *len) {
+  size_t n;
+  const char *s;
   int t = lua_getfield(L, 1, name);
   if (t == LUA_TNIL) return NULL;
   if (t != LUA_TSTRING)
     luaL_error(L, "pf.http: %s must be a string (got %s)", name,
                lua_typename(L, t));
-  return lua_tolstring(L, -1, len);
+  s = lua_tolstring(L, -1, &n);
+  if (len) *len = n;
+  else if (strlen(s) != n) luaL_error(L, "pf.http: %s contains a NUL byte", name);
+  return s;
 }
 
 /* Request headers of the transfer's own when opts has some; the
@@ -654,6 +677,36 @@ static void set_options(lua_State *L, xfer *x, const char *url) {
   lua_pop(L, 1);
 }
 
+/* A string option given to curl as it is (curl copies it), if set. */
+static void set_string(lua_State *L, xfer *x, const char *name, CURLoption o) {
+  const char *v = opt_string(L, name, NULL);
+  if (v) x->h->c.easy_setopt(x->easy, o, v);
+  lua_pop(L, 1);
+}
+
+/* TLS and proxy options. Without 'proxy', curl takes http_proxy,
+** https_proxy and no_proxy from the environment. */
+static void set_tls(lua_State *L, xfer *x) {
+  http_ctx *h = x->h;
+  set_string(L, x, "ca_file", CURLOPT_CAINFO);
+  set_string(L, x, "client_cert", CURLOPT_SSLCERT);
+  set_string(L, x, "client_key", CURLOPT_SSLKEY);
+  set_string(L, x, "proxy", CURLOPT_PROXY);
+  lua_getfield(L, 1, "verify");
+  if (!lua_isnil(L, -1) && !lua_toboolean(L, -1)) {
+    h->c.easy_setopt(x->easy, CURLOPT_SSL_VERIFYPEER, 0L);
+    h->c.easy_setopt(x->easy, CURLOPT_SSL_VERIFYHOST, 0L);
+    h->c.easy_setopt(x->easy, CURLOPT_PROXY_SSL_VERIFYPEER, 0L);
+    h->c.easy_setopt(x->easy, CURLOPT_PROXY_SSL_VERIFYHOST, 0L);
+    if (!h->warned_insecure) {
+      h->warned_insecure = 1;
+      pf_warn(L, "pf.http: verify = false: TLS certificates and host names "
+                 "are not checked (this warning is given once)");
+    }
+  }
+  lua_pop(L, 1);
+}
+
 /* A new transfer on the stack, holding a slot; method and URL (indices 3
 ** and 2) are kept as its user values. */
 static xfer *xfer_new(lua_State *L, http_ctx *h) {
@@ -725,6 +778,7 @@ static xfer *start(lua_State *L) {
   x = xfer_new(L, h);
   set_callbacks(x);
   set_options(L, x, url);
+  set_tls(L, x);
   set_headers(L, x);
   set_method(x, method, body, blen);
   if (h->c.multi_add_handle(h->multi, x->easy) != CURLM_OK) {
@@ -773,6 +827,9 @@ static int raise_failure(lua_State *L, xfer *x, int idx) {
   const char *detail = x->s->errbuf[0] ? x->s->errbuf : why;
   if (x->result == CURLE_OPERATION_TIMEDOUT)
     lua_pushfstring(L, "timeout (%s)", detail);
+  else if (x->result == CURLE_OUT_OF_MEMORY)   /* 7.88 says so for these */
+    lua_pushfstring(L, "%s (%s, or a response header line over 100 KB)",
+                    why, detail);
   else if (x->sys_errno == EMFILE || x->sys_errno == ENFILE)
     lua_pushfstring(L, "too many open files: no descriptor for a socket "
                     "(%s; see ulimit -n)", detail);
