@@ -69,3 +69,53 @@ describe("pf.http cancelled in flight", function()
     assert.is_true(mem2 < mem1 * 1.5 + 256, "seed " .. seed .. ": KiB " .. mem1 .. " -> " .. mem2)
   end)
 end)
+
+-- A process with few descriptors (ulimit -n 64): a burst of requests
+-- queues for connections instead of failing, the idle connections kept
+-- afterwards are bounded, and a request that cannot get a socket says
+-- "too many open files".
+describe("pf.http with few file descriptors", function()
+  local bin = assert(os.getenv("PF_BIN"), "PF_BIN: the built pocketflow binary")
+  local child = [[
+    local pf = require "pocketflow"
+    local res = require "support.fdcount"
+    local url, other = arg[1], arg[2]
+    local fd0 = res.fds()
+    local fns = {}
+    for i = 1, 300 do fns[i] = function() return pf.http.get(url .. "/id?i=" .. i).body end end
+    local bodies = pf.gather(fns)
+    for i = 1, 300 do assert(bodies[i] == "id " .. i, bodies[i]) end
+    print("burst ok, descriptors kept: " .. (res.fds() - fd0))
+    local files = {}
+    while true do
+      local f = io.open("/dev/null")
+      if not f then break end
+      files[#files + 1] = f
+    end
+    local ok, err = pcall(pf.http.get, other .. "/hello")
+    print(ok, err)
+    for _, f in ipairs(files) do f:close() end
+    print("after: " .. pf.http.get(other .. "/hello").body)
+  ]]
+
+  it("queues a burst, keeps few idle connections and names fd exhaustion", function()
+    local srv, other = httpd.start(), httpd.start()
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w")); f:write(child); f:close()
+    local r = pf.run(function()
+      return pf.exec({ "sh", "-c", 'ulimit -n 64 && exec "$0" "$@"', bin, script, srv.url, other.url },
+        { timeout = 120 })
+    end)
+    os.remove(script)
+    srv:close()
+    other:close()
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.is_true(not r.signal or r.signal == 0, "killed by signal " .. tostring(r.signal))
+    local kept = tonumber(r.stdout:match("burst ok, descriptors kept: (%-?%d+)"))
+    assert.truthy(kept, r.stdout .. r.stderr)
+    -- at most 16 idle connections (half of the 32 a 64-descriptor process may open)
+    assert.is_true(kept <= 16 + 2, "descriptors kept: " .. kept)
+    assert.truthy(r.stdout:find("false\tpf.http: GET " .. other.url .. "/hello: too many open files", 1, true), r.stdout)
+    assert.truthy(r.stdout:find("after: hello", 1, true), r.stdout)
+  end)
+end)
