@@ -4,9 +4,12 @@
 local pf = require "pocketflow"
 local warnings = require "support.warnings"
 
+-- system tools run without the sanitizer runtimes the asan mode preloads
+local CLEAN = "unset LD_PRELOAD; "
+
 local function sh(cmd)
   local out = os.tmpname()
-  local ok, _, code = os.execute(cmd .. " >" .. out .. " 2>&1 </dev/null")
+  local ok, _, code = os.execute(CLEAN .. cmd .. " >" .. out .. " 2>&1 </dev/null")
   local f = assert(io.open(out)); local s = f:read("a"); f:close(); os.remove(out)
   return s, ok and 0 or code
 end
@@ -20,7 +23,7 @@ assert(sh("mkdir " .. q(dir)) == "")
 -- the processes whose argv mentions this run's directory
 local function leftovers()
   local found = {}
-  local p = io.popen("grep -l -F " .. q(dir) .. " /proc/[0-9]*/cmdline 2>/dev/null")
+  local p = io.popen(CLEAN .. "grep -l -F " .. q(dir) .. " /proc/[0-9]*/cmdline 2>/dev/null")
   for line in p:lines() do
     local pid = line:match("^/proc/(%d+)/")
     local f = io.open("/proc/" .. pid .. "/stat")
@@ -55,7 +58,7 @@ local servers = 0
 local function serve(extra)
   servers = servers + 1
   local log = ("%s/server%d.log"):format(dir, servers)
-  local p = io.popen(("cd %s && (timeout 60 openssl s_server -accept 127.0.0.1:0 -cert server.pem"
+  local p = io.popen(CLEAN .. ("cd %s && (timeout 60 openssl s_server -accept 127.0.0.1:0 -cert server.pem"
     .. " -key server.key -WWW %s >%s 2>&1 </dev/null & echo $!)"):format(q(dir), extra or "", q(log)))
   local pid = assert(tonumber(p:read("l")))
   p:close()

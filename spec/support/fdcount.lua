@@ -4,7 +4,7 @@ local fdcount = {}
 -- the number of open descriptors of this process
 function fdcount.fds()
   local n = 0
-  local p = assert(io.popen("ls /proc/" .. fdcount.pid() .. "/fd"))
+  local p = assert(io.popen("unset LD_PRELOAD; ls /proc/" .. fdcount.pid() .. "/fd"))
   for _ in p:lines() do n = n + 1 end
   p:close()
   return n - 1   -- ls's own pipe to us
