@@ -119,3 +119,81 @@ describe("pf.http with few file descriptors", function()
     assert.truthy(r.stdout:find("after: hello", 1, true), r.stdout)
   end)
 end)
+
+-- Streams: the stream function waits (pf.sleep) while curl is paused by
+-- flow control (more than 1 MiB buffered) or still delivering; tasks are
+-- cancelled at random points, by task:cancel or pf.timeout.
+describe("pf.http streams cancelled at random points", function()
+  local srv
+  before_each(function() srv = httpd.start() end)
+  after_each(function() srv:close() end)
+
+  it("pauses curl while the stream function waits, and resumes it", function()
+    local size = 5 * 1000 * 1000
+    local chunks, biggest, total = 0, 0, 0
+    local r = pf.http.get(srv.url .. "/big?size=" .. size, { stream = function(c)
+      chunks = chunks + 1
+      total = total + #c
+      if #c > biggest then biggest = #c end
+      if chunks == 1 then pf.sleep(0.3) end   -- everything arrives meanwhile
+    end })
+    assert.equal(200, r.status)
+    assert.equal(size, total)
+    -- after the wait the task takes what was buffered in one piece: about
+    -- 1 MiB (the pause threshold), not the whole body
+    assert.is_true(biggest >= 1024 * 1024, "biggest chunk " .. biggest)
+    assert.is_true(biggest < 2 * 1024 * 1024, "biggest chunk " .. biggest)
+  end)
+
+  local function round(seed, n)
+    math.randomseed(seed)
+    local outcomes = { ok = 0, cancelled = 0 }
+    pf.run(function()
+      local tasks = {}
+      for i = 1, n do
+        local path = (i % 2 == 0) and "/big?size=3000000" or "/drip?n=30&delay=0.01"
+        local nap = math.random() * 0.02
+        local function get()
+          return pf.http.get(srv.url .. path, { stream = function() pf.sleep(nap) end }).status
+        end
+        if i % 3 == 0 then
+          local limit = math.random() * 0.5
+          tasks[i] = pf.spawn(function() return pf.timeout(limit, get) end)
+        else
+          tasks[i] = pf.spawn(get)
+          if i % 3 == 1 then
+            local at = math.random() * 0.5
+            pf.spawn(function() pf.sleep(at); tasks[i]:cancel() end)
+          end
+        end
+      end
+      for i = 1, n do
+        local ok, err = pcall(tasks[i].wait, tasks[i])
+        if ok then
+          outcomes.ok = outcomes.ok + 1
+        else
+          assert(err:find("timeout") or err:find("cancelled"), "seed " .. seed .. ": " .. err)
+          outcomes.cancelled = outcomes.cancelled + 1
+        end
+      end
+      assert.equal("hello", pf.http.get(srv.url .. "/hello").body)
+    end)
+    return outcomes
+  end
+
+  it("leaves no descriptor and no memory behind, and later requests work", function()
+    local seed = os.time()
+    local n = valgrind and 12 or 40
+    round(seed, n)
+    local fd1, mem1 = res.fds(), res.mem()
+    local seen = { ok = 0, cancelled = 0 }
+    for r = 1, valgrind and 2 or 5 do
+      local o = round(seed + r, n)
+      seen.ok, seen.cancelled = seen.ok + o.ok, seen.cancelled + o.cancelled
+    end
+    assert.is_true(seen.cancelled > 0, "seed " .. seed .. ": nothing was cancelled")
+    local fd2, mem2 = res.fds(), res.mem()
+    assert.is_true(fd2 <= fd1 + 2, "seed " .. seed .. ": descriptors " .. fd1 .. " -> " .. fd2)
+    assert.is_true(mem2 < mem1 * 1.5 + 256, "seed " .. seed .. ": KiB " .. mem1 .. " -> " .. mem2)
+  end)
+end)
