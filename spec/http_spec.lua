@@ -65,6 +65,48 @@ describe("pf.http", function()
     assert.equal(302, r.status)
   end)
 
+  it("gives the final url, after redirects", function()
+    assert.equal(srv.url .. "/hello", pf.http.get(srv.url .. "/redirect").url)
+    assert.equal(srv.url .. "/redirect", pf.http.get(srv.url .. "/redirect", { follow = false }).url)
+    local chunks = {}
+    local r = pf.http.get(srv.url .. "/redirect", { stream = function(c) chunks[#chunks + 1] = c end })
+    assert.equal(srv.url .. "/hello", r.url)
+    assert.equal("hello", table.concat(chunks))
+  end)
+
+  it("goes through the proxy option", function()
+    local proxy = httpd.start{ routes = { ["http://example.invalid/hello"] = function(req, res)
+      res:send(200, "via proxy, for " .. req.headers.host)
+    end } }
+    local r = pf.http.get("http://example.invalid/hello", { proxy = proxy.url })
+    proxy:close()
+    assert.equal("via proxy, for example.invalid", r.body)
+    assert.equal(1, proxy.requests)
+  end)
+
+  it("honours http_proxy and no_proxy from the environment", function()
+    local bin = assert(os.getenv("PF_BIN"))
+    local proxy = httpd.start{ routes = { ["http://example.invalid/hello"] = function(_, res)
+      res:send(200, "via env proxy")
+    end } }
+    local script = [[
+      local pf = require "pocketflow"
+      local ok, r = pcall(pf.http.get, "http://example.invalid/hello", { timeout = 20 })
+      io.write(ok and r.body or r)
+    ]]
+    local function run(env)
+      return pf.run(function()
+        return pf.exec({ "sh", "-c", env .. ' exec "$0" -e "$1"', bin, script }, { timeout = 60 })
+      end)
+    end
+    local via = run("http_proxy=" .. proxy.url)
+    local direct = run("http_proxy=" .. proxy.url .. " no_proxy=example.invalid")
+    proxy:close()
+    assert.equal("via env proxy", via.stdout, via.stderr)
+    assert.truthy(direct.stdout:find("pf.http: GET http://example.invalid/hello: ", 1, true), direct.stdout .. direct.stderr)
+    assert.equal(1, proxy.requests)
+  end)
+
   it("decodes a chunked body", function()
     local r = pf.http.get(srv.url .. "/chunked?n=3")
     assert.equal("chunk1\nchunk2\nchunk3\n", r.body)
