@@ -26,11 +26,13 @@ describe("pf.http cancelled in flight", function()
       local tasks = {}
       for i = 1, N do
         local how = i % 4
+        -- some by name, so that cancels also land while libcurl resolves
+        local base = i % 8 < 2 and srv.url:gsub("127%.0%.0%.1", "localhost") or srv.url
         tasks[i] = pf.spawn(function()
           if how == 1 then
-            return pf.timeout(math.random() * 0.7, pf.http.get, srv.url .. "/slow?delay=0.5")
+            return pf.timeout(math.random() * 0.7, pf.http.get, base .. "/slow?delay=0.5")
           end
-          return pf.http.get(srv.url .. "/slow?delay=0.5").body
+          return pf.http.get(base .. "/slow?delay=0.5").body
         end)
         if how == 3 then
           pf.spawn(function() pf.sleep(math.random() * 0.7); tasks[i]:cancel() end)
@@ -80,6 +82,8 @@ describe("pf.http with few file descriptors", function()
     local pf = require "pocketflow"
     local res = require "support.fdcount"
     local url, other = arg[1], arg[2]
+    -- libcurl loaded and one idle connection (to other) kept
+    assert(pf.http.get(other .. "/hello").body == "hello")
     local fd0 = res.fds()
     local fns = {}
     for i = 1, 300 do fns[i] = function() return pf.http.get(url .. "/id?i=" .. i).body end end
@@ -113,8 +117,9 @@ describe("pf.http with few file descriptors", function()
     assert.is_true(not r.signal or r.signal == 0, "killed by signal " .. tostring(r.signal))
     local kept = tonumber(r.stdout:match("burst ok, descriptors kept: (%-?%d+)"))
     assert.truthy(kept, r.stdout .. r.stderr)
-    -- at most 16 idle connections (half of the 32 a 64-descriptor process may open)
-    assert.is_true(kept <= 16 + 2, "descriptors kept: " .. kept)
+    -- at most 16 idle connections (half of the 32 a 64-descriptor process
+    -- may open), one of them the connection to other from before
+    assert.is_true(kept <= 16, "descriptors kept: " .. kept)
     assert.truthy(r.stdout:find("false\tpf.http: GET " .. other.url .. "/hello: too many open files", 1, true), r.stdout)
     assert.truthy(r.stdout:find("after: hello", 1, true), r.stdout)
   end)
