@@ -90,8 +90,12 @@ describe("pf.http over HTTPS", function()
 
   teardown(function()
     if kill then kill() end
-    sh("sleep 0.2")
     local left = leftovers()
+    for _ = 1, 100 do   -- killed processes may take a moment to go
+      if #left == 0 then break end
+      sh("sleep 0.1")
+      left = leftovers()
+    end
     sh("rm -rf " .. q(dir))
     assert.same({}, left)
   end)
