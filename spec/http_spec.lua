@@ -252,6 +252,8 @@ describe("pf.http", function()
       { { url = u, timout = 1 }, "pf.http: unknown option 'timout'" },
       { { url = u, [1] = "x" }, "pf.http: unknown option '1'" },
       { { url = u, method = true }, "pf.http: method must be a string (got boolean)" },
+      { { url = u, method = "GET /x HTTP/1.1\r\nX: y" }, 'pf.http: method must be an HTTP token (got "GET /x' },
+      { { url = u, method = "" }, 'pf.http: method must be an HTTP token (got "")' },
       { { url = u, headers = "x" }, "pf.http: headers must be a table (got string)" },
       { { url = u, headers = { x = {} } }, "pf.http: headers must map names to strings (got x = table)" },
       { { url = u, headers = { [1] = "x" } }, "pf.http: headers must map names to strings (got 1 = string)" },

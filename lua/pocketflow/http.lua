@@ -35,6 +35,9 @@ local function check_opts(opts, level)
     error(("pf.http: timeout must be a positive number of seconds (got %s)"):format(
       tostring(opts.timeout)), level)
   end
+  if opts.method ~= nil and not opts.method:find("^[%w!#$%%&'*+.^_`|~-]+$") then
+    error(("pf.http: method must be an HTTP token (got %q)"):format(opts.method), level)
+  end
   if opts.client_key ~= nil and opts.client_cert == nil then
     error("pf.http: client_key needs client_cert", level)
   end
