@@ -63,11 +63,16 @@ describe("pf.http cancelled in flight", function()
 
   it("leaves no descriptor and no memory behind over rounds", function()
     local seed = os.time()
+    local fd0 = res.fds()
     storm(seed)
-    local fd1, mem1 = res.fds(), res.mem()
-    for r = 1, valgrind and 1 or 3 do storm(seed + r) end
+    local mem1 = res.mem()
+    for r = 1, valgrind and 2 or 4 do storm(seed + r) end
     local fd2, mem2 = res.fds(), res.mem()
-    assert.is_true(fd2 <= fd1 + 2, "seed " .. seed .. ": descriptors " .. fd1 .. " -> " .. fd2)
+    -- what may stay open: both ends of the idle connections curl keeps
+    -- (at most one per concurrent request, and at most IDLE_MAX), however
+    -- many requests were cancelled over the rounds
+    local bound = fd0 + 2 * math.min(N + 1, IDLE_MAX) + 4
+    assert.is_true(fd2 <= bound, "seed " .. seed .. ": descriptors " .. fd0 .. " -> " .. fd2)
     assert.is_true(mem2 < mem1 * 1.5 + 256, "seed " .. seed .. ": KiB " .. mem1 .. " -> " .. mem2)
   end)
 end)
@@ -189,8 +194,9 @@ describe("pf.http streams cancelled at random points", function()
   it("leaves no descriptor and no memory behind, and later requests work", function()
     local seed = os.time()
     local n = valgrind and 12 or 40
+    local fd0 = res.fds()
     round(seed, n)
-    local fd1, mem1 = res.fds(), res.mem()
+    local mem1 = res.mem()
     local seen = { ok = 0, cancelled = 0 }
     for r = 1, valgrind and 2 or 5 do
       local o = round(seed + r, n)
@@ -198,7 +204,9 @@ describe("pf.http streams cancelled at random points", function()
     end
     assert.is_true(seen.cancelled > 0, "seed " .. seed .. ": nothing was cancelled")
     local fd2, mem2 = res.fds(), res.mem()
-    assert.is_true(fd2 <= fd1 + 2, "seed " .. seed .. ": descriptors " .. fd1 .. " -> " .. fd2)
+    -- both ends of at most one idle connection per concurrent request
+    local bound = fd0 + 2 * (n + 1) + 4
+    assert.is_true(fd2 <= bound, "seed " .. seed .. ": descriptors " .. fd0 .. " -> " .. fd2)
     assert.is_true(mem2 < mem1 * 1.5 + 256, "seed " .. seed .. ": KiB " .. mem1 .. " -> " .. mem2)
   end)
 end)
