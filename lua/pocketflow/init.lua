@@ -195,6 +195,10 @@ rawset(BatchFlow, "__pfkind", kinds.batch_flow)
 local ParallelBatchFlow = extend(BatchFlow, "ParallelBatchFlow")
 rawset(ParallelBatchFlow, "__pfkind", kinds.parallel_batch_flow)
 
+local diagram = require "pocketflow.diagram"
+Flow.to_mermaid = diagram.to_mermaid
+Flow.to_dot = diagram.to_dot
+
 -- --------------------------------------------------------------- export
 
 pf.BaseNode = BaseNode
@@ -223,6 +227,8 @@ pf.version = core.version
 pf.exec = core.exec
 pf.read_file = core.read_file
 pf.write_file = core.write_file
+pf.serialize = core.serialize
+pf.deserialize = core.deserialize
 pf.http = require "pocketflow.http"
 pf.json = require "pocketflow.json"
 
