@@ -421,8 +421,11 @@ static int load_error(lua_State *L, void *lib, const char *what) {
   return lua_error(L);
 }
 
+/* RTLD_NODELETE: libcurl and the TLS library it pulls in register
+** handlers that outlive the Lua state (atexit, thread keys), so the
+** library stays mapped after dlclose. */
 static void *curl_open(lua_State *L, curl_api *c) {
-  void *lib = dlopen(CURL_SONAME, RTLD_NOW | RTLD_LOCAL), *sym;
+  void *lib = dlopen(CURL_SONAME, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE), *sym;
   if (lib == NULL) load_error(L, NULL, "cannot load " CURL_SONAME);
 #define X(ret, name, args) \
   if ((sym = dlsym(lib, "curl_" #name)) == NULL) \
