@@ -8,6 +8,7 @@
 ** A frame is FS consecutive slots; the top frame is the one running. A
 ** phase that waits for a call's result finds it on top, above the frame.
 */
+#include <stdarg.h>
 #include <string.h>
 
 #include "pf.h"
@@ -16,7 +17,7 @@
 #define FS 8
 enum { F_SELF, F_STATE, F_SHARED, F_PREP, F_RES, F_I, F_AUX, F_PARAMS };
 
-#define MSGH 5      /* the exec message handler, below the first frame */
+#define MSGH 5      /* the message handler, below the first frame */
 #define KEYS 6      /* the keys table */
 #define ROOT 7      /* base of the first frame */
 
@@ -148,11 +149,52 @@ static int node_kind(lua_State *L, int idx, int in_walk) {
   return kind;
 }
 
-/* A node's name for messages: its class's __name, then "node". */
+/* Replaces the table on top by t[k], t's first field k along its
+** __index chain, or nil. Raw reads only: no user code runs. */
+static int raw_lookup(lua_State *L, const char *k) {
+  int hops;
+  for (hops = 0; hops < 100 && lua_istable(L, -1); hops++) {
+    lua_pushstring(L, k);
+    if (lua_rawget(L, -2) != LUA_TNIL) {
+      lua_remove(L, -2);
+      return lua_type(L, -1);
+    }
+    lua_pop(L, 1);
+    if (!lua_getmetatable(L, -1)) break;
+    lua_pushliteral(L, "__index");
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+    lua_remove(L, -2);
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  return LUA_TNIL;
+}
+
+/* Pushes the name of the node at idx (API.md section 5): its 'name' (the
+** option, else its class's), else its class's __name, else "node".
+** Returns 0 for "node". */
+static int push_name(lua_State *L, int idx) {
+  int found = 1;
+  lua_pushvalue(L, idx);
+  lua_pushvalue(L, -1);
+  if (raw_lookup(L, "name") != LUA_TSTRING) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    if (raw_lookup(L, "__name") != LUA_TSTRING) {
+      lua_pop(L, 1);
+      lua_pushliteral(L, "node");
+      found = 0;
+    }
+  }
+  lua_remove(L, -2);
+  return found;
+}
+
+/* The node's name, for messages: the string lives in the node's tables. */
 static const char *node_name(lua_State *L, int idx) {
-  const char *name = "node";
-  if (lua_getfield(L, idx, "__name") == LUA_TSTRING) name = lua_tostring(L, -1);
-  lua_pop(L, 1);  /* the string stays alive in the class table */
+  const char *name = push_name(L, idx) ? lua_tostring(L, -1) : "node";
+  lua_pop(L, 1);
   return name;
 }
 
@@ -192,26 +234,246 @@ static int push_method(lua_State *L, int b, int key) {
   return 1;
 }
 
-/* Calls the method pushed with its nargs arguments; its result comes
-** back to state st of the frame at b. */
-static void call(lua_State *L, int b, int st, int nargs) {
-  lua_callk(L, nargs + 1, 1, CTX(b, st), walk_k);
+/* Calls the method pushed with its nargs arguments, under the message
+** handler; its result, or its error and status, comes back to state st
+** of the frame at b. In a task this costs what lua_callk does: the
+** resume is the protected call. */
+static int call(lua_State *L, int b, int st, int nargs) {
+  return lua_pcallk(L, nargs + 1, 1, MSGH, CTX(b, st), walk_k);
 }
 
 /* Calls post(self, shared, prep_res, exec_res) with exec_res on top; the
 ** frame ends with post's result. Returns the frame's new state. */
-static int call_post(lua_State *L, int b) {
+static int call_post(lua_State *L, int b, int *status) {
   lua_replace(L, b + F_RES);
   if (push_method(L, b, K_POST)) {
     lua_pushvalue(L, b + F_SHARED);
     lua_pushvalue(L, b + F_PREP);
     lua_pushvalue(L, b + F_RES);
-    call(L, b, ST(PF_K_NODE, 3), 3);
+    *status = call(L, b, ST(PF_K_NODE, 3), 3);
   }
   return ST(PF_K_NODE, 3);
 }
 
-static lua_Integer checked_retries(lua_State *L, int b) {
+/* ---------------------------------------------------------------- where */
+
+/* An error that leaves a node names where it happened (API.md section
+** 5): "in Main > Research > Fetch (exec, attempt 3 of 3, item 7)". The
+** line goes into the task's error record, a table in its PF_UV_TRACE
+** user value, {error, traceback, where added, kept}, which sched.c
+** prints after the message when the error leaves the task. Nothing here
+** runs unless an error does. */
+
+/* The phase of a frame in state st. */
+static const char *phase_of(int st) {
+  int kind = st >> 5, p = st & 31;
+  if (p >= EX_ATTEMPT) return p == EX_RESULT + 1 ? "exec_fallback" : "exec";
+  if (kind == PF_K_ORCH) return "walk";
+  if (p <= 1) return "prep";
+  if (kind == PF_K_NODE) return "post";  /* every kind's post is NODE 3 */
+  return kind == PF_K_BATCH || kind == PF_K_PBATCH ? "exec" : "walk";
+}
+
+/* Pushes onto L the path of the frames ROOT..last of the walk on co, the
+** thread of task t, whose last frame is in state st: their nodes' names
+** joined by " > ", after the path of the parallel batch that started
+** the walk as an item. An ORCH frame repeats its flow's node and an EXEC
+** frame its batch's, so neither adds a name. Sets *item to the innermost
+** batch item. */
+static void push_path(lua_State *L, lua_State *co, pf_task *t, int last,
+                      int st, lua_Integer *item) {
+  pf_task *owner;
+  int f, gframe, gkind, direct, n = 0;
+  int root = (last == ROOT ? st : get_state(co, ROOT)) >> 5;
+  luaL_checkstack(L, 4, "where");
+  if ((root == PF_K_ORCH || root == PF_K_EXEC) && t && t->group &&
+      (gkind = pf_group_frame(t->group, &owner, &gframe, &direct)) != 0) {
+    push_path(L, owner->co, owner, gframe, ST(gkind, 2), item);
+    *item = t->group_idx;
+    n = 1;
+  } else {
+    lua_pushliteral(L, "");
+  }
+  for (f = ROOT; f <= last; f += FS) {
+    int kind = (f == last ? st : get_state(co, f)) >> 5;
+    if (f < last && (kind == PF_K_BATCH || kind == PF_K_BFLOW))
+      *item = lua_tointeger(co, f + F_I);
+    if (kind == PF_K_ORCH || kind == PF_K_EXEC || !lua_checkstack(co, 1))
+      continue;
+    lua_pushvalue(co, f + F_SELF);
+    lua_xmove(co, L, 1);
+    push_name(L, -1);
+    lua_remove(L, -2);
+    if (n++ > 0) {
+      lua_pushliteral(L, " > ");
+      lua_insert(L, -2);
+    }
+    lua_concat(L, n > 1 ? 3 : 2);
+  }
+}
+
+/* Pushes the where line of an error leaving the node of frame b, in
+** state st; child, if not 0, is a node past the end of b's path, and
+** phase, if not NULL, replaces st's. */
+static void push_where(lua_State *L, int b, int st, int child,
+                       const char *phase) {
+  lua_Integer item = 0;
+  int n = 1;
+  push_path(L, L, pf_current(L), b, st, &item);
+  if (child) {
+    lua_pushliteral(L, " > ");
+    push_name(L, child);
+    lua_concat(L, 3);
+  }
+  lua_pushfstring(L, "in %s (%s", lua_tostring(L, -1),
+                  phase ? phase : phase_of(st));
+  lua_remove(L, -2);
+  if ((st & 31) >= EX_ATTEMPT && !child) {
+    int isnum;
+    lua_Integer max;
+    get_key(L, b + F_SELF, K_RETRIES);
+    max = lua_isnil(L, -1) ? 1 : lua_tointegerx(L, -1, &isnum);
+    if (!lua_isnil(L, -1) && !isnum) max = 0;
+    lua_pop(L, 1);
+    lua_pushfstring(L, ", attempt %I", (LUAI_UACINT)get_int(L, b, F_I));
+    if (max > 0) lua_pushfstring(L, " of %I", (LUAI_UACINT)max);
+    else lua_pushliteral(L, "");
+    n += 2;
+  }
+  if (item > 0) {
+    lua_pushfstring(L, ", item %I", (LUAI_UACINT)item);
+    n++;
+  }
+  lua_pushliteral(L, ")");
+  lua_concat(L, n + 1);
+}
+
+/* Pushes t's record if it is the one of the value at idx; returns 1 if
+** it did. */
+static int push_record(lua_State *L, pf_task *t, int idx) {
+  idx = lua_absindex(L, idx);
+  pf_push_task(L, t);
+  if (lua_getiuservalue(L, -1, PF_UV_TRACE) == LUA_TTABLE) {
+    lua_rawgeti(L, -1, 1);
+    if (lua_rawequal(L, -1, idx)) {
+      lua_pop(L, 1);
+      lua_remove(L, -2);
+      return 1;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return 0;
+}
+
+/* Makes the value at idx t's recorded error, with L's traceback from
+** level on. */
+static void new_record(lua_State *L, pf_task *t, int idx, int level) {
+  idx = lua_absindex(L, idx);
+  pf_push_task(L, t);
+  lua_createtable(L, 4, 0);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, 1);
+  luaL_traceback(L, L, NULL, level);
+  lua_rawseti(L, -2, 2);
+  lua_setiuservalue(L, -2, PF_UV_TRACE);
+  lua_pop(L, 1);
+}
+
+/* True when the error being handled was raised by a walk: passed on
+** from an inner run (or raised by walk_error), not raised anew. */
+static int raised_by_walk(lua_State *L) {
+  lua_Debug ar;
+  lua_CFunction f = NULL;
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "f", &ar)) {
+    f = lua_tocfunction(L, -1);
+    lua_pop(L, 1);
+  }
+  return f == pf_run_node || f == pf_machine;
+}
+
+/* The message handler of the walk's calls: a string error gets a record
+** with the traceback of where it was raised, so that it reports the
+** user's line when it leaves the task. The record of an error a walk
+** passes on, or a fallback re-raises, is kept. The value is unchanged. */
+static int walk_msgh(lua_State *L) {
+  pf_task *t = pf_current(L);
+  if (t && lua_type(L, 1) == LUA_TSTRING && !pf_has_traceback(L, 1)) {
+    int kept = 0;
+    if (push_record(L, t, 1))
+      kept = lua_rawgeti(L, -1, 4) != LUA_TNIL || raised_by_walk(L);
+    if (!kept) new_record(L, t, 1, 1);
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* The string error on top leaves the node of frame b: its record gains
+** the where line, once (the innermost node's). */
+static void add_where(lua_State *L, int b, int st, int child,
+                      const char *phase) {
+  pf_task *t = pf_current(L);
+  int err = lua_gettop(L), rec;
+  if (t == NULL || lua_type(L, err) != LUA_TSTRING || pf_has_traceback(L, err))
+    return;
+  if (!push_record(L, t, err)) {
+    new_record(L, t, err, 0);
+    push_record(L, t, err);
+  }
+  rec = lua_gettop(L);
+  if (lua_rawgeti(L, rec, 3) == LUA_TNIL) {
+    push_where(L, b, st, child, phase);
+    lua_pushliteral(L, "\n");
+    lua_rawgeti(L, rec, 2);
+    lua_concat(L, 3);
+    lua_rawseti(L, rec, 2);
+    lua_pushboolean(L, 1);
+    lua_rawseti(L, rec, 3);
+  }
+  lua_settop(L, err);
+}
+
+/* The error on top leaves the node of frame b, in state st. */
+static int leave(lua_State *L, int b, int st) {
+  add_where(L, b, st, 0, NULL);
+  return lua_error(L);
+}
+
+/* Raises an error of the walk itself, at the caller's position, as one
+** leaving the node of frame b (see push_where). */
+static int walk_error(lua_State *L, int b, int st, int child,
+                      const char *phase, const char *fmt, ...) {
+  va_list ap;
+  luaL_where(L, 1);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 2);
+  add_where(L, b, st, child, phase);
+  return lua_error(L);
+}
+
+/* The error on co's top leaves t, an item of a parallel batch node that
+** ran exec as its body (group.c): the message gains the where line. */
+void pf_add_item_where(lua_State *L, pf_task *t, lua_State *co) {
+  pf_task *owner;
+  int frame, direct, kind;
+  lua_Integer item = 0;
+  if (t->group == NULL || lua_type(co, -1) != LUA_TSTRING) return;
+  kind = pf_group_frame(t->group, &owner, &frame, &direct);
+  if (kind == 0 || !direct || !lua_checkstack(co, 1)) return;
+  push_path(L, owner->co, owner, frame, ST(kind, 2), &item);
+  lua_pushfstring(L, "%s\nin %s (exec, attempt 1 of 1, item %I)",
+                  lua_tostring(co, -1), lua_tostring(L, -1),
+                  (LUAI_UACINT)t->group_idx);
+  lua_xmove(L, co, 1);
+  lua_replace(co, -2);
+  lua_pop(L, 1);
+}
+
+/* ---------------------------------------------------------------- checks */
+
+static lua_Integer checked_retries(lua_State *L, int b, int st) {
   int isnum;
   lua_Integer n;
   get_key(L, b + F_SELF, K_RETRIES);
@@ -219,12 +481,12 @@ static lua_Integer checked_retries(lua_State *L, int b) {
   else n = lua_tointegerx(L, -1, &isnum);
   lua_pop(L, 1);
   if (!isnum || n < 1)
-    luaL_error(L, "%s: max_retries must be a positive integer",
-               node_name(L, b + F_SELF));
+    walk_error(L, b, st, 0, NULL, "%s: max_retries must be a positive "
+               "integer", node_name(L, b + F_SELF));
   return n;
 }
 
-static lua_Number checked_wait(lua_State *L, int b) {
+static lua_Number checked_wait(lua_State *L, int b, int st) {
   int isnum;
   lua_Number w;
   get_key(L, b + F_SELF, K_WAIT);
@@ -232,51 +494,33 @@ static lua_Number checked_wait(lua_State *L, int b) {
   else w = lua_tonumberx(L, -1, &isnum);
   lua_pop(L, 1);
   if (!isnum || !(w >= 0))
-    luaL_error(L, "%s: wait must be a non-negative number",
+    walk_error(L, b, st, 0, NULL, "%s: wait must be a non-negative number",
                node_name(L, b + F_SELF));
   return w;
 }
 
 /* Replaces the prep result on top with an array of items: nil gives an
 ** empty one; anything but a table is an error naming the node. */
-static void checked_items(lua_State *L, int b, const char *what) {
+static void checked_items(lua_State *L, int b, int st, const char *what) {
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_newtable(L);
   } else if (!lua_istable(L, -1)) {
-    luaL_error(L, "%s: prep must return an array of %s (got %s)",
-               node_name(L, b + F_SELF), what, luaL_typename(L, -1));
+    walk_error(L, b, st, 0, NULL, "%s: prep must return an array of %s "
+               "(got %s)", node_name(L, b + F_SELF), what,
+               luaL_typename(L, -1));
   }
 }
 
-static void check_param_sets(lua_State *L, int b, int items) {
+static void check_param_sets(lua_State *L, int b, int st, int items) {
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, items);
   for (i = 1; i <= n; i++) {
     if (lua_rawgeti(L, items, i) != LUA_TTABLE)
-      luaL_error(L, "%s: prep must return an array of param tables "
-                    "(item %d is a %s)", node_name(L, b + F_SELF), (int)i,
-                 luaL_typename(L, -1));
+      walk_error(L, b, st, 0, NULL, "%s: prep must return an array of "
+                 "param tables (item %d is a %s)", node_name(L, b + F_SELF),
+                 (int)i, luaL_typename(L, -1));
     lua_pop(L, 1);
   }
-}
-
-/* The exec message handler: keeps the traceback of a string error for
-** the task, so the error reports the user's line if no fallback takes
-** it. The value itself is left unchanged. */
-static int exec_msgh(lua_State *L) {
-  pf_task *t = pf_current(L);
-  if (t && lua_type(L, 1) == LUA_TSTRING && !pf_has_traceback(L, 1)) {
-    pf_push_task(L, t);
-    lua_createtable(L, 2, 0);
-    lua_pushvalue(L, 1);
-    lua_rawseti(L, -2, 1);
-    luaL_traceback(L, L, NULL, 1);
-    lua_rawseti(L, -2, 2);
-    lua_setiuservalue(L, -2, PF_UV_TRACE);
-    lua_pop(L, 1);
-  }
-  lua_settop(L, 1);
-  return 1;
 }
 
 /* ------------------------------------------------------------ successors */
@@ -314,9 +558,23 @@ static void push_actions(lua_State *L, int succ) {
   lua_remove(L, list);
 }
 
+/* A node with successors returned a value that cannot be an action. */
+static void bad_action(lua_State *L, int b) {
+  int res = b + F_RES, t = lua_type(L, res);
+  const char *name = node_name(L, b + F_AUX);
+  if (t == LUA_TNUMBER || t == LUA_TBOOLEAN) {
+    luaL_tolstring(L, res, NULL);
+    walk_error(L, b, ST(PF_K_ORCH, 2), b + F_AUX, "post", "%s: post "
+               "returned a %s (%s); actions are strings", name,
+               lua_typename(L, t), lua_tostring(L, -1));
+  }
+  walk_error(L, b, ST(PF_K_ORCH, 2), b + F_AUX, "post", "%s: post "
+             "returned a %s; actions are strings", name, luaL_typename(L, res));
+}
+
 /* Replaces the node at b+F_AUX with its successor for the action in
 ** b+F_RES (nil means "default"), warning when the walk ends although the
-** node has successors. */
+** node has successors, and raising if the action was not a string. */
 static void next_node(lua_State *L, int b) {
   int succ;
   if (get_key(L, b + F_AUX, K_SUCCESSORS) != LUA_TTABLE) {
@@ -336,6 +594,8 @@ static void next_node(lua_State *L, int b) {
     lua_pushnil(L);
     if (lua_next(L, succ)) {
       lua_pop(L, 2);
+      if (!lua_isnil(L, b + F_RES) && lua_type(L, b + F_RES) != LUA_TSTRING)
+        bad_action(L, b);
       if (lua_isnil(L, b + F_RES)) lua_pushliteral(L, "default");
       else lua_pushvalue(L, b + F_RES);
       push_actions(L, succ);
@@ -377,7 +637,8 @@ void pf_push_merged(lua_State *L, int base, int over) {
 static int start_child(lua_State *L, int b, int *st) {
   int kind = node_kind(L, b + F_AUX, 1);
   if (kind == 0)
-    return luaL_error(L, "flow step: successor is a %s, not a pocketflow node",
+    return walk_error(L, b, ST(PF_K_ORCH, 1), 0, NULL, "flow step: successor "
+                      "is a %s, not a pocketflow node",
                       luaL_typename(L, b + F_AUX));
   set_state(L, b, ST(PF_K_ORCH, 2));
   push_run_self(L, b + F_AUX, b + F_PARAMS);
@@ -387,16 +648,52 @@ static int start_child(lua_State *L, int b, int *st) {
 
 /* exec's result is on top: a node calls post, an item's frame goes to
 ** its end phase. Returns the new state. */
-static int exec_done(lua_State *L, int b, int st) {
-  if (st >> 5 == PF_K_NODE) return call_post(L, b);
+static int exec_done(lua_State *L, int b, int st, int *status) {
+  if (st >> 5 == PF_K_NODE) return call_post(L, b, status);
   return ST(PF_K_EXEC, EX_RESULT + 2);
 }
 
-/* Calls the frame's prep(self, shared), whose result comes back in st. */
-static void call_prep(lua_State *L, int b, int st) {
+/* Calls the frame's prep(self, shared), whose result comes back in st.
+** Returns the call's status. */
+static int call_prep(lua_State *L, int b, int st) {
   if (push_method(L, b, K_PREP)) {
     lua_pushvalue(L, b + F_SHARED);
-    call(L, b, st, 1);
+    return call(L, b, st, 1);
+  }
+  return LUA_OK;
+}
+
+/* exec failed for the last time, with the error in F_AUX: calls the
+** fallback, whose result comes back in st; the default one re-raises
+** the error unchanged, so the node is left without calling it. */
+static int call_fallback(lua_State *L, int b, int st) {
+  get_key(L, b + F_SELF, K_FALLBACK);
+  if (lua_tocfunction(L, -1) == pf_reraise) {
+    lua_pushvalue(L, b + F_AUX);
+    return leave(L, b, st - 1);
+  }
+  if (lua_type(L, b + F_AUX) == LUA_TSTRING) {
+    pf_task *t = pf_current(L);
+    if (t && push_record(L, t, b + F_AUX)) {  /* kept if re-raised */
+      lua_pushboolean(L, 1);
+      lua_rawseti(L, -2, 4);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pushvalue(L, b + F_SELF);
+  lua_pushvalue(L, b + F_PREP);
+  lua_pushvalue(L, b + F_AUX);
+  return call(L, b, st, 2);
+}
+
+/* The fallback took the error: its record is stale. */
+static void drop_record(lua_State *L) {
+  pf_task *t = pf_current(L);
+  if (t) {
+    pf_push_task(L, t);
+    lua_pushnil(L);
+    lua_setiuservalue(L, -2, PF_UV_TRACE);
+    lua_pop(L, 1);
   }
 }
 
@@ -411,12 +708,14 @@ static int retry_wait(lua_State *L, int b, int st, lua_Number w) {
 
 static int walk(lua_State *L, int status, int b, int st) {
   for (;;) {
+    /* a call failed: the error leaves the node, but exec's may retry */
+    if (status > LUA_YIELD && (st & 31) != EX_RESULT) return leave(L, b, st);
     switch (st) {
 
     /* -------- a plain node: prep, exec with retries, post */
     case ST(PF_K_NODE, 0):
       st = ST(PF_K_NODE, 1);
-      call_prep(L, b, st);
+      status = call_prep(L, b, st);
       break;
     case ST(PF_K_NODE, 1):
       lua_replace(L, b + F_PREP);
@@ -445,34 +744,32 @@ static int walk(lua_State *L, int status, int b, int st) {
       status = LUA_OK;
       if (push_method(L, b, K_EXEC)) {
         lua_pushvalue(L, b + F_PREP);
-        status = lua_pcallk(L, 2, 1, MSGH, CTX(b, st), walk_k);
+        status = call(L, b, st, 1);
       }
       break;
     }
     case ST(PF_K_NODE, EX_RESULT):
     case ST(PF_K_EXEC, EX_RESULT):
       if (status == LUA_OK || status == LUA_YIELD) {
-        st = exec_done(L, b, st);
+        st = exec_done(L, b, st, &status);
         break;
       }
       lua_replace(L, b + F_AUX);
       set_int(L, b, F_I, get_int(L, b, F_I) + 1);
-      if (get_int(L, b, F_I) < checked_retries(L, b)) {
-        lua_Number w = checked_wait(L, b);
+      if (get_int(L, b, F_I) < checked_retries(L, b, st)) {
+        lua_Number w = checked_wait(L, b, st);
         st--;
+        status = LUA_OK;
         if (w > 0) return retry_wait(L, b, st, w);
         break;
       }
       st++;
-      get_key(L, b + F_SELF, K_FALLBACK);
-      lua_pushvalue(L, b + F_SELF);
-      lua_pushvalue(L, b + F_PREP);
-      lua_pushvalue(L, b + F_AUX);
-      call(L, b, st, 2);
+      status = call_fallback(L, b, st);
       break;
     case ST(PF_K_NODE, EX_RESULT + 1):
     case ST(PF_K_EXEC, EX_RESULT + 1):
-      st = exec_done(L, b, st);
+      if (lua_type(L, b + F_AUX) == LUA_TSTRING) drop_record(L);
+      st = exec_done(L, b, st, &status);
       break;
 
     /* -------- a batch node: exec per item, in order */
@@ -482,12 +779,12 @@ static int walk(lua_State *L, int status, int b, int st) {
     case ST(PF_K_BFLOW, 0):
     case ST(PF_K_PBFLOW, 0):
       st++;
-      call_prep(L, b, st);
+      status = call_prep(L, b, st);
       break;
     case ST(PF_K_BATCH, 1):
       lua_pushvalue(L, -1);
       lua_replace(L, b + F_PREP);
-      checked_items(L, b, "items");
+      checked_items(L, b, st, "items");
       lua_replace(L, b + F_AUX);
       lua_newtable(L);
       lua_replace(L, b + F_RES);
@@ -498,7 +795,7 @@ static int walk(lua_State *L, int status, int b, int st) {
       lua_Integer i = get_int(L, b, F_I);
       if (i > (lua_Integer)lua_rawlen(L, b + F_AUX)) {
         lua_pushvalue(L, b + F_RES);
-        st = call_post(L, b);
+        st = call_post(L, b, &status);
         break;
       }
       set_state(L, b, ST(PF_K_BATCH, 3));
@@ -523,14 +820,15 @@ static int walk(lua_State *L, int status, int b, int st) {
       lua_Integer maxc = 0;
       lua_pushvalue(L, -1);
       lua_replace(L, b + F_PREP);
-      checked_items(L, b, parallel_flow ? "param tables" : "items");
+      checked_items(L, b, st, parallel_flow ? "param tables" : "items");
       lua_replace(L, b + F_AUX);
-      if (parallel_flow) check_param_sets(L, b, b + F_AUX);
+      if (parallel_flow) check_param_sets(L, b, st, b + F_AUX);
       if (get_key(L, b + F_SELF, K_MAXC) != LUA_TNIL) {
         maxc = lua_tointegerx(L, -1, &isnum);
         if (!isnum || maxc < 1)
-          return luaL_error(L, "%s: max_concurrency must be a positive "
-                               "integer or nil", node_name(L, b + F_SELF));
+          return walk_error(L, b, st, 0, parallel_flow ? "walk" : "exec",
+                            "%s: max_concurrency must be a positive integer "
+                            "or nil", node_name(L, b + F_SELF));
       }
       lua_pop(L, 1);
       if (parallel_flow && get_key(L, b + F_SELF, K_PARAMS) != LUA_TTABLE) {
@@ -558,7 +856,7 @@ static int walk(lua_State *L, int status, int b, int st) {
         lua_pushnil(L);
       }
       set_int(L, b, F_I, 0);
-      st = call_post(L, b);
+      st = call_post(L, b, &status);
       break;
 
     /* -------- a flow: prep, the walk, post */
@@ -576,16 +874,16 @@ static int walk(lua_State *L, int status, int b, int st) {
       lua_replace(L, b + F_PARAMS);
       break;
     case ST(PF_K_FLOW, 2):
-      st = call_post(L, b);
+      st = call_post(L, b, &status);
       break;
 
     /* -------- a batch flow: the walk once per param table, in order */
     case ST(PF_K_BFLOW, 1):
       lua_pushvalue(L, -1);
       lua_replace(L, b + F_PREP);
-      checked_items(L, b, "param tables");
+      checked_items(L, b, st, "param tables");
       lua_replace(L, b + F_AUX);
-      check_param_sets(L, b, b + F_AUX);
+      check_param_sets(L, b, st, b + F_AUX);
       set_int(L, b, F_I, 1);
       st = ST(PF_K_BFLOW, 2);
       break;
@@ -594,7 +892,7 @@ static int walk(lua_State *L, int status, int b, int st) {
       int nb;
       if (i > (lua_Integer)lua_rawlen(L, b + F_AUX)) {
         lua_pushnil(L);
-        st = call_post(L, b);
+        st = call_post(L, b, &status);
         break;
       }
       set_state(L, b, ST(PF_K_BFLOW, 3));
@@ -617,7 +915,7 @@ static int walk(lua_State *L, int status, int b, int st) {
     /* -------- the walk: from the start node along the actions */
     case ST(PF_K_ORCH, 0):
       if (get_key(L, b + F_SELF, K_START) == LUA_TNIL)
-        return luaL_error(L, "%s: flow has no start node",
+        return walk_error(L, b, st, 0, NULL, "%s: flow has no start node",
                           node_name(L, b + F_SELF));
       lua_replace(L, b + F_AUX);
       st = ST(PF_K_ORCH, 1);
@@ -649,7 +947,7 @@ static int walk(lua_State *L, int status, int b, int st) {
 static int start(lua_State *L, int kind, int from_node) {
   int b;
   lua_settop(L, 4);
-  lua_pushcfunction(L, exec_msgh);
+  lua_pushcfunction(L, walk_msgh);
   push_keys(L);
   if (from_node) {
     push_run_self(L, 2, 0);
