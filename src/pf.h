@@ -98,7 +98,7 @@ int pf_noop(lua_State *L);
 int pf_reraise(lua_State *L);
 void pf_push_merged(lua_State *L, int base, int over);
 int pf_run_node(lua_State *L);
-void pf_add_item_where(lua_State *L, pf_task *t, lua_State *co);
+void pf_add_where(lua_State *L, pf_task *t, lua_State *co);
 
 enum pf_kind { PF_K_NODE = 1, PF_K_BATCH, PF_K_PBATCH, PF_K_FLOW,
                PF_K_BFLOW, PF_K_PBFLOW, PF_K_ORCH, PF_K_EXEC };

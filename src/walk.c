@@ -234,23 +234,28 @@ static int push_method(lua_State *L, int b, int key) {
   return 1;
 }
 
-/* Calls the method pushed with its nargs arguments, under the message
-** handler; its result, or its error and status, comes back to state st
-** of the frame at b. In a task this costs what lua_callk does: the
-** resume is the protected call. */
-static int call(lua_State *L, int b, int st, int nargs) {
+/* Calls the method pushed with its nargs arguments; its result comes
+** back to state st of the frame at b. An error goes on unprotected: the
+** where line of a prep or post error is read off the stack (pf_where). */
+static void call(lua_State *L, int b, int st, int nargs) {
+  lua_callk(L, nargs + 1, 1, CTX(b, st), walk_k);
+}
+
+/* The same under the message handler, for exec and exec_fallback: the
+** error and the status come back to st. */
+static int pcall(lua_State *L, int b, int st, int nargs) {
   return lua_pcallk(L, nargs + 1, 1, MSGH, CTX(b, st), walk_k);
 }
 
 /* Calls post(self, shared, prep_res, exec_res) with exec_res on top; the
 ** frame ends with post's result. Returns the frame's new state. */
-static int call_post(lua_State *L, int b, int *status) {
+static int call_post(lua_State *L, int b) {
   lua_replace(L, b + F_RES);
   if (push_method(L, b, K_POST)) {
     lua_pushvalue(L, b + F_SHARED);
     lua_pushvalue(L, b + F_PREP);
     lua_pushvalue(L, b + F_RES);
-    *status = call(L, b, ST(PF_K_NODE, 3), 3);
+    call(L, b, ST(PF_K_NODE, 3), 3);
   }
   return ST(PF_K_NODE, 3);
 }
@@ -259,49 +264,115 @@ static int call_post(lua_State *L, int b, int *status) {
 
 /* An error that leaves a node names where it happened (API.md section
 ** 5): "in Main > Research > Fetch (exec, attempt 3 of 3, item 7)". The
-** line goes into the task's error record, a table in its PF_UV_TRACE
-** user value, {error, traceback, where added, kept}, which sched.c
-** prints after the message when the error leaves the task. Nothing here
-** runs unless an error does. */
+** line is made while the stack is as it was at the raise: by the
+** message handler of exec and exec_fallback, by walk_error, or by
+** sched.c when an error leaves its task (prep and post run unprotected,
+** at no cost). It goes into the task's error record, a table in its
+** PF_UV_TRACE user value, {error, "where\ntraceback", kept}, which
+** sched.c prints after the message. Frames are read through the debug
+** interface, so the walk may be on another thread, suspended or dead:
+** an item's path goes on in the walk that started the items. */
 
-/* The phase of a frame in state st. */
+/* The phase of a frame in state st, for errors of the walk itself. */
 static const char *phase_of(int st) {
   int kind = st >> 5, p = st & 31;
-  if (p >= EX_ATTEMPT) return p == EX_RESULT + 1 ? "exec_fallback" : "exec";
+  if (p >= EX_ATTEMPT) return "exec";
   if (kind == PF_K_ORCH) return "walk";
   if (p <= 1) return "prep";
-  if (kind == PF_K_NODE) return "post";  /* every kind's post is NODE 3 */
   return kind == PF_K_BATCH || kind == PF_K_PBATCH ? "exec" : "walk";
 }
 
-/* Pushes onto L the path of the frames ROOT..last of the walk on co, the
-** thread of task t, whose last frame is in state st: their nodes' names
-** joined by " > ", after the path of the parallel batch that started
-** the walk as an item. An ORCH frame repeats its flow's node and an EXEC
-** frame its batch's, so neither adds a name. Sets *item to the innermost
-** batch item. */
-static void push_path(lua_State *L, lua_State *co, pf_task *t, int last,
-                      int st, lua_Integer *item) {
+typedef struct Walk {
+  lua_State *co;   /* the thread the walk runs on */
+  lua_Debug ar;    /* its C function's record */
+  pf_task *t;      /* co's task */
+} Walk;
+
+/* Pushes onto L slot i of the walk (nil if there is none). */
+static void walk_slot(lua_State *L, Walk *w, int i) {
+  if (!lua_checkstack(w->co, 1) || lua_getlocal(w->co, &w->ar, i) == NULL) {
+    lua_pushnil(L);
+    return;
+  }
+  lua_xmove(w->co, L, 1);
+}
+
+static lua_Integer walk_int(lua_State *L, Walk *w, int i) {
+  lua_Integer v;
+  walk_slot(L, w, i);
+  v = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* The kind of the walk's frame f. A frame below the top keeps its state;
+** the top one is the first (the walk's kind is slot 1) or its parent's
+** child: a batch's item, a flow's walk, a walk's node. */
+static int frame_kind(lua_State *L, Walk *w, int f, int top, int st) {
+  int parent;
+  if (f < top) return (int)walk_int(L, w, f + F_STATE) >> 5;
+  if (st >= 0) return st >> 5;
+  if (f == ROOT) return (int)walk_int(L, w, 1);
+  parent = (int)walk_int(L, w, f - FS + F_STATE) >> 5;
+  if (parent == PF_K_BATCH) return PF_K_EXEC;
+  return parent == PF_K_ORCH ? PF_K_NODE : PF_K_ORCH;
+}
+
+/* Fills w with the innermost walk on co's stack; returns its level, or
+** -1. */
+static int find_walk(lua_State *co, pf_task *t, Walk *w) {
+  int level;
+  w->co = co;
+  w->t = t;
+  for (level = 0; lua_getstack(co, level, &w->ar); level++) {
+    lua_CFunction f;
+    if (!lua_checkstack(co, 1)) break;
+    lua_getinfo(co, "f", &w->ar);
+    f = lua_tocfunction(co, -1);
+    lua_pop(co, 1);
+    if (f == pf_run_node || f == pf_machine) return level;
+  }
+  return -1;
+}
+
+/* The walk that started t as an item of a parallel batch: its top frame
+** is the group's. Returns that frame's kind, or 0. */
+static int owner_walk(pf_task *t, Walk *w, int *frame, int *direct) {
   pf_task *owner;
-  int f, gframe, gkind, direct, n = 0;
-  int root = (last == ROOT ? st : get_state(co, ROOT)) >> 5;
+  int kind;
+  if (t == NULL || t->group == NULL) return 0;
+  kind = pf_group_frame(t->group, &owner, frame, direct);
+  if (kind == 0 || !lua_getstack(owner->co, 0, &w->ar)) return 0;
+  w->co = owner->co;
+  w->t = owner;
+  return kind;
+}
+
+/* Pushes onto L the path of the frames ROOT..top of w (top in state st,
+** or -1 if not known): their nodes' names joined by " > ", after the
+** path of the parallel batch that started the walk as an item. An ORCH
+** frame repeats its flow's node and an EXEC frame its batch's. Sets
+** *item to the innermost batch item. */
+static void push_path(lua_State *L, Walk *w, int top, int st,
+                      lua_Integer *item) {
+  Walk ow;
+  int f, frame, direct, kind, n = 0;
   luaL_checkstack(L, 4, "where");
-  if ((root == PF_K_ORCH || root == PF_K_EXEC) && t && t->group &&
-      (gkind = pf_group_frame(t->group, &owner, &gframe, &direct)) != 0) {
-    push_path(L, owner->co, owner, gframe, ST(gkind, 2), item);
-    *item = t->group_idx;
+  kind = frame_kind(L, w, ROOT, top, st);
+  if ((kind == PF_K_ORCH || kind == PF_K_EXEC) &&
+      (kind = owner_walk(w->t, &ow, &frame, &direct)) != 0) {
+    push_path(L, &ow, frame, ST(kind, 2), item);
+    *item = w->t->group_idx;
     n = 1;
   } else {
     lua_pushliteral(L, "");
   }
-  for (f = ROOT; f <= last; f += FS) {
-    int kind = (f == last ? st : get_state(co, f)) >> 5;
-    if (f < last && (kind == PF_K_BATCH || kind == PF_K_BFLOW))
-      *item = lua_tointeger(co, f + F_I);
-    if (kind == PF_K_ORCH || kind == PF_K_EXEC || !lua_checkstack(co, 1))
-      continue;
-    lua_pushvalue(co, f + F_SELF);
-    lua_xmove(co, L, 1);
+  for (f = ROOT; f <= top; f += FS) {
+    kind = frame_kind(L, w, f, top, st);
+    if (f < top && (kind == PF_K_BATCH || kind == PF_K_BFLOW))
+      *item = walk_int(L, w, f + F_I);
+    if (kind == PF_K_ORCH || kind == PF_K_EXEC) continue;
+    walk_slot(L, w, f + F_SELF);
     push_name(L, -1);
     lua_remove(L, -2);
     if (n++ > 0) {
@@ -312,33 +383,31 @@ static void push_path(lua_State *L, lua_State *co, pf_task *t, int last,
   }
 }
 
-/* Pushes the where line of an error leaving the node of frame b, in
-** state st; child, if not 0, is a node past the end of b's path, and
-** phase, if not NULL, replaces st's. */
-static void push_where(lua_State *L, int b, int st, int child,
-                       const char *phase) {
+/* Pushes "in PATH (PHASE[, attempt A of M][, item I])" for frame top of
+** w; child, if not 0, is an index on L of a node past the path's end.
+** attempt 0 leaves the attempt out. */
+static void push_where(lua_State *L, Walk *w, int top, int st, int child,
+                       const char *phase, lua_Integer attempt) {
   lua_Integer item = 0;
   int n = 1;
-  push_path(L, L, pf_current(L), b, st, &item);
+  if (child) child = lua_absindex(L, child);
+  push_path(L, w, top, st, &item);
   if (child) {
     lua_pushliteral(L, " > ");
     push_name(L, child);
     lua_concat(L, 3);
   }
-  lua_pushfstring(L, "in %s (%s", lua_tostring(L, -1),
-                  phase ? phase : phase_of(st));
+  lua_pushfstring(L, "in %s (%s", lua_tostring(L, -1), phase);
   lua_remove(L, -2);
-  if ((st & 31) >= EX_ATTEMPT && !child) {
-    int isnum;
+  if (attempt > 0) {
     lua_Integer max;
-    get_key(L, b + F_SELF, K_RETRIES);
-    max = lua_isnil(L, -1) ? 1 : lua_tointegerx(L, -1, &isnum);
-    if (!lua_isnil(L, -1) && !isnum) max = 0;
+    walk_slot(L, w, top + F_SELF);
+    max = raw_lookup(L, "max_retries") == LUA_TNIL ? 1 : lua_tointeger(L, -1);
     lua_pop(L, 1);
-    lua_pushfstring(L, ", attempt %I", (LUAI_UACINT)get_int(L, b, F_I));
-    if (max > 0) lua_pushfstring(L, " of %I", (LUAI_UACINT)max);
-    else lua_pushliteral(L, "");
-    n += 2;
+    if (max > 0) lua_pushfstring(L, ", attempt %I of %I", (LUAI_UACINT)attempt,
+                                 (LUAI_UACINT)max);
+    else lua_pushfstring(L, ", attempt %I", (LUAI_UACINT)attempt);
+    n++;
   }
   if (item > 0) {
     lua_pushfstring(L, ", item %I", (LUAI_UACINT)item);
@@ -346,6 +415,86 @@ static void push_where(lua_State *L, int b, int st, int child,
   }
   lua_pushliteral(L, ")");
   lua_concat(L, n + 1);
+}
+
+/* The phase of the method f (on L's top, popped) that frame top of w was
+** calling; sets *attempt for exec and exec_fallback. */
+static const char *call_phase(lua_State *L, Walk *w, int top, int kind,
+                              lua_Integer *attempt) {
+  static const char *const names[] = {"prep", "exec", "exec_fallback",
+                                      "post"};
+  int i, first = kind == PF_K_EXEC ? 1 : 0, last = kind == PF_K_EXEC ? 2 : 3;
+  walk_slot(L, w, top + F_SELF);
+  for (i = first; i < last; i++) {
+    lua_pushvalue(L, -1);
+    raw_lookup(L, names[i]);
+    if (lua_rawequal(L, -1, -3)) break;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, i < last ? 3 : 2);
+  *attempt = 0;
+  if (i == 1 || i == 2)
+    *attempt = walk_int(L, w, top + F_I) + (i == 1);  /* exec: not yet counted */
+  return names[i];
+}
+
+/* Pushes the where line of an error being raised on co, the thread of
+** task t, whose stack is as it was at the raise: the innermost walk on
+** it was calling a method of its top frame, or t is an item that ran
+** exec as its body (group.c). Returns 0 if neither. */
+static int push_raise_where(lua_State *L, lua_State *co, pf_task *t) {
+  Walk w;
+  lua_Debug mar;
+  lua_Integer attempt;
+  const char *phase;
+  int level = find_walk(co, t, &w), lo = 0, hi = 1, top, kind, frame, direct;
+  if (level < 0) {
+    lua_Integer item = 0;
+    if (owner_walk(t, &w, &frame, &direct) != PF_K_PBATCH || !direct)
+      return 0;
+    push_path(L, &w, frame, ST(PF_K_PBATCH, 2), &item);
+    lua_pushfstring(L, "in %s (exec, attempt 1 of 1, item %I)",
+                    lua_tostring(L, -1), (LUAI_UACINT)t->group_idx);
+    lua_remove(L, -2);
+    return 1;
+  }
+  if (level == 0 || !lua_checkstack(co, 1)) return 0;
+  /* the walk's slots end below the called method: the top frame's end */
+  while (hi < (1 << 24) && lua_getlocal(co, &w.ar, hi) != NULL) {
+    lua_pop(co, 1);
+    lo = hi;
+    hi *= 2;
+  }
+  while (hi - lo > 1) {
+    int mid = lo + (hi - lo) / 2;
+    if (lua_getlocal(co, &w.ar, mid) != NULL) {
+      lua_pop(co, 1);
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  top = lo - FS + 1;
+  if (top < ROOT || (top - ROOT) % FS != 0) return 0;
+  kind = frame_kind(L, &w, top, top, -1);
+  if (kind == PF_K_ORCH || !lua_getstack(co, level - 1, &mar)) return 0;
+  lua_getinfo(co, "f", &mar);
+  lua_xmove(co, L, 1);
+  phase = call_phase(L, &w, top, kind, &attempt);
+  push_where(L, &w, top, -1, 0, phase, attempt);
+  return 1;
+}
+
+/* An error on co's top leaves task t, unrecorded: the message gains the
+** where line (sched.c calls this before adding the traceback). */
+void pf_add_where(lua_State *L, pf_task *t, lua_State *co) {
+  if (lua_type(co, -1) != LUA_TSTRING || !lua_checkstack(co, 1) ||
+      !push_raise_where(L, co, t))
+    return;
+  lua_pushfstring(L, "%s\n%s", lua_tostring(co, -1), lua_tostring(L, -1));
+  lua_xmove(L, co, 1);
+  lua_replace(co, -2);
+  lua_pop(L, 1);
 }
 
 /* Pushes t's record if it is the one of the value at idx; returns 1 if
@@ -366,22 +515,30 @@ static int push_record(lua_State *L, pf_task *t, int idx) {
   return 0;
 }
 
-/* Makes the value at idx t's recorded error, with L's traceback from
-** level on. */
+/* Makes the value at idx t's recorded error: the where line on top
+** (popped), or none if nil, and L's traceback from level on. */
 static void new_record(lua_State *L, pf_task *t, int idx, int level) {
+  int where = lua_gettop(L);
   idx = lua_absindex(L, idx);
   pf_push_task(L, t);
-  lua_createtable(L, 4, 0);
+  lua_createtable(L, 3, 0);
   lua_pushvalue(L, idx);
   lua_rawseti(L, -2, 1);
-  luaL_traceback(L, L, NULL, level);
+  if (lua_isstring(L, where)) {
+    lua_pushvalue(L, where);
+    lua_pushliteral(L, "\n");
+    luaL_traceback(L, L, NULL, level);
+    lua_concat(L, 3);
+  } else {
+    luaL_traceback(L, L, NULL, level);
+  }
   lua_rawseti(L, -2, 2);
   lua_setiuservalue(L, -2, PF_UV_TRACE);
-  lua_pop(L, 1);
+  lua_settop(L, where - 1);
 }
 
 /* True when the error being handled was raised by a walk: passed on
-** from an inner run (or raised by walk_error), not raised anew. */
+** from an inner run, or raised by walk_error, not raised anew. */
 static int raised_by_walk(lua_State *L) {
   lua_Debug ar;
   lua_CFunction f = NULL;
@@ -392,83 +549,51 @@ static int raised_by_walk(lua_State *L) {
   return f == pf_run_node || f == pf_machine;
 }
 
-/* The message handler of the walk's calls: a string error gets a record
-** with the traceback of where it was raised, so that it reports the
-** user's line when it leaves the task. The record of an error a walk
-** passes on, or a fallback re-raises, is kept. The value is unchanged. */
+/* The message handler of exec and exec_fallback: a string error gets a
+** record with where it was raised, so that it reports the user's line
+** when it leaves the task. The record of an error a walk passes on, or
+** a fallback re-raises, is kept. The value is left unchanged. */
 static int walk_msgh(lua_State *L) {
   pf_task *t = pf_current(L);
   if (t && lua_type(L, 1) == LUA_TSTRING && !pf_has_traceback(L, 1)) {
-    int kept = 0;
+    int by_walk = raised_by_walk(L), kept = 0;
     if (push_record(L, t, 1))
-      kept = lua_rawgeti(L, -1, 4) != LUA_TNIL || raised_by_walk(L);
-    if (!kept) new_record(L, t, 1, 1);
+      kept = lua_rawgeti(L, -1, 3) != LUA_TNIL || by_walk;
+    if (!kept) {
+      if (by_walk || !push_raise_where(L, L, t)) lua_pushnil(L);
+      new_record(L, t, 1, 1);
+    }
   }
   lua_settop(L, 1);
   return 1;
 }
 
-/* The string error on top leaves the node of frame b: its record gains
-** the where line, once (the innermost node's). */
-static void add_where(lua_State *L, int b, int st, int child,
-                      const char *phase) {
-  pf_task *t = pf_current(L);
-  int err = lua_gettop(L), rec;
-  if (t == NULL || lua_type(L, err) != LUA_TSTRING || pf_has_traceback(L, err))
-    return;
-  if (!push_record(L, t, err)) {
-    new_record(L, t, err, 0);
-    push_record(L, t, err);
-  }
-  rec = lua_gettop(L);
-  if (lua_rawgeti(L, rec, 3) == LUA_TNIL) {
-    push_where(L, b, st, child, phase);
-    lua_pushliteral(L, "\n");
-    lua_rawgeti(L, rec, 2);
-    lua_concat(L, 3);
-    lua_rawseti(L, rec, 2);
-    lua_pushboolean(L, 1);
-    lua_rawseti(L, rec, 3);
-  }
-  lua_settop(L, err);
-}
-
-/* The error on top leaves the node of frame b, in state st. */
-static int leave(lua_State *L, int b, int st) {
-  add_where(L, b, st, 0, NULL);
-  return lua_error(L);
-}
-
 /* Raises an error of the walk itself, at the caller's position, as one
-** leaving the node of frame b (see push_where). */
+** leaving the node of frame b in state st and phase (NULL: st's);
+** child: see push_where. */
 static int walk_error(lua_State *L, int b, int st, int child,
                       const char *phase, const char *fmt, ...) {
   va_list ap;
+  pf_task *t = pf_current(L);
+  int p = st & 31;
   luaL_where(L, 1);
   va_start(ap, fmt);
   lua_pushvfstring(L, fmt, ap);
   va_end(ap);
   lua_concat(L, 2);
-  add_where(L, b, st, child, phase);
+  if (t != NULL) {
+    Walk w;
+    w.co = L;
+    w.t = t;
+    if (child) child = lua_absindex(L, child);
+    if (phase == NULL) phase = phase_of(st);
+    if (lua_getstack(L, 0, &w.ar)) {
+      push_where(L, &w, b, st, child, phase,
+                 p >= EX_ATTEMPT ? get_int(L, b, F_I) : 0);
+      new_record(L, t, -2, 0);
+    }
+  }
   return lua_error(L);
-}
-
-/* The error on co's top leaves t, an item of a parallel batch node that
-** ran exec as its body (group.c): the message gains the where line. */
-void pf_add_item_where(lua_State *L, pf_task *t, lua_State *co) {
-  pf_task *owner;
-  int frame, direct, kind;
-  lua_Integer item = 0;
-  if (t->group == NULL || lua_type(co, -1) != LUA_TSTRING) return;
-  kind = pf_group_frame(t->group, &owner, &frame, &direct);
-  if (kind == 0 || !direct || !lua_checkstack(co, 1)) return;
-  push_path(L, owner->co, owner, frame, ST(kind, 2), &item);
-  lua_pushfstring(L, "%s\nin %s (exec, attempt 1 of 1, item %I)",
-                  lua_tostring(co, -1), lua_tostring(L, -1),
-                  (LUAI_UACINT)t->group_idx);
-  lua_xmove(L, co, 1);
-  lua_replace(co, -2);
-  lua_pop(L, 1);
 }
 
 /* ---------------------------------------------------------------- checks */
@@ -648,19 +773,17 @@ static int start_child(lua_State *L, int b, int *st) {
 
 /* exec's result is on top: a node calls post, an item's frame goes to
 ** its end phase. Returns the new state. */
-static int exec_done(lua_State *L, int b, int st, int *status) {
-  if (st >> 5 == PF_K_NODE) return call_post(L, b, status);
+static int exec_done(lua_State *L, int b, int st) {
+  if (st >> 5 == PF_K_NODE) return call_post(L, b);
   return ST(PF_K_EXEC, EX_RESULT + 2);
 }
 
-/* Calls the frame's prep(self, shared), whose result comes back in st.
-** Returns the call's status. */
-static int call_prep(lua_State *L, int b, int st) {
+/* Calls the frame's prep(self, shared), whose result comes back in st. */
+static void call_prep(lua_State *L, int b, int st) {
   if (push_method(L, b, K_PREP)) {
     lua_pushvalue(L, b + F_SHARED);
-    return call(L, b, st, 1);
+    call(L, b, st, 1);
   }
-  return LUA_OK;
 }
 
 /* exec failed for the last time, with the error in F_AUX: calls the
@@ -670,20 +793,20 @@ static int call_fallback(lua_State *L, int b, int st) {
   get_key(L, b + F_SELF, K_FALLBACK);
   if (lua_tocfunction(L, -1) == pf_reraise) {
     lua_pushvalue(L, b + F_AUX);
-    return leave(L, b, st - 1);
+    return lua_error(L);
   }
   if (lua_type(L, b + F_AUX) == LUA_TSTRING) {
     pf_task *t = pf_current(L);
     if (t && push_record(L, t, b + F_AUX)) {  /* kept if re-raised */
       lua_pushboolean(L, 1);
-      lua_rawseti(L, -2, 4);
+      lua_rawseti(L, -2, 3);
       lua_pop(L, 1);
     }
   }
   lua_pushvalue(L, b + F_SELF);
   lua_pushvalue(L, b + F_PREP);
   lua_pushvalue(L, b + F_AUX);
-  return call(L, b, st, 2);
+  return pcall(L, b, st, 2);
 }
 
 /* The fallback took the error: its record is stale. */
@@ -708,14 +831,12 @@ static int retry_wait(lua_State *L, int b, int st, lua_Number w) {
 
 static int walk(lua_State *L, int status, int b, int st) {
   for (;;) {
-    /* a call failed: the error leaves the node, but exec's may retry */
-    if (status > LUA_YIELD && (st & 31) != EX_RESULT) return leave(L, b, st);
     switch (st) {
 
     /* -------- a plain node: prep, exec with retries, post */
     case ST(PF_K_NODE, 0):
       st = ST(PF_K_NODE, 1);
-      status = call_prep(L, b, st);
+      call_prep(L, b, st);
       break;
     case ST(PF_K_NODE, 1):
       lua_replace(L, b + F_PREP);
@@ -744,14 +865,14 @@ static int walk(lua_State *L, int status, int b, int st) {
       status = LUA_OK;
       if (push_method(L, b, K_EXEC)) {
         lua_pushvalue(L, b + F_PREP);
-        status = call(L, b, st, 1);
+        status = pcall(L, b, st, 1);
       }
       break;
     }
     case ST(PF_K_NODE, EX_RESULT):
     case ST(PF_K_EXEC, EX_RESULT):
       if (status == LUA_OK || status == LUA_YIELD) {
-        st = exec_done(L, b, st, &status);
+        st = exec_done(L, b, st);
         break;
       }
       lua_replace(L, b + F_AUX);
@@ -768,8 +889,9 @@ static int walk(lua_State *L, int status, int b, int st) {
       break;
     case ST(PF_K_NODE, EX_RESULT + 1):
     case ST(PF_K_EXEC, EX_RESULT + 1):
+      if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
       if (lua_type(L, b + F_AUX) == LUA_TSTRING) drop_record(L);
-      st = exec_done(L, b, st, &status);
+      st = exec_done(L, b, st);
       break;
 
     /* -------- a batch node: exec per item, in order */
@@ -779,7 +901,7 @@ static int walk(lua_State *L, int status, int b, int st) {
     case ST(PF_K_BFLOW, 0):
     case ST(PF_K_PBFLOW, 0):
       st++;
-      status = call_prep(L, b, st);
+      call_prep(L, b, st);
       break;
     case ST(PF_K_BATCH, 1):
       lua_pushvalue(L, -1);
@@ -795,7 +917,7 @@ static int walk(lua_State *L, int status, int b, int st) {
       lua_Integer i = get_int(L, b, F_I);
       if (i > (lua_Integer)lua_rawlen(L, b + F_AUX)) {
         lua_pushvalue(L, b + F_RES);
-        st = call_post(L, b, &status);
+        st = call_post(L, b);
         break;
       }
       set_state(L, b, ST(PF_K_BATCH, 3));
@@ -856,7 +978,7 @@ static int walk(lua_State *L, int status, int b, int st) {
         lua_pushnil(L);
       }
       set_int(L, b, F_I, 0);
-      st = call_post(L, b, &status);
+      st = call_post(L, b);
       break;
 
     /* -------- a flow: prep, the walk, post */
@@ -874,7 +996,7 @@ static int walk(lua_State *L, int status, int b, int st) {
       lua_replace(L, b + F_PARAMS);
       break;
     case ST(PF_K_FLOW, 2):
-      st = call_post(L, b, &status);
+      st = call_post(L, b);
       break;
 
     /* -------- a batch flow: the walk once per param table, in order */
@@ -892,7 +1014,7 @@ static int walk(lua_State *L, int status, int b, int st) {
       int nb;
       if (i > (lua_Integer)lua_rawlen(L, b + F_AUX)) {
         lua_pushnil(L);
-        st = call_post(L, b, &status);
+        st = call_post(L, b);
         break;
       }
       set_state(L, b, ST(PF_K_BFLOW, 3));
@@ -970,12 +1092,46 @@ int pf_machine(lua_State *L) {
   return start(L, kind, 0);
 }
 
-/* node:run(shared) */
+/* The run options (API.md section 5): every key run accepts, and
+** whether it is implemented yet. Sections 6-8 add theirs here. */
+static const struct {
+  const char *name;
+  int ready;
+} run_options[] = {
+  {"on_event", 0}, {"trace", 0}, {"capture", 0}, {"progress", 0},
+  {"store", 0}, {"run_id", 0}, {"durability", 0}, {"transient", 0},
+  {"on_interrupt", 0}, {NULL, 0}
+};
+
+/* Checks run's options at idx, raising at the caller's position. */
+static void check_run_options(lua_State *L, int idx) {
+  if (!lua_istable(L, idx))
+    luaL_error(L, "run: options must be a table (got %s)",
+               luaL_typename(L, idx));
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int i, t = lua_type(L, -2);
+    lua_pop(L, 1);
+    if (t != LUA_TSTRING && t != LUA_TNUMBER)
+      luaL_error(L, "unknown run option (a %s key)", lua_typename(L, t));
+    for (i = 0; run_options[i].name != NULL; i++)
+      if (t == LUA_TSTRING && strcmp(run_options[i].name,
+                                     lua_tostring(L, -1)) == 0)
+        break;
+    if (run_options[i].name == NULL)
+      luaL_error(L, "unknown run option '%s'", lua_tostring(L, -1));
+    if (!run_options[i].ready)
+      luaL_error(L, "run option '%s' is not supported yet", run_options[i].name);
+  }
+}
+
+/* node:run(shared [, opts]) */
 int pf_run_node(lua_State *L) {
   int kind = node_kind(L, 1, 0);
   if (kind == 0)
     return luaL_error(L, "run: expected a pocketflow node (got %s)",
                       luaL_typename(L, 1));
+  if (!lua_isnoneornil(L, 3)) check_run_options(L, 3);
   if (pf_current(L) == NULL) return pf_run_implicit(L, pf_run_node, "run");
   lua_settop(L, 2);
   if (lua_getfield(L, 1, "successors") == LUA_TTABLE) {
