@@ -725,8 +725,9 @@ static void next_node(lua_State *L, int b) {
       else lua_pushvalue(L, b + F_RES);
       push_actions(L, succ);
       luaL_tolstring(L, -2, NULL);
-      lua_pushfstring(L, "flow ends: '%s' not found in %s",
-                      lua_tostring(L, -1), lua_tostring(L, -2));
+      lua_pushfstring(L, "%s: flow ends: '%s' not found in %s",
+                      node_name(L, b + F_AUX), lua_tostring(L, -1),
+                      lua_tostring(L, -2));
       pf_warn(L, lua_tostring(L, -1));
       lua_pop(L, 4);
     }
@@ -1138,7 +1139,10 @@ int pf_run_node(lua_State *L) {
     lua_pushnil(L);
     if (lua_next(L, -2)) {
       lua_pop(L, 2);
-      pf_warn(L, "node won't run successors; use a Flow");
+      lua_pushfstring(L, "%s: node won't run successors; use a Flow",
+                      node_name(L, 1));
+      pf_warn(L, lua_tostring(L, -1));
+      lua_pop(L, 1);
     }
   }
   lua_pop(L, 1);

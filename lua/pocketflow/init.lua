@@ -141,7 +141,7 @@ function BaseNode:next(node, action)
     rawset(self, "successors", succ)
   end
   if succ[action] ~= nil then
-    pf.on_warning(("overwriting successor for action '%s'"):format(action))
+    pf.on_warning(("%s: overwriting successor for action '%s'"):format(name_of(self), action))
   end
   succ[action] = node
   return node
