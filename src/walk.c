@@ -319,12 +319,15 @@ static int frame_kind(lua_State *L, Walk *w, int f, int top, int st) {
 }
 
 /* Fills w with the innermost walk on co's stack; returns its level, or
-** -1. */
+** -1. Each lua_getstack walks the levels above its own, so the search
+** stops at MAX_LEVEL: a stack overflow deep in user code gets no line. */
+#define MAX_LEVEL 200
 static int find_walk(lua_State *co, pf_task *t, Walk *w) {
   int level;
   w->co = co;
   w->t = t;
-  for (level = 0; lua_getstack(co, level, &w->ar); level++) {
+  for (level = 0; level < MAX_LEVEL && lua_getstack(co, level, &w->ar);
+       level++) {
     lua_CFunction f;
     if (!lua_checkstack(co, 1)) break;
     lua_getinfo(co, "f", &w->ar);
