@@ -212,6 +212,19 @@ describe("an error that leaves a node", function()
     assert.equal(1, tracebacks)
   end)
 
+  it("names the node whose exec made a bad run call", function()
+    local inner = pf.Node{ name = "Inner" }
+    local outer = pf.Node{ name = "Outer", exec = function() return inner:run({}, { x = 1 }) end }
+    local l = failing(function() return pf.Flow{ name = "Main", start = outer }:run({}) end)
+    assert.matches(": unknown run option 'x'$", l[1])
+    assert.equal("in Main > Outer (exec, attempt 1 of 1)", l[2])
+    local p = pf.ParallelBatchNode{ name = "P", prep = function() return { 1, 2 } end,
+      exec = function(_, x) if x == 2 then return inner:run({}, { z = 1 }) end end }
+    l = failing(function() return pf.Flow{ name = "Main", start = p }:run({}) end)
+    assert.matches(": unknown run option 'z'$", l[1])
+    assert.equal("in Main > P (exec, attempt 1 of 1, item 2)", l[2])
+  end)
+
   it("passes a table through unchanged", function()
     local e = { code = 503 }
     local n = pf.Node{ max_retries = 2, exec = function() error(e) end }

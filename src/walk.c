@@ -322,11 +322,11 @@ static int frame_kind(lua_State *L, Walk *w, int f, int top, int st) {
 ** -1. Each lua_getstack walks the levels above its own, so the search
 ** stops at MAX_LEVEL: a stack overflow deep in user code gets no line. */
 #define MAX_LEVEL 200
-static int find_walk(lua_State *co, pf_task *t, Walk *w) {
+static int find_walk(lua_State *co, pf_task *t, Walk *w, int from) {
   int level;
   w->co = co;
   w->t = t;
-  for (level = 0; level < MAX_LEVEL && lua_getstack(co, level, &w->ar);
+  for (level = from; level < MAX_LEVEL && lua_getstack(co, level, &w->ar);
        level++) {
     lua_CFunction f;
     if (!lua_checkstack(co, 1)) break;
@@ -442,15 +442,20 @@ static const char *call_phase(lua_State *L, Walk *w, int top, int kind,
 }
 
 /* Pushes the where line of an error being raised on co, the thread of
-** task t, whose stack is as it was at the raise: the innermost walk on
-** it was calling a method of its top frame, or t is an item that ran
-** exec as its body (group.c). Returns 0 if neither. */
-static int push_raise_where(lua_State *L, lua_State *co, pf_task *t) {
+** task t, whose stack is as it was at the raise (level 'first' raised
+** it): the innermost walk on it was calling a method of its top frame,
+** or t is an item that ran exec as its body (group.c). An error a walk
+** raised itself (a run's bad argument) is its caller's: the walk above.
+** Returns 0 if there is none. */
+static int push_raise_where(lua_State *L, lua_State *co, pf_task *t,
+                            int first) {
   Walk w;
   lua_Debug mar;
   lua_Integer attempt;
   const char *phase;
-  int level = find_walk(co, t, &w), lo = 0, hi = 1, top, kind, frame, direct;
+  int level, lo = 0, hi = 1, top, kind, frame, direct;
+  level = find_walk(co, t, &w, first);
+  if (level == first) level = find_walk(co, t, &w, first + 1);
   if (level < 0) {
     lua_Integer item = 0;
     if (owner_walk(t, &w, &frame, &direct) != PF_K_PBATCH || !direct)
@@ -461,7 +466,7 @@ static int push_raise_where(lua_State *L, lua_State *co, pf_task *t) {
     lua_remove(L, -2);
     return 1;
   }
-  if (level == 0 || !lua_checkstack(co, 1)) return 0;
+  if (!lua_checkstack(co, 1)) return 0;
   /* the walk's slots end below the called method: the top frame's end */
   while (hi < (1 << 24) && lua_getlocal(co, &w.ar, hi) != NULL) {
     lua_pop(co, 1);
@@ -492,7 +497,7 @@ static int push_raise_where(lua_State *L, lua_State *co, pf_task *t) {
 ** where line (sched.c calls this before adding the traceback). */
 void pf_add_where(lua_State *L, pf_task *t, lua_State *co) {
   if (lua_type(co, -1) != LUA_TSTRING || !lua_checkstack(co, 1) ||
-      !push_raise_where(L, co, t))
+      !push_raise_where(L, co, t, 0))
     return;
   lua_pushfstring(L, "%s\n%s", lua_tostring(co, -1), lua_tostring(L, -1));
   lua_xmove(L, co, 1);
@@ -563,7 +568,7 @@ static int walk_msgh(lua_State *L) {
     if (push_record(L, t, 1))
       kept = lua_rawgeti(L, -1, 3) != LUA_TNIL || by_walk;
     if (!kept) {
-      if (by_walk || !push_raise_where(L, L, t)) lua_pushnil(L);
+      if (!push_raise_where(L, L, t, 1)) lua_pushnil(L);
       new_record(L, t, 1, 1);
     }
   }
