@@ -260,6 +260,8 @@ pf.version = core.version
 pf.exec = core.exec
 pf.read_file = core.read_file
 pf.write_file = core.write_file
+pf.serialize = core.serialize
+pf.deserialize = core.deserialize
 pf.http = require "pocketflow.http"
 pf.json = require "pocketflow.json"
 
