@@ -236,7 +236,7 @@ static int push_method(lua_State *L, int b, int key) {
 
 /* Calls the method pushed with its nargs arguments; its result comes
 ** back to state st of the frame at b. An error goes on unprotected: the
-** where line of a prep or post error is read off the stack (pf_where). */
+** where line of a prep or post error is read off the stack (see where). */
 static void call(lua_State *L, int b, int st, int nargs) {
   lua_callk(L, nargs + 1, 1, CTX(b, st), walk_k);
 }
@@ -441,6 +441,27 @@ static const char *call_phase(lua_State *L, Walk *w, int top, int kind,
   return names[i];
 }
 
+/* The number of the walk's slots: they end below the method it calls,
+** so the top frame ends there. */
+static int count_slots(Walk *w) {
+  int lo = 0, hi = 1;
+  while (hi < (1 << 24) && lua_getlocal(w->co, &w->ar, hi) != NULL) {
+    lua_pop(w->co, 1);
+    lo = hi;
+    hi *= 2;
+  }
+  while (hi - lo > 1) {
+    int mid = lo + (hi - lo) / 2;
+    if (lua_getlocal(w->co, &w->ar, mid) != NULL) {
+      lua_pop(w->co, 1);
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
 /* Pushes the where line of an error being raised on co, the thread of
 ** task t, whose stack is as it was at the raise (level 'first' raised
 ** it): the innermost walk on it was calling a method of its top frame,
@@ -453,7 +474,7 @@ static int push_raise_where(lua_State *L, lua_State *co, pf_task *t,
   lua_Debug mar;
   lua_Integer attempt;
   const char *phase;
-  int level, lo = 0, hi = 1, top, kind, frame, direct;
+  int level, top, kind, frame, direct;
   level = find_walk(co, t, &w, first);
   if (level == first) level = find_walk(co, t, &w, first + 1);
   if (level < 0) {
@@ -467,22 +488,7 @@ static int push_raise_where(lua_State *L, lua_State *co, pf_task *t,
     return 1;
   }
   if (!lua_checkstack(co, 1)) return 0;
-  /* the walk's slots end below the called method: the top frame's end */
-  while (hi < (1 << 24) && lua_getlocal(co, &w.ar, hi) != NULL) {
-    lua_pop(co, 1);
-    lo = hi;
-    hi *= 2;
-  }
-  while (hi - lo > 1) {
-    int mid = lo + (hi - lo) / 2;
-    if (lua_getlocal(co, &w.ar, mid) != NULL) {
-      lua_pop(co, 1);
-      lo = mid;
-    } else {
-      hi = mid;
-    }
-  }
-  top = lo - FS + 1;
+  top = count_slots(&w) - FS + 1;
   if (top < ROOT || (top - ROOT) % FS != 0) return 0;
   kind = frame_kind(L, &w, top, top, -1);
   if (kind == PF_K_ORCH || !lua_getstack(co, level - 1, &mar)) return 0;
