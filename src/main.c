@@ -12,6 +12,7 @@
 #include <lualib.h>
 
 #include "embed.h"
+#include "io.h"
 #include "pf.h"
 
 LUALIB_API int luaopen_pocketflow_core(lua_State *L);
@@ -265,6 +266,7 @@ static int pmain(lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "pocketflow");
   lua_call(L, 1, 0);
+  pf_exec_signals(L);   /* SIGINT/SIGTERM end pf.exec's children (exec.c) */
   createargtable(L, argv, argc, script);
   if (flags & HAS_V)
     printf("pocketflow %s (%s)\n", PF_VERSION, LUA_RELEASE);
