@@ -223,6 +223,11 @@ pf.version = core.version
 pf.exec = core.exec
 pf.read_file = core.read_file
 pf.write_file = core.write_file
+pf.stat = core.stat
+pf.list_dir = core.list_dir
+pf.mkdir = core.mkdir
+pf.remove = core.remove
+pf.rename = core.rename
 pf.http = require "pocketflow.http"
 pf.json = require "pocketflow.json"
 
