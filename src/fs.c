@@ -169,12 +169,13 @@ static void step_cb(uv_fs_t *req) {
 }
 
 /* Cancelled: the request is cancelled if it has not started; either way
-** its callback comes, closes the file and frees the request. */
+** its callback comes, closes the file and frees the request. A close is
+** never cancelled: the fd would stay open. */
 static void fs_cancel(pf_task *t, void *data) {
   fs_req *r = (fs_req *)data;
   (void)t;
   r->t = NULL;
-  uv_cancel((uv_req_t *)&r->req);
+  if (r->req.fs_type != UV_FS_CLOSE) uv_cancel((uv_req_t *)&r->req);
 }
 
 static int fs_k(lua_State *L, int status, lua_KContext ctx) {
@@ -280,20 +281,33 @@ static int cmp_names(const void *a, const void *b) {
   return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* the entries of a finished scandir, sorted bytewise */
+/* the entries of a finished scandir, sorted bytewise. uv_fs_scandir_next
+** frees each entry at the next call: the names are copied into Lua
+** strings first, then sorted by pointer. */
 static void push_names(lua_State *co, uv_fs_t *req) {
-  size_t n = req->result > 0 ? (size_t)req->result : 0, i = 0;
-  const char **names = (const char **)malloc((n ? n : 1) * sizeof *names);
   uv_dirent_t ent;
-  if (names == NULL) n = 0;
-  while (i < n && uv_fs_scandir_next(req, &ent) != UV_EOF) names[i++] = ent.name;
-  qsort(names, i, sizeof *names, cmp_names);
-  lua_createtable(co, (int)i, 0);
-  for (n = 0; n < i; n++) {
-    lua_pushstring(co, names[n]);
-    lua_rawseti(co, -2, (lua_Integer)n + 1);
+  const char **names;
+  lua_Integer i, n = 0;
+  lua_newtable(co);
+  while (uv_fs_scandir_next(req, &ent) != UV_EOF) {
+    lua_pushstring(co, ent.name);
+    lua_rawseti(co, -2, ++n);
+  }
+  names = (const char **)malloc((size_t)(n ? n : 1) * sizeof *names);
+  lua_createtable(co, (int)n, 0);
+  if (names == NULL) return;   /* unsorted is better than nothing */
+  for (i = 0; i < n; i++) {
+    lua_rawgeti(co, -2, i + 1);
+    names[i] = lua_tostring(co, -1);  /* kept alive by the first table */
+    lua_pop(co, 1);
+  }
+  qsort(names, (size_t)n, sizeof *names, cmp_names);
+  for (i = 0; i < n; i++) {
+    lua_pushstring(co, names[i]);
+    lua_rawseti(co, -2, i + 1);
   }
   free(names);
+  lua_remove(co, -2);
 }
 
 static void op_wake(op_req *r, int result, const uv_fs_t *req) {

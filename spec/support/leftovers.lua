@@ -6,6 +6,7 @@
 --   left.procs(m)                    -- live processes whose argv holds m
 --   left.wait_gone(m)                -- polls (up to 10 s) until none; the count
 --   left.wait_for(m, n, pf.sleep)   -- until n processes hold m (20 s at most)
+--   left.settle_fds(n, pf.sleep)     -- until the fd count stays n (10 s at most)
 --   left.fds()                       -- entries of /proc/self/fd
 local uv = require "luv"
 
@@ -64,6 +65,27 @@ end
 
 function left.fds()
   return #list("/proc/self/fd")
+end
+
+-- waits (with sleep) until the fd count has been n for 5 polls in a row:
+-- cancelled requests still finish on libuv's pool and close their files
+-- from the loop; 10 s at most. Returns the count.
+function left.settle_fds(n, sleep)
+  local deadline, same = uv.hrtime() + 10e9, 0
+  while same < 5 and uv.hrtime() < deadline do
+    sleep(0.02)
+    if left.fds() == n then same = same + 1 else same = 0 end
+  end
+  return left.fds()
+end
+
+-- what the fds are, for a failure message
+function left.fd_list()
+  local out = {}
+  for _, fd in ipairs(list("/proc/self/fd")) do
+    out[#out + 1] = fd .. "=" .. tostring(uv.fs_readlink("/proc/self/fd/" .. fd))
+  end
+  return table.concat(out, " ")
 end
 
 return left
