@@ -303,3 +303,43 @@ describe("pf.stat, list_dir, mkdir, remove, rename", function()
     end)
   end)
 end)
+
+describe("examples/map_reduce.lua lists its folder with pf.list_dir", function()
+  local BIN, SRC = os.getenv("PF_BIN"), os.getenv("PF_SRC")
+  local fake_llm = require "support.fake_llm"
+
+  local function run(srv, dir)
+    return pf.exec({ BIN, SRC .. "/examples/map_reduce.lua", dir, "2" },
+      { timeout = 60, env = {
+        PATH = os.getenv("PATH"), OPENAI_BASE_URL = srv and srv.base_url or "http://127.0.0.1:9",
+        OPENAI_API_KEY = "test-key", OPENAI_MODEL = "m",
+        ASAN_OPTIONS = os.getenv("ASAN_OPTIONS"), LSAN_OPTIONS = os.getenv("LSAN_OPTIONS"),
+        UBSAN_OPTIONS = os.getenv("UBSAN_OPTIONS") } })
+  end
+
+  it("errors clearly on a missing folder", function()
+    local r = run(nil, "/no/such/folder")
+    assert.equal(1, r.code)
+    assert.truthy(r.stderr:find("map_reduce: pf.list_dir: /no/such/folder: "
+                                .. "no such file or directory", 1, true), r.stderr)
+  end)
+
+  it("skips subfolders", function()
+    local srv = fake_llm.start(function(messages)
+      local text = messages[#messages].content
+      if text:find("^Summarize") then return "about " .. text:match("\n\n(%w+)") end
+      return "combined"
+    end)
+    local dir = assert(uv.fs_mkdtemp("/tmp/pf_mr_XXXXXX"))
+    pf.write_file(dir .. "/a.txt", "alpha text")
+    pf.mkdir(dir .. "/sub")
+    pf.write_file(dir .. "/sub/inner.txt", "inner")
+    local r = run(srv, dir)
+    srv:close()
+    rm_tree(dir)
+    assert.equal(0, r.code, r.stderr)
+    assert.truthy(r.stdout:find("a.txt: about alpha", 1, true), r.stdout)
+    assert.falsy(r.stdout:find("sub", 1, true))
+    assert.equal(2, #srv.calls)
+  end)
+end)
