@@ -11,6 +11,8 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include <editline/readline.h>
+
 #include "embed.h"
 #include "io.h"
 #include "pf.h"
@@ -20,19 +22,31 @@ extern const pf_chunk pf_init_lua;
 
 static const char *progname = "pocketflow";
 
-static void usage(void) {
-  fprintf(stderr,
+static void print_usage(FILE *f) {
+  fprintf(f,
     "usage: %s [options] [script [args...]]\n"
     "Available options are:\n"
     "  -e stat   execute string 'stat'\n"
+    "  -i        enter interactive mode after executing 'script'\n"
     "  -l mod    require library 'mod' into global 'mod'\n"
     "  -l g=mod  require library 'mod' into global 'g'\n"
-    "  -v        show version information\n"
-    "  -h        show this help\n"
+    "  -v        show version information (also --version)\n"
+    "  -h        show this help (also --help)\n"
     "  --        stop handling options\n"
     "  -         stop handling options and execute stdin\n"
     "Each chunk runs as a task inside the event loop; the program exits\n"
-    "when no task is left.\n", progname);
+    "when no task is left. The global 'pf' is the pocketflow module.\n",
+    progname);
+  fflush(f);
+}
+
+/* A bad option: says which, as lua does, then the usage on stderr. */
+static void bad_option(const char *opt) {
+  if ((opt[1] == 'e' || opt[1] == 'l') && opt[2] == '\0')
+    fprintf(stderr, "%s: '%s' needs argument\n", progname, opt);
+  else
+    fprintf(stderr, "%s: unrecognized option '%s'\n", progname, opt);
+  print_usage(stderr);
 }
 
 static void message(const char *msg) {
@@ -64,8 +78,9 @@ static int msghandler(lua_State *L) {
   return 1;
 }
 
-/* Runs the function on top with nargs below... as a task: pf.run(f, ...) */
-static int run_task(lua_State *L, int nargs) {
+/* Runs the function below its nargs arguments as a task, pf.run(f, ...),
+** leaving nres results (LUA_MULTRET: all) where the function was. */
+static int run_task(lua_State *L, int nargs, int nres) {
   int status, base = lua_gettop(L) - nargs;   /* the function's index */
   lua_pushcfunction(L, msghandler);
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
@@ -75,14 +90,14 @@ static int run_task(lua_State *L, int nargs) {
   lua_pop(L, 1);
   lua_insert(L, base);       /* pf.run below the function */
   lua_insert(L, base);       /* the handler below pf.run */
-  status = lua_pcall(L, nargs + 1, 0, base);
+  status = lua_pcall(L, nargs + 1, nres, base);
   lua_remove(L, base);
   return report(L, status);
 }
 
 /* run_task reports its own errors; the chunk's load error is reported here */
 static int dochunk(lua_State *L, int status) {
-  if (status == LUA_OK) return run_task(L, 0);
+  if (status == LUA_OK) return run_task(L, 0, 0);
   return report(L, status);
 }
 
@@ -132,7 +147,7 @@ static int handle_script(lua_State *L, char **argv) {
   int status;
   if (strcmp(fname, "-") == 0 && strcmp(argv[-1], "--") != 0) fname = NULL;
   status = luaL_loadfile(L, fname);
-  if (status == LUA_OK) return run_task(L, pushargs(L));
+  if (status == LUA_OK) return run_task(L, pushargs(L), 0);
   return report(L, status);
 }
 
@@ -146,63 +161,108 @@ static int incomplete(lua_State *L, int status) {
   return lmsg >= 5 && strcmp(msg + lmsg - 5, "<eof>") == 0;
 }
 
-/* Statements typed at the prompt run as tasks; "=expr" is not needed:
-** an expression's values are printed, as lua does. */
-static void repl(lua_State *L) {
-  char line[4096];
-  if (luaL_loadstring(L, "local r = table.pack((...)()) "
-                         "if r.n > 0 then print(table.unpack(r, 1, r.n)) end")
-      != LUA_OK)
-    return;
-  lua_pushliteral(L, "");                      /* the pending statement */
-  for (;;) {
-    const char *code;
-    int status;
-    fputs(lua_rawlen(L, -1) ? ">> " : "> ", stdout);
+/* Pushes the next line, without its newline; 0 at the end of input. On a
+** terminal libedit edits the line and keeps the history; otherwise (-i
+** with a pipe) the line is read as it comes. */
+static int pushline(lua_State *L, int first) {
+  const char *prompt = first ? "> " : ">> ";
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  if (isatty(STDIN_FILENO)) {
+    line = readline(prompt);
+    if (line == NULL) return 0;
+    if (line[0] != '\0') add_history(line);
+    len = (ssize_t)strlen(line);
+  } else {
+    fputs(prompt, stdout);
     fflush(stdout);
-    if (fgets(line, sizeof line, stdin) == NULL) break;
-    lua_pushstring(L, line);
-    lua_concat(L, 2);
-    code = lua_tostring(L, -1);
-    lua_pushfstring(L, "return %s", code);
-    status = luaL_loadbuffer(L, lua_tostring(L, -1), lua_rawlen(L, -1), "=stdin");
-    lua_remove(L, -2);
-    if (status != LUA_OK) {
-      lua_pop(L, 1);
-      status = luaL_loadbuffer(L, code, strlen(code), "=stdin");
-      if (incomplete(L, status)) {
-        lua_pop(L, 1);
-        continue;
-      }
+    len = getline(&line, &cap, stdin);
+    if (len < 0) {
+      free(line);
+      return 0;
     }
-    lua_remove(L, -2);                         /* the statement is done */
-    if (status == LUA_OK) {
-      lua_pushvalue(L, -2);                    /* the printing wrapper */
-      lua_insert(L, -2);
-      status = run_task(L, 1);
-    }
-    report(L, status);
-    lua_pushliteral(L, "");
+    if (len > 0 && line[len - 1] == '\n') len--;
   }
-  lua_pop(L, 2);
+  lua_pushlstring(L, line, (size_t)len);
+  free(line);
+  return 1;
+}
+
+/* Reads a statement and compiles it: first as an expression, whose values
+** are printed, then as statements, with more lines while it is
+** incomplete. Leaves the chunk or the error; -1 at the end of input. */
+static int loadstatement(lua_State *L) {
+  int status;
+  if (!pushline(L, 1)) return -1;
+  for (;;) {
+    size_t len;
+    const char *code = lua_tolstring(L, -1, &len);
+    const char *ret = lua_pushfstring(L, "return %s;", code);
+    status = luaL_loadbuffer(L, ret, strlen(ret), "=stdin");
+    lua_remove(L, -2);                         /* the "return" text */
+    if (status == LUA_OK) break;
+    lua_pop(L, 1);
+    status = luaL_loadbuffer(L, code, len, "=stdin");
+    if (!incomplete(L, status) || !pushline(L, 0)) break;
+    lua_remove(L, -2);                         /* the <eof> message */
+    lua_pushliteral(L, "\n");
+    lua_insert(L, -2);
+    lua_concat(L, 3);
+  }
+  lua_remove(L, -2);                           /* the code */
+  return status;
+}
+
+/* Prints the values from base up, as lua's REPL does. */
+static void print_results(lua_State *L, int base) {
+  int n = lua_gettop(L) - base + 1;
+  if (n <= 0) return;
+  luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
+  lua_getglobal(L, "print");
+  lua_insert(L, base);
+  if (lua_pcall(L, n, 0, 0) != LUA_OK)
+    message(lua_pushfstring(L, "error calling 'print' (%s)",
+                            lua_tostring(L, -1)));
+  lua_settop(L, base - 1);
+}
+
+/* Each statement typed runs as a task; errors are reported once, with the
+** task's own traceback. */
+static void repl(lua_State *L) {
+  int status, base = lua_gettop(L) + 1;
+  while ((status = loadstatement(L)) != -1) {
+    if (status == LUA_OK && run_task(L, 0, LUA_MULTRET) == LUA_OK)
+      print_results(L, base);
+    else if (status != LUA_OK)
+      report(L, status);
+    lua_settop(L, base - 1);
+  }
   fputs("\n", stdout);
+  fflush(stdout);
 }
 
 /* ----------------------------------------------------------- options */
 
 #define HAS_E 1
 #define HAS_V 2
-#define HAS_ERROR 4
+#define HAS_I 4
+#define HAS_H 8
+#define HAS_ERROR 16
 
-/* Returns the flags and the index of the script in argv (argc if none). */
+/* Returns the flags and the index of the script in argv (argc if none);
+** on a bad option, HAS_ERROR with its index in *first. */
 static int collectargs(char **argv, int *first) {
   int flags = 0, i;
   for (i = 1; argv[i] != NULL; i++) {
+    const char *a = argv[i];
     *first = i;
-    if (argv[i][0] != '-') return flags;
-    switch (argv[i][1]) {
+    if (a[0] != '-') return flags;
+    if (strcmp(a, "--help") == 0) a = "-h";
+    else if (strcmp(a, "--version") == 0) a = "-v";
+    switch (a[1]) {
       case '-':
-        if (argv[i][2] != '\0') return HAS_ERROR;
+        if (a[2] != '\0') return HAS_ERROR;
         *first = i + 1;
         return flags;
       case '\0':
@@ -211,19 +271,18 @@ static int collectargs(char **argv, int *first) {
         flags |= HAS_E;
         /* fall through */
       case 'l':
-        if (argv[i][2] == '\0') {
-          i++;
-          if (argv[i] == NULL || argv[i][0] == '-') return HAS_ERROR;
-        }
+        if (a[2] == '\0' && (argv[i + 1] == NULL || argv[i + 1][0] == '-'))
+          return HAS_ERROR;
+        if (a[2] == '\0') i++;
         break;
+      case 'i':
+        flags |= HAS_I | HAS_V;   /* as lua: -i shows the version */
+        /* fall through */
       case 'v':
-        if (argv[i][2] != '\0') return HAS_ERROR;
-        flags |= HAS_V;
-        break;
       case 'h':
-        if (argv[i][2] != '\0') return HAS_ERROR;
-        usage();
-        exit(EXIT_SUCCESS);
+        if (a[2] != '\0') return HAS_ERROR;
+        flags |= a[1] == 'h' ? HAS_H : a[1] == 'v' ? HAS_V : 0;
+        break;
       default:
         return HAS_ERROR;
     }
@@ -247,17 +306,8 @@ static int runargs(lua_State *L, char **argv, int n) {
   return 1;
 }
 
-static int pmain(lua_State *L) {
-  int argc = (int)lua_tointeger(L, 1);
-  char **argv = (char **)lua_touserdata(L, 2);
-  int script = argc, flags;
-  if (argv[0] && argv[0][0]) progname = argv[0];
-  flags = collectargs(argv, &script);
-  if (flags & HAS_ERROR) {
-    usage();
-    return 0;
-  }
-  luaL_openlibs(L);
+/* The module preloaded, required, and set as the global pf. */
+static void openpocketflow(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_pocketflow_core);
   lua_setfield(L, -2, "pocketflow.core");
@@ -265,16 +315,37 @@ static int pmain(lua_State *L) {
   pf_preload(L, "pocketflow", &pf_init_lua);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "pocketflow");
-  lua_call(L, 1, 0);
+  lua_call(L, 1, 1);
+  lua_setglobal(L, "pf");
   pf_exec_signals(L);   /* SIGINT/SIGTERM end pf.exec's children (exec.c) */
+}
+
+static int pmain(lua_State *L) {
+  int argc = (int)lua_tointeger(L, 1);
+  char **argv = (char **)lua_touserdata(L, 2);
+  int script = argc, flags;
+  if (argv[0] && argv[0][0]) progname = argv[0];
+  flags = collectargs(argv, &script);
+  if (flags & HAS_ERROR) {
+    bad_option(argv[script]);
+    return 0;
+  }
+  if (flags & HAS_H) {
+    print_usage(stdout);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  luaL_openlibs(L);
+  openpocketflow(L);
   createargtable(L, argv, argc, script);
   if (flags & HAS_V)
     printf("pocketflow %s (%s)\n", PF_VERSION, LUA_RELEASE);
   if (!runargs(L, argv, script)) return 0;
-  if (script < argc) {
-    if (handle_script(L, argv + script) != LUA_OK) return 0;
-  } else if (!(flags & (HAS_E | HAS_V))) {
-    if (isatty(0)) {
+  if (script < argc && handle_script(L, argv + script) != LUA_OK) return 0;
+  if (flags & HAS_I) {
+    repl(L);
+  } else if (script == argc && !(flags & (HAS_E | HAS_V))) {
+    if (isatty(STDIN_FILENO)) {
       printf("pocketflow %s (%s)\n", PF_VERSION, LUA_RELEASE);
       repl(L);
     } else if (dochunk(L, luaL_loadfile(L, NULL)) != LUA_OK) {

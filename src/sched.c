@@ -129,14 +129,20 @@ static lua_State *take_thread(lua_State *L, pf_sched *S) {
 ** unless a __close raised another: only a new value is warned about. */
 static void reset_thread(pf_sched *S, pf_task *t, lua_State *co) {
   lua_State *L = S->L;
-  int before = lua_gettop(L);
+  int before = lua_gettop(L), died = lua_status(co), status;
   if (t->outcome == PF_ERROR) {
     lua_pushvalue(co, -1);
     lua_xmove(co, L, 1);
   }
-  if (lua_resetthread(co) != LUA_OK) {
+  if ((status = lua_resetthread(co)) != LUA_OK) {
     lua_pushvalue(co, -1);
     lua_xmove(co, L, 1);
+    /* a memory error comes back as Lua's own message, not the task's
+    ** value (which has its traceback): the same error */
+    if (status == LUA_ERRMEM && died == LUA_ERRMEM) {
+      lua_settop(L, before);
+      return;
+    }
     if (lua_gettop(L) == before + 1 || !lua_rawequal(L, -1, -2)) {
       lua_pushfstring(L, "error closing a variable of a %s task: %s",
                       t->outcome == PF_ERROR ? "failed" : "cancelled",
@@ -407,36 +413,64 @@ void pf_cancel(pf_task *t) {
 
 /* ---------------------------------------------------------------- driver */
 
-static void foreign_yield(pf_sched *S, pf_task *t, int nres) {
-  lua_State *co = t->co;
-  lua_pop(co, nres);
-  lua_pushliteral(co, "coroutine.yield called in a pocketflow task outside "
-                      "a coroutine of its own; wait with pf.sleep or "
-                      "pf.await instead");
-  t->outcome = PF_ERROR;
-  if (t->group) pf_group_child_done(t->group, t, -1, co);
-  else if (t->keep_results) keep_outcome(S, t, 1);
-  end_task(S, t, 1);
+/* coroutine.yield called on a task's own thread, outside any coroutine of
+** the user's, would suspend the task with nothing to wake it. Instead the
+** task is resumed at once and the yield raises Lua's own error where it
+** was called, so a pcall around it catches it: a return hook on the
+** yield puts the thread's own hook back and raises. */
+static void yield_error_hook(lua_State *co, lua_Debug *ar) {
+  pf_sched *S = pf_sched_get(co);
+  (void)ar;
+  lua_sethook(co, S->user_hook, S->user_mask, S->user_count);
+  lua_pushliteral(co, "attempt to yield from outside a coroutine");
+  lua_error(co);
+}
+
+static void arm_yield_error(pf_sched *S, lua_State *co) {
+  S->user_hook = lua_gethook(co);
+  S->user_mask = lua_gethookmask(co);
+  S->user_count = lua_gethookcount(co);
+  lua_sethook(co, yield_error_hook, LUA_MASKRET, 0);
+}
+
+/* A thread whose yield error nothing caught is not reused: Lua leaves it
+** with hooks disabled (allowhook), and lua_resetthread does not undo it. */
+static void drop_thread(pf_sched *S, lua_State *co) {
+  lua_State *L = S->L;
+  if (S->pool_n == 0) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
+  lua_rawgeti(L, -1, S->pool_n);
+  if (lua_tothread(L, -1) == co) {
+    lua_pushnil(L);
+    lua_rawseti(L, -3, S->pool_n--);
+  }
+  lua_pop(L, 2);
 }
 
 static void resume_task(pf_sched *S, pf_task *t) {
-  int nres = 0, status;
+  int nres = 0, status, armed = 0;
   lua_State *co = t->co;
   S->current = t;
   t->state = PF_RUNNING;
   status = lua_resume(co, S->L, t->nresume, &nres);
+  while (status == LUA_YIELD && t->state == PF_RUNNING) {  /* foreign */
+    lua_pop(co, nres);
+    arm_yield_error(S, co);
+    armed = 1;
+    status = lua_resume(co, S->L, 0, &nres);
+  }
   S->current = NULL;
+  if (armed && lua_gethook(co) == yield_error_hook)  /* it did not run */
+    lua_sethook(co, S->user_hook, S->user_mask, S->user_count);
   if (status == LUA_YIELD) {
-    if (t->state == PF_RUNNING) foreign_yield(S, t, nres);
-    else {
-      lua_pop(co, nres);
-      if (t->cancel_pending) {
-        t->cancel_pending = 0;
-        pf_cancel(t);
-      }
+    lua_pop(co, nres);
+    if (t->cancel_pending) {
+      t->cancel_pending = 0;
+      pf_cancel(t);
     }
   } else {
     finish(S, t, status, nres);
+    if (armed && status != LUA_OK) drop_thread(S, co);
   }
 }
 

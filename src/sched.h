@@ -29,6 +29,8 @@ struct pf_sched {
                                failed handles nobody waited on */
   int pool_n;
   int closed;
+  lua_Hook user_hook;       /* the thread's own hook, while coroutine.yield */
+  int user_mask, user_count;  /* raises its error (sched.c: foreign yield) */
 };
 
 pf_sched *pf_sched_open(lua_State *L);

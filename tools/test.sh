@@ -9,8 +9,8 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 cd "$src"
 sh tools/setup.sh
 jobs=$(nproc 2>/dev/null || echo 2)
-cmake -S . -B build-asan -DPF_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake -S . -B build-asan -DPF_WERROR=ON -DPF_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build-asan -j"$jobs"
-cmake -S . -B build -DPF_ASAN_DIR="$src/build-asan" -DPF_VALGRIND=ON >/dev/null
+cmake -S . -B build -DPF_WERROR=ON -DPF_ASAN_DIR="$src/build-asan" -DPF_VALGRIND=ON >/dev/null
 cmake --build build -j"$jobs"
 exec ctest --test-dir build -j"$jobs" --output-on-failure "$@"

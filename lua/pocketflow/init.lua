@@ -195,6 +195,10 @@ rawset(BatchFlow, "__pfkind", kinds.batch_flow)
 local ParallelBatchFlow = extend(BatchFlow, "ParallelBatchFlow")
 rawset(ParallelBatchFlow, "__pfkind", kinds.parallel_batch_flow)
 
+local diagram = require "pocketflow.diagram"
+Flow.to_mermaid = diagram.to_mermaid
+Flow.to_dot = diagram.to_dot
+
 -- --------------------------------------------------------------- export
 
 pf.BaseNode = BaseNode
@@ -228,6 +232,8 @@ pf.list_dir = core.list_dir
 pf.mkdir = core.mkdir
 pf.remove = core.remove
 pf.rename = core.rename
+pf.serialize = core.serialize
+pf.deserialize = core.deserialize
 pf.http = require "pocketflow.http"
 pf.json = require "pocketflow.json"
 
