@@ -79,6 +79,10 @@ static void maybe_finish(exec_req *r) {
   if (t == NULL || !r->exited || !r->out_done || !r->err_done) return;
   r->t = NULL;
   co = t->co;
+  if (r->end != END_OK) {   /* an error is raised: the output goes */
+    pf_buf_free(&r->obuf);
+    pf_buf_free(&r->ebuf);
+  }
   lua_checkstack(co, 5);
   lua_pushlstring(co, r->obuf.data ? r->obuf.data : "", r->obuf.len);
   lua_pushlstring(co, r->ebuf.data ? r->ebuf.data : "", r->ebuf.len);
