@@ -21,6 +21,8 @@ enum { H_PROC = 1, H_IN = 2, H_OUT = 4, H_ERR = 8, H_TIMER = 16 };
 /* how a run ended, as exec_k reports it */
 enum { END_OK, END_TIMEOUT, END_NOMEM, END_LIMIT };
 
+typedef struct exec_watch exec_watch;
+
 typedef struct exec_req {
   uv_process_t proc;
   uv_pipe_t in, out, err;
@@ -37,7 +39,23 @@ typedef struct exec_req {
   int open;                 /* handles whose close callback is pending */
   int end;                  /* END_* */
   unsigned char exited, out_done, err_done;
+  exec_watch *watch;        /* the binary's list of children, or NULL */
+  struct exec_req *wprev, *wnext;
 } exec_req;
+
+/* The binary's signal handles and its running children (see below). */
+struct exec_watch {
+  uv_signal_t *sig[2];
+  exec_req *head;
+};
+
+static void unwatch(exec_req *r) {
+  exec_watch *w = r->watch;
+  if (w == NULL) return;
+  if (r->wprev) r->wprev->wnext = r->wnext; else w->head = r->wnext;
+  if (r->wnext) r->wnext->wprev = r->wprev;
+  r->watch = NULL;
+}
 
 static void on_close(uv_handle_t *h) {
   exec_req *r = (exec_req *)h->data;
@@ -51,6 +69,7 @@ static void on_close(uv_handle_t *h) {
 
 static void close_one(exec_req *r, int bit, uv_handle_t *h) {
   if (!(r->inited & bit)) return;
+  if (bit == H_PROC) unwatch(r);
   r->inited &= ~bit;
   r->open++;
   uv_close(h, on_close);
@@ -201,58 +220,66 @@ static void exec_cancel(pf_task *t, void *data) {
 
 static const char SIGNALS_KEY = 'G';
 
-static void kill_walk(uv_handle_t *h, void *arg) {
-  (void)arg;
-  if (h->type == UV_PROCESS && !uv_is_closing(h) &&
-      ((uv_process_t *)h)->exit_cb == child_exit)
-    kill_group((exec_req *)h->data);
-}
-
-void pf_exec_kill_all(uv_loop_t *loop) {
-  uv_walk(loop, kill_walk, NULL);
-}
-
 static void on_signal(uv_signal_t *h, int signum) {
-  pf_exec_kill_all(h->loop);
+  exec_watch *w = (exec_watch *)h->data;
+  for (exec_req *r = w->head; r != NULL; r = r->wnext) kill_group(r);
   fflush(NULL);
   exit(128 + signum);
 }
 
-static int signals_gc(lua_State *L) {
-  uv_signal_t **hs = (uv_signal_t **)lua_touserdata(L, 1);
+/* At lua_close: the handles close, and requests still open forget the
+** list, which goes with this userdata. */
+static int watch_gc(lua_State *L) {
+  exec_watch *w = (exec_watch *)lua_touserdata(L, 1);
   for (int i = 0; i < 2; i++)
-    if (hs[i] != NULL) uv_close((uv_handle_t *)hs[i], pf_close_free_cb);
+    if (w->sig[i] != NULL) uv_close((uv_handle_t *)w->sig[i], pf_close_free_cb);
+  while (w->head != NULL) unwatch(w->head);
   return 0;
 }
 
-/* Watches SIGINT and SIGTERM, on the first spawn of a binary that asked
-** for it (the REPL keeps its Ctrl-C until then). The handles do not keep
-** the loop alive, and close when the state does. */
-static void watch_signals(lua_State *L) {
+/* The binary's list of running children, or NULL. It asked for it with
+** pf_exec_signals; on the first spawn, SIGINT and SIGTERM start to be
+** watched (so the REPL keeps its Ctrl-C until then). The handles do not
+** keep the loop alive, and close when the state does. */
+static exec_watch *watch_signals(lua_State *L) {
   static const int sigs[2] = { SIGINT, SIGTERM };
-  uv_signal_t **hs;
-  int flag = lua_rawgetp(L, LUA_REGISTRYINDEX, &SIGNALS_KEY);
+  exec_watch *w;
+  int type = lua_rawgetp(L, LUA_REGISTRYINDEX, &SIGNALS_KEY);
+  w = type == LUA_TUSERDATA ? (exec_watch *)lua_touserdata(L, -1) : NULL;
   lua_pop(L, 1);
-  if (flag != LUA_TBOOLEAN) return;
-  hs = (uv_signal_t **)lua_newuserdatauv(L, 2 * sizeof *hs, 0);
-  hs[0] = hs[1] = NULL;
+  if (type != LUA_TBOOLEAN) return w;
+  w = (exec_watch *)lua_newuserdatauv(L, sizeof *w, 0);
+  memset(w, 0, sizeof *w);
   lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, signals_gc);
+  lua_pushcfunction(L, watch_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SIGNALS_KEY);
   for (int i = 0; i < 2; i++) {
     uv_signal_t *h = (uv_signal_t *)malloc(sizeof *h);
-    if (h == NULL || uv_signal_init(pf_loop(L), h) < 0) { free(h); return; }
-    hs[i] = h;
+    if (h == NULL || uv_signal_init(pf_loop(L), h) < 0) { free(h); break; }
+    w->sig[i] = h;
+    h->data = w;
+    pf_handle_internal((uv_handle_t *)h);
     uv_signal_start(h, on_signal, sigs[i]);
     uv_unref((uv_handle_t *)h);
   }
+  return w;
 }
 
 void pf_exec_signals(lua_State *L) {
   lua_pushboolean(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SIGNALS_KEY);
+}
+
+/* links a spawned child into the binary's list */
+static void watch_child(exec_req *r, exec_watch *w) {
+  if (w == NULL) return;
+  r->watch = w;
+  r->wprev = NULL;
+  r->wnext = w->head;
+  if (w->head) w->head->wprev = r;
+  w->head = r;
 }
 
 /* ------------------------------------------------------------ options */
@@ -450,6 +477,9 @@ static int init_pipes(uv_loop_t *loop, exec_req *r, int with_input) {
     if ((err = uv_pipe_init(loop, &r->in, 0)) < 0) return err;
     r->inited |= H_IN;
   }
+  pf_handle_internal((uv_handle_t *)&r->out);
+  pf_handle_internal((uv_handle_t *)&r->err);
+  if (with_input) pf_handle_internal((uv_handle_t *)&r->in);
   r->out.data = r->err.data = r->in.data = r->proc.data = r;
   r->timer.data = r->wreq.data = r;
   return 0;
@@ -488,6 +518,7 @@ static int l_exec(lua_State *L) {
   size_t input_len = 0;
   double timeout, max_output;
   char **args, **env;
+  exec_watch *watch;
   int err;
   luaL_checktype(L, 1, LUA_TTABLE);
   if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
@@ -503,7 +534,7 @@ static int l_exec(lua_State *L) {
   cwd = opt_string(L, 2, "cwd", NULL);
   timeout = opt_positive(L, 2, "timeout", 0);
   max_output = opt_positive(L, 2, "max_output", 1);
-  watch_signals(L);
+  watch = watch_signals(L);
   if ((r = new_req(input, input_len)) == NULL)
     return luaL_error(L, "pf.exec: out of memory");
   r->max_output = max_output >= 9e18 ? (size_t)-2 : (size_t)max_output;
@@ -521,19 +552,22 @@ static int l_exec(lua_State *L) {
   set_stdio(stdio, r, input != NULL);
   err = uv_spawn(pf_loop(L), &r->proc, &po);
   r->inited |= H_PROC;  /* initialized even when the spawn failed */
+  pf_handle_internal((uv_handle_t *)&r->proc);
   if (err < 0) return spawn_failed(L, r, args[0], err);
+  watch_child(r, watch);
   uv_read_start((uv_stream_t *)&r->out, on_alloc, on_read);
   uv_read_start((uv_stream_t *)&r->err, on_alloc, on_read);
   if (input != NULL) write_next(r);
   if (timeout > 0) {
     uv_update_time(pf_loop(L));
     uv_timer_init(pf_loop(L), &r->timer);
+    pf_handle_internal((uv_handle_t *)&r->timer);
     r->inited |= H_TIMER;
     uv_timer_start(&r->timer, on_timer, pf_ms_from_seconds(timeout), 0);
   }
   r->t = t;
   pf_park(t, exec_cancel, r);
-  return lua_yieldk(L, 0, (lua_KContext)pf_ms_from_seconds(timeout), exec_k);
+  return pf_yield(L, t, (lua_KContext)pf_ms_from_seconds(timeout), exec_k);
 }
 
 void pf_open_exec(lua_State *L) {

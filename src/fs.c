@@ -216,7 +216,7 @@ static int start(lua_State *L, int writing, const char *fname) {
   }
   r->t = t;
   pf_park(t, fs_cancel, r);
-  return lua_yieldk(L, 0, (lua_KContext)fname, fs_k);
+  return pf_yield(L, t, (lua_KContext)fname, fs_k);
 }
 
 static int l_read_file(lua_State *L) {
@@ -420,7 +420,7 @@ static int op_park(lua_State *L, op_req *r, int err, const char *fname) {
   }
   r->t = pf_current(L);
   pf_park(r->t, op_cancel, r);
-  return lua_yieldk(L, 0, (lua_KContext)fname, fs_k);
+  return pf_yield(L, r->t, (lua_KContext)fname, fs_k);
 }
 
 /* outside a task, f runs in one that pf_run_implicit starts */

@@ -15,6 +15,7 @@ struct pf_group {
   int ref;              /* registry ref while items run */
   int failed;
   int direct;           /* items run exec itself (see plain_exec) */
+  int frame;            /* base of the owner's walk frame, or 0 */
   lua_Integer n, next, running, done, maxc;
 };
 
@@ -100,8 +101,15 @@ static int plain_exec(lua_State *L, int self, int gidx) {
   return 1;
 }
 
+/* The owner still waits on g: cancelling it releases g (user code the
+** scheduler runs, a __close or a warning handler, may do so any time). */
+static int owner_waits(pf_group *g) {
+  return g->ref != LUA_NOREF;
+}
+
 static void launch(lua_State *L, pf_group *g, int gidx) {
-  while (!g->failed && g->running < g->maxc && g->next <= g->n) {
+  while (owner_waits(g) && !g->failed && g->running < g->maxc &&
+         g->next <= g->n) {
     lua_Integer i = g->next++;
     pf_task *c;
     int nargs;
@@ -133,6 +141,7 @@ int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
   g->n = (lua_Integer)lua_rawlen(L, items);
   g->next = 1;
   g->maxc = maxc > 0 ? maxc : g->n;
+  g->frame = self;
   lua_pushvalue(L, items);
   lua_setiuservalue(L, gidx, G_ITEMS);
   lua_createtable(L, (int)(g->n < 1 << 24 ? g->n : 0), 0);
@@ -163,6 +172,18 @@ int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
   return 1;
 }
 
+/* For the where line of an item's error (walk.c): the owner, parked in
+** the walk that started g, and that walk's frame. Returns the frame's
+** kind, or 0 for a gather. */
+int pf_group_frame(pf_group *g, pf_task **owner, int *frame, int *direct) {
+  if (g->kind == PF_G_GATHER || g->frame == 0 || g->owner->co == NULL)
+    return 0;
+  *owner = g->owner;
+  *frame = g->frame;
+  *direct = g->direct;
+  return g->kind == PF_G_ITEMS ? PF_K_PBATCH : PF_K_PBFLOW;
+}
+
 static void release(lua_State *L, pf_group *g) {
   luaL_unref(L, LUA_REGISTRYINDEX, g->ref);
   g->ref = LUA_NOREF;
@@ -174,20 +195,31 @@ void pf_group_cancel(pf_task *owner, void *data) {
   release(owner->S->L, (pf_group *)data);
 }
 
+/* The first failure cancels the other items still running. Their
+** __close may end tasks or cancel the owner: they are listed, pinned,
+** before any is cancelled. */
 static void fail(lua_State *L, pf_group *g, pf_task *child, lua_State *co,
                  int gidx) {
-  pf_task *c, *next;
+  pf_task *c;
+  lua_Integer n = 0, i;
   g->failed = 1;
   lua_pushvalue(co, -1);
   lua_xmove(co, L, 1);
   lua_setiuservalue(L, gidx, G_ERROR);
-  for (c = g->owner->first_child; c; c = next) {
-    next = c->next_sib;
+  lua_newtable(L);
+  for (c = g->owner->first_child; c; c = c->next_sib) {
     if (c->group == g && c != child && c->state != PF_DONE) {
       c->group = NULL;
-      pf_cancel(c);
+      pf_push_task(L, c);
+      lua_rawseti(L, -2, ++n);
     }
   }
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    pf_cancel((pf_task *)lua_touserdata(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   g->running = 0;
 }
 
@@ -220,7 +252,7 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
     lua_pop(L, 1);
     launch(L, g, gidx);
   }
-  if (g->running == 0 && (g->failed || g->done == g->n)) {
+  if (owner_waits(g) && g->running == 0 && (g->failed || g->done == g->n)) {
     release(L, g);
     pf_wake(g->owner, 0);
   }

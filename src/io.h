@@ -38,7 +38,6 @@ static inline int pf_has_nul(const char *s, size_t len) {
 /* The binary only: SIGINT and SIGTERM end pf.exec's children, then the
 ** process (exit 130 / 143). */
 void pf_exec_signals(lua_State *L);
-void pf_exec_kill_all(uv_loop_t *loop);
 
 void pf_open_exec(lua_State *L);
 void pf_open_fs(lua_State *L);
