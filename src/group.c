@@ -110,17 +110,39 @@ static int owner_waits(pf_group *g) {
 static void launch(lua_State *L, pf_group *g, int gidx) {
   while (owner_waits(g) && !g->failed && g->running < g->maxc &&
          g->next <= g->n) {
-    lua_Integer i = g->next++;
+    lua_Integer i = g->next;
     pf_task *c;
     int nargs;
     luaL_checkstack(L, 8, "launching items");
     nargs = push_body(L, g, gidx, i);
-    c = pf_spawn_task(L, g->owner, nargs);
+    c = pf_spawn_task(L, g->owner, nargs);   /* may raise: nothing done */
     c->group = g;
     c->group_idx = i;
+    g->next++;
     g->running++;
     lua_pop(L, 1);
   }
+}
+
+static int launch_f(lua_State *L) {
+  launch(L, (pf_group *)lua_touserdata(L, 1), 2);
+  return 0;
+}
+
+static void release(lua_State *L, pf_group *g);
+
+/* Launching the first items failed (out of memory): those launched have
+** not run yet, have no children and run no user code when cancelled. */
+static void abandon(lua_State *L, pf_group *g) {
+  pf_task *c = g->owner->first_child, *next;
+  for (; c; c = next) {
+    next = c->next_sib;
+    if (c->group == g) {
+      c->group = NULL;
+      pf_cancel(c);
+    }
+  }
+  release(L, g);
 }
 
 /* Starts the items of the array at 'items'. Leaves the group userdata
@@ -131,7 +153,7 @@ int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
   pf_group *g;
   int gidx;
   pf_task *owner = pf_current(L);
-  luaL_checkstack(L, 4, "starting items");
+  luaL_checkstack(L, 6, "starting items");
   g = (pf_group *)lua_newuserdatauv(L, sizeof(pf_group), G_NUV);
   memset(g, 0, sizeof *g);
   gidx = lua_gettop(L);
@@ -167,7 +189,13 @@ int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
   if (g->n == 0) return 0;
   lua_pushvalue(L, gidx);
   g->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  launch(L, g, gidx);
+  lua_pushcfunction(L, launch_f);
+  lua_pushlightuserdata(L, g);
+  lua_pushvalue(L, gidx);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    abandon(L, g);
+    return lua_error(L);
+  }
   pf_park(owner, pf_group_cancel, g);
   return 1;
 }
@@ -202,11 +230,10 @@ static void fail(lua_State *L, pf_group *g, pf_task *child, lua_State *co,
                  int gidx) {
   pf_task *c;
   lua_Integer n = 0, i;
-  g->failed = 1;
-  lua_pushvalue(co, -1);
-  lua_xmove(co, L, 1);
-  lua_setiuservalue(L, gidx, G_ERROR);
-  lua_newtable(L);
+  for (c = g->owner->first_child; c; c = c->next_sib)
+    n += c->group == g && c != child && c->state != PF_DONE;
+  lua_createtable(L, (int)n, 0);   /* the one allocation: before any change */
+  n = 0;
   for (c = g->owner->first_child; c; c = c->next_sib) {
     if (c->group == g && c != child && c->state != PF_DONE) {
       c->group = NULL;
@@ -214,6 +241,10 @@ static void fail(lua_State *L, pf_group *g, pf_task *child, lua_State *co,
       lua_rawseti(L, -2, ++n);
     }
   }
+  g->failed = 1;
+  lua_pushvalue(co, -1);
+  lua_xmove(co, L, 1);
+  lua_setiuservalue(L, gidx, G_ERROR);
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, -1, i);
     pf_cancel((pf_task *)lua_touserdata(L, -1));
@@ -231,16 +262,18 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
   lua_State *L = S->L, *co = child->co;
   int gidx;
   (void)from;
-  child->group = NULL;
-  if (g->ref == LUA_NOREF) return;
+  if (g->ref == LUA_NOREF) {
+    child->group = NULL;
+    return;
+  }
   luaL_checkstack(L, 8, "collecting results");
   push_group(L, g);
   gidx = lua_gettop(L);
+  /* an error (out of memory) leaves child in g, and sched.c's recover
+  ** ends it failed: g fails, whatever had been done for the result */
   if (nres < 0) {
     fail(L, g, child, co, gidx);
   } else {
-    g->running--;
-    g->done++;
     lua_getiuservalue(L, gidx, G_RESULTS);
     if (nres > 0) {
       lua_pushvalue(co, -nres);
@@ -250,8 +283,11 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
     }
     lua_rawseti(L, -2, child->group_idx);
     lua_pop(L, 1);
+    g->running--;
+    g->done++;
     launch(L, g, gidx);
   }
+  child->group = NULL;
   if (owner_waits(g) && g->running == 0 && (g->failed || g->done == g->n)) {
     release(L, g);
     pf_wake(g->owner, 0);

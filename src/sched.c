@@ -115,6 +115,24 @@ void pf_push_task(lua_State *L, pf_task *t) {
   lua_remove(L, -2);
 }
 
+/* The pool's array is sized ahead, in pf_spawn_task where an error is
+** still harmless, so that returning a thread to it (release_thread, at
+** the end of a task, where nothing may fail) never allocates. */
+static void grow_pool(lua_State *L, pf_sched *S) {
+  int cap = S->pool_cap ? 2 * S->pool_cap : 16, i;
+  if (cap > POOL_MAX) cap = POOL_MAX;
+  luaL_checkstack(L, 3, "spawning a task");
+  lua_createtable(L, cap, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
+  for (i = 1; i <= S->pool_n; i++) {
+    lua_rawgeti(L, -1, i);
+    lua_rawseti(L, -3, i);
+  }
+  lua_pop(L, 1);
+  lua_rawseti(L, LUA_REGISTRYINDEX, S->pool);
+  S->pool_cap = cap;
+}
+
 static lua_State *take_thread(lua_State *L, pf_sched *S) {
   lua_State *co;
   if (S->pool_n > 0) {
@@ -132,6 +150,17 @@ static lua_State *take_thread(lua_State *L, pf_sched *S) {
     co = lua_newthread(L);
   }
   return co;  /* left on L's stack */
+}
+
+/* Warns about the error a __close raised; protected: ending a task must
+** not fail. */
+static int close_warning_f(lua_State *L) {
+  const char *what = (const char *)lua_touserdata(L, 1);
+  pf_tostring(L, 2);
+  lua_pushfstring(L, "error closing a variable of a %s task: %s", what,
+                  lua_tostring(L, -1));
+  pf_warn(L, lua_tostring(L, -1));
+  return 0;
 }
 
 /* Resets co, closing its pending to-be-closed variables. After an error,
@@ -157,11 +186,11 @@ static void reset_thread(pf_sched *S, pf_task *t, lua_State *co) {
       return;
     }
     if (lua_gettop(L) == before + 1 || !lua_rawequal(L, -1, -2)) {
-      const char *what = t->outcome == PF_ERROR ? "failed" : "cancelled";
-      pf_tostring(L, -1);
-      lua_pushfstring(L, "error closing a variable of a %s task: %s", what,
-                      lua_tostring(L, -1));
-      pf_warn(L, lua_tostring(L, -1));
+      lua_pushcfunction(L, close_warning_f);
+      lua_pushlightuserdata(L, (void *)(t->outcome == PF_ERROR ? "failed"
+                                                               : "cancelled"));
+      lua_pushvalue(L, -3);
+      lua_pcall(L, 2, 0, 0);   /* a failure (memory) loses the warning */
     }
   }
   S->closing = outer;
@@ -179,7 +208,7 @@ static void release_thread(pf_sched *S, pf_task *t, int reset) {
   if (reset) reset_thread(S, t, co);
   lua_settop(co, 0);
   pf_push_task(L, t);
-  if (!reset && S->pool_n < POOL_MAX) {
+  if (!reset && S->pool_n < S->pool_cap) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
     lua_pushthread(co);
     lua_xmove(co, L, 1);
@@ -226,6 +255,8 @@ pf_task *pf_spawn_task(lua_State *L, pf_task *parent, int nargs) {
   pf_task *t;
   lua_State *co;
   luaL_checkstack(L, 6, "spawning a task");
+  if (S->live >= (size_t)S->pool_cap && S->pool_cap < POOL_MAX)
+    grow_pool(L, S);
   t = (pf_task *)lua_newuserdatauv(L, sizeof(pf_task), PF_UV_COUNT);
   memset(t, 0, sizeof *t);
   t->S = S;
@@ -431,7 +462,7 @@ static void finish(pf_sched *S, pf_task *t, int status, int nres) {
     end_task(S, t, 0);
   } else {
     t->outcome = PF_ERROR;
-    add_traceback(S->L, t, co);
+    if (status != LUA_ERRMEM) add_traceback(S->L, t, co);
     if (t->group) pf_group_child_done(t->group, t, -1, co);
     else if (t->keep_results) keep_outcome(S, t, 1);
     else {
@@ -591,8 +622,10 @@ int pf_yield(lua_State *L, pf_task *t, lua_KContext ctx, lua_KFunction k) {
 ** it. */
 static void end_broken(pf_sched *S, pf_task *t) {
   lua_State *co = t->co;
+  S->doing = t;
+  t->state = PF_RUNNING;   /* out of the ready list (see recover) */
+  if (!lua_checkstack(co, 2)) luaL_error(S->L, "not enough memory");
   cancel_tree(t, 0);
-  luaL_checkstack(co, 2, NULL);
   lua_pushstring(co, HIJACK_MSG);
   finish(S, t, LUA_ERRRUN, 0);
 }
@@ -615,6 +648,7 @@ static void resume_task(pf_sched *S, pf_task *t) {
     status = lua_resume(co, S->L, 0, &nres);
   }
   S->current = NULL;
+  S->doing = t;
   if (armed && lua_gethook(co) == yield_error_hook)  /* it did not run */
     lua_sethook(co, S->user_hook, S->user_mask, S->user_count);
   if (status == LUA_YIELD) {
@@ -629,25 +663,92 @@ static void resume_task(pf_sched *S, pf_task *t) {
   }
 }
 
+static int drain_f(lua_State *L) {
+  pf_sched *S = (pf_sched *)lua_touserdata(L, 1);
+  pf_task *mark = (pf_task *)lua_touserdata(L, 2);
+  luaL_checkstack(L, 2 * LUA_MINSTACK, "running tasks");
+  while (S->rhead != mark) {
+    pf_task *t = S->rhead;
+    ready_unlink(S, t);
+    resume_task(S, t);
+    S->doing = NULL;
+  }
+  return 0;
+}
+
+static int finish_f(lua_State *L) {
+  pf_sched *S = (pf_sched *)lua_touserdata(L, 1);
+  pf_task *t = S->doing;
+  if (t->state == PF_RUNNING) {
+    lua_xmove(L, t->co, 1);
+    finish(S, t, LUA_ERRMEM, 0);
+  } else {
+    pf_cancel(t);
+  }
+  return 0;
+}
+
+/* Ends t, whose bookkeeping raised the error on L's top (a memory error,
+** or a stack overflow), as failed with that error, or, when its stack
+** is full, as cancelled. The bookkeeping raises before it changes
+** anything (finish's steps are all-or-nothing, end_task allocates
+** nothing), so it is done again with the error as the outcome; a second
+** failure cancels t alone, allocating nothing, and pf.run raises "not
+** enough memory". A task waiting to be cancelled is cancelled again. */
+static void recover(pf_sched *S, pf_task *t) {
+  lua_State *L = S->L;
+  S->doing = NULL;
+  if (t->state != PF_DONE && (t->state != PF_RUNNING || lua_checkstack(t->co, 1))) {
+    lua_pushcfunction(L, finish_f);
+    lua_pushlightuserdata(L, S);
+    lua_rotate(L, -3, 2);   /* finish_f, S, error */
+    S->doing = t;
+    if (lua_pcall(L, 2, 0, 0) == LUA_OK) {
+      S->doing = NULL;
+      return;
+    }
+    S->doing = NULL;
+  }
+  lua_pop(L, 1);
+  if (t->state == PF_DONE) return;
+  S->oom = 1;
+  if (t->state == PF_RUNNING) t->state = PF_WAITING;   /* parked on nothing */
+  t->group = NULL;
+  cancel_one(S, t);
+}
+
 /* Runs the tasks ready now; those made ready meanwhile wait for the next
 ** turn, so pf.sleep(0) lets I/O callbacks in. The end of this turn is a
 ** sentinel queued behind them: remembering the last task instead fails
 ** when that task is cancelled meanwhile (it leaves the list), and then
-** tasks looping on pf.sleep(0) would keep the drain from ever ending. */
+** tasks looping on pf.sleep(0) would keep the drain from ever ending.
+** The drain runs under a pcall of the scheduler's state: an error of its
+** bookkeeping (out of memory: keeping results, launching items) never
+** crosses uv_run; the task it was ending is ended by 'recover'. */
 void pf_drain(pf_sched *S) {
+  lua_State *L = S->L;
   pf_task mark;
+  int top = lua_gettop(L);
+  pf_task *closing = S->closing;
   if (S->rhead == NULL) {
     uv_idle_stop(S->idle);
     return;
   }
+  memset(&mark, 0, sizeof mark);
   mark.S = S;
   ready_push(S, &mark);
   S->draining++;
-  while (S->rhead != &mark) {
-    pf_task *t = S->rhead;
-    ready_unlink(S, t);
-    resume_task(S, t);
+  while (lua_checkstack(L, 3)) {
+    lua_pushcfunction(L, drain_f);
+    lua_pushlightuserdata(L, S);
+    lua_pushlightuserdata(L, &mark);
+    if (lua_pcall(L, 2, 0, 0) == LUA_OK) break;
+    S->current = NULL;
+    S->closing = closing;
+    if (S->doing == NULL) break;   /* nothing started: next turn */
+    recover(S, S->doing);
   }
+  lua_settop(L, top);
   S->draining--;
   ready_unlink(S, &mark);
   if (S->rhead == NULL) uv_idle_stop(S->idle);
@@ -771,6 +872,11 @@ static int run_main(lua_State *L, int nargs) {
   }
   pf_forget_lost(L, S, tidx);
   report_lost(S);
+  if (S->oom) {   /* a task's end could not be recorded (see recover) */
+    S->oom = 0;
+    lua_pushliteral(L, "not enough memory");
+    return lua_error(L);
+  }
   return main_outcome(L, t, tidx);
 }
 

@@ -27,10 +27,12 @@ struct pf_sched {
   int own_loop;             /* we handed the default loop to luv */
   int anchors, pool, lost;  /* registry refs: live tasks, idle threads,
                                failed handles nobody waited on */
-  int pool_n;
+  int pool_n, pool_cap;      /* the pool's array holds pool_cap slots */
   int closed;
   int draining;             /* pf_drain is on the C stack */
   pf_task *closing;         /* task whose thread is being reset */
+  pf_task *doing;           /* task whose resume's bookkeeping runs */
+  int oom;                  /* a task was ended for want of memory */
   lua_Hook user_hook;       /* the thread's own hook, while coroutine.yield */
   int user_mask, user_count;  /* raises its error (sched.c: foreign yield) */
 };
