@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "pf.h"
-#include "sched.h"
+#include "pf_sched.h"
 
 struct pf_group {
   pf_task *owner;

@@ -111,10 +111,7 @@ void pf_add_where(lua_State *L, pf_task *t, lua_State *co);
 enum pf_kind { PF_K_NODE = 1, PF_K_BATCH, PF_K_PBATCH, PF_K_FLOW,
                PF_K_BFLOW, PF_K_PBFLOW, PF_K_ORCH, PF_K_EXEC };
 
-/* api.c: the runtime functions */
+/* runtime.c: pf.sleep, await, spawn and the task handle, timeout, gather, now */
 void pf_open_runtime(lua_State *L);
-
-/* io.c: pf.exec, pf.read_file, pf.write_file, HTTP (exec.c, fs.c, http.c) */
-void pf_open_io(lua_State *L);
 
 #endif

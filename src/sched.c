@@ -12,7 +12,8 @@
 #include <luv/luv.h>
 
 #include "pf.h"
-#include "sched.h"
+#include "pf_sched.h"
+#include "io/buf.h"
 
 static const char SCHED_KEY = 'S';
 static const char WARN_KEY = 'W';
@@ -331,7 +332,7 @@ void pf_warn(lua_State *L, const char *msg) {
 }
 
 /* core.set_warn(f): the Lua layer routes engine warnings to pf.on_warning */
-int pf_set_warn(lua_State *L) {
+static int l_set_warn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_settop(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &WARN_KEY);
@@ -780,7 +781,7 @@ static int call_k(lua_State *L, int status, lua_KContext base) {
 }
 
 /* pf.run(fn, ...) */
-int pf_l_run(lua_State *L) {
+static int l_run(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   if (pf_current(L)) {
     lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, call_k);
@@ -804,17 +805,13 @@ int pf_run_implicit(lua_State *L, lua_CFunction f, const char *fname) {
 
 /* ----------------------------------------------------------- life cycle */
 
-static void free_handle_cb(uv_handle_t *h) {
-  free(h);
-}
-
 static int sched_gc(lua_State *L) {
   pf_sched *S = (pf_sched *)lua_touserdata(L, 1);
   if (S->closed) return 0;
   S->closed = 1;
   cancel_all(S);
-  uv_close((uv_handle_t *)S->idle, free_handle_cb);
-  uv_close((uv_handle_t *)S->timer, free_handle_cb);
+  uv_close((uv_handle_t *)S->idle, pf_close_free_cb);
+  uv_close((uv_handle_t *)S->timer, pf_close_free_cb);
   free(S->heap);
   S->heap = NULL;
   /* one more turn so the close callbacks run before the loop goes */
@@ -884,4 +881,14 @@ pf_sched *pf_sched_open(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SCHED_KEY);
   return S;
+}
+
+static const luaL_Reg sched_funcs[] = {
+  {"run", l_run},
+  {"set_warn", l_set_warn},
+  {NULL, NULL}
+};
+
+void pf_open_sched(lua_State *L) {
+  luaL_setfuncs(L, sched_funcs, 0);
 }

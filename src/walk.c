@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "pf.h"
-#include "sched.h"
+#include "pf_sched.h"
 
 #define FS 8
 enum { F_SELF, F_STATE, F_SHARED, F_PREP, F_RES, F_I, F_AUX, F_PARAMS };

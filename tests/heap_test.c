@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "../src/pf.h"
-#include "../src/sched.h"
+#include "../src/pf_sched.h"
 
 #define N 200
 

@@ -18,7 +18,6 @@
 
 #include "io.h"
 
-#define READ_CHUNK 65536
 
 typedef struct fs_req {
   uv_fs_t req;
@@ -87,7 +86,7 @@ static void close_then_finish(fs_req *r) {
 
 static int next_read(fs_req *r) {
   uv_buf_t b;
-  if (pf_buf_reserve(&r->buf, READ_CHUNK) < 0) return UV_ENOMEM;
+  if (pf_buf_reserve(&r->buf, PF_READ_CHUNK) < 0) return UV_ENOMEM;
   b = uv_buf_init(r->buf.data + r->buf.len,
                   pf_io_chunk(r->buf.cap - r->buf.len));
   return uv_fs_read(r->req.loop, &r->req, r->fd, &b, 1, -1, step_cb);
@@ -493,19 +492,17 @@ static int l_mkdir(lua_State *L) {
                  "pf.mkdir");
 }
 
+static const luaL_Reg fs_funcs[] = {
+  {"read_file", l_read_file},
+  {"write_file", l_write_file},
+  {"stat", l_stat},
+  {"list_dir", l_list_dir},
+  {"mkdir", l_mkdir},
+  {"remove", l_remove},
+  {"rename", l_rename},
+  {NULL, NULL}
+};
+
 void pf_open_fs(lua_State *L) {
-  lua_pushcfunction(L, l_read_file);
-  lua_setfield(L, -2, "read_file");
-  lua_pushcfunction(L, l_write_file);
-  lua_setfield(L, -2, "write_file");
-  lua_pushcfunction(L, l_stat);
-  lua_setfield(L, -2, "stat");
-  lua_pushcfunction(L, l_list_dir);
-  lua_setfield(L, -2, "list_dir");
-  lua_pushcfunction(L, l_mkdir);
-  lua_setfield(L, -2, "mkdir");
-  lua_pushcfunction(L, l_remove);
-  lua_setfield(L, -2, "remove");
-  lua_pushcfunction(L, l_rename);
-  lua_setfield(L, -2, "rename");
+  luaL_setfuncs(L, fs_funcs, 0);
 }

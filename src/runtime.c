@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "pf.h"
-#include "sched.h"
+#include "pf_sched.h"
 
 /* Waits need a yieldable stack: checked before anything is registered. */
 int pf_check_yield(lua_State *L, const char *fname) {
@@ -197,21 +197,23 @@ static int l_cancel(lua_State *L) {
   return 0;
 }
 
-static int l_task_tostring(lua_State *L) {
+/* "running", "done", "failed" or "cancelled" */
+static const char *status_name(const pf_task *t) {
   static const char *const names[] = {"running", "done", "failed",
                                       "cancelled"};
+  return t->state == PF_DONE ? names[t->outcome] : names[0];
+}
+
+static int l_task_tostring(lua_State *L) {
   pf_task *t = (pf_task *)luaL_checkudata(L, 1, PF_TASK_MT);
-  lua_pushfstring(L, "pocketflow.task (%s): %p",
-                  t->state == PF_DONE ? names[t->outcome] : names[0], t);
+  lua_pushfstring(L, "pocketflow.task (%s): %p", status_name(t), t);
   return 1;
 }
 
-/* task:status(): "running", "done", "failed" or "cancelled" */
+/* task:status() */
 static int l_status(lua_State *L) {
-  static const char *const names[] = {"running", "done", "failed",
-                                      "cancelled"};
   pf_task *t = (pf_task *)luaL_checkudata(L, 1, PF_TASK_MT);
-  lua_pushstring(L, t->state == PF_DONE ? names[t->outcome] : names[0]);
+  lua_pushstring(L, status_name(t));
   return 1;
 }
 
@@ -284,17 +286,13 @@ static const luaL_Reg task_methods[] = {
   {NULL, NULL}
 };
 
-static const luaL_Reg runtime[] = {
-  {"run", pf_l_run},
+static const luaL_Reg runtime_funcs[] = {
   {"spawn", l_spawn},
   {"gather", l_gather},
   {"sleep", l_sleep},
   {"await", l_await},
   {"timeout", l_timeout},
   {"now", l_now},
-  {"set_warn", pf_set_warn},
-  {"run_node", pf_run_node},
-  {"machine", pf_machine},
   {NULL, NULL}
 };
 
@@ -306,5 +304,5 @@ void pf_open_runtime(lua_State *L) {
     lua_setfield(L, -2, "__tostring");
   }
   lua_pop(L, 1);
-  luaL_newlib(L, runtime);
+  luaL_setfuncs(L, runtime_funcs, 0);
 }

@@ -984,6 +984,12 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
+static const luaL_Reg http_funcs[] = {
+  {"http_start", l_http_start},
+  {"http_request", l_http_request},
+  {NULL, NULL}
+};
+
 void pf_open_http(lua_State *L) {
   ctx_open(L);
   if (luaL_newmetatable(L, XFER_MT)) {
@@ -998,8 +1004,5 @@ void pf_open_http(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_http_start);
-  lua_setfield(L, -2, "http_start");
-  lua_pushcfunction(L, l_http_request);
-  lua_setfield(L, -2, "http_request");
+  luaL_setfuncs(L, http_funcs, 0);
 }

@@ -38,8 +38,7 @@ struct pf_sched {
 pf_sched *pf_sched_open(lua_State *L);
 void pf_drain(pf_sched *S);
 void pf_idle_cb(uv_idle_t *h);
-int pf_l_run(lua_State *L);
-int pf_set_warn(lua_State *L);
+void pf_open_sched(lua_State *L);
 void pf_forget_lost(lua_State *L, pf_sched *S, int tidx);
 
 #endif

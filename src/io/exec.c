@@ -13,7 +13,6 @@
 
 #include "io.h"
 
-#define READ_CHUNK 65536
 
 /* the handles of a request, as bits of 'inited' */
 enum { H_PROC = 1, H_IN = 2, H_OUT = 4, H_ERR = 8, H_TIMER = 16 };
@@ -137,7 +136,7 @@ static void child_exit(uv_process_t *p, int64_t status, int term_signal) {
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   exec_req *r = (exec_req *)h->data;
   pf_buf *b = h == (uv_handle_t *)&r->out ? &r->obuf : &r->ebuf;
-  size_t room = READ_CHUNK;
+  size_t room = PF_READ_CHUNK;
   (void)hint;
   /* one byte past the limit tells that there was more */
   if (r->max_output && r->max_output + 1 - b->len < room)
@@ -570,7 +569,11 @@ static int l_exec(lua_State *L) {
   return pf_yield(L, t, (lua_KContext)pf_ms_from_seconds(timeout), exec_k);
 }
 
+static const luaL_Reg exec_funcs[] = {
+  {"exec", l_exec},
+  {NULL, NULL}
+};
+
 void pf_open_exec(lua_State *L) {
-  lua_pushcfunction(L, l_exec);
-  lua_setfield(L, -2, "exec");
+  luaL_setfuncs(L, exec_funcs, 0);
 }

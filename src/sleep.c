@@ -17,7 +17,7 @@
 #include <stdlib.h>
 
 #include "pf.h"
-#include "sched.h"
+#include "pf_sched.h"
 
 static int before(const pf_task *a, const pf_task *b) {
   return a->deadline < b->deadline ||
