@@ -67,8 +67,11 @@ static void ignore_sigpipe(void) {
 
 LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
   const pf_open_fn *open;
+  pf_sched *S;
   luaL_checkversion(L);
-  pf_sched_open(L);
+  S = pf_sched_open(L);
+  S->child_done = pf_group_child_done;   /* the upward calls, as data */
+  S->add_where = pf_add_where;
   ignore_sigpipe();
   pf_preload(L, "pocketflow.http", &pf_http_lua);
   pf_preload(L, "pocketflow.json", &pf_json_lua);

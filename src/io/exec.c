@@ -110,7 +110,7 @@ static void maybe_finish(exec_req *r) {
   pf_buf_free(&r->obuf);
   pf_buf_free(&r->ebuf);
   close_all(r);
-  pf_wake(t, 5);
+  pf_wait_wake(t, 5);
 }
 
 /* Gives up on the run: the group is killed and its output no longer
@@ -523,9 +523,8 @@ static int l_exec(lua_State *L) {
   if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  t = pf_current(L);
-  if (t == NULL) return pf_run_implicit(L, l_exec, "pf.exec");
-  pf_check_yield(L, "pf.exec");
+  t = pf_wait_begin(L, "pf.exec");
+  if (t == NULL) return pf_wait_outside(L, l_exec, "pf.exec");
   check_keys(L, 2);
   args = make_args(L, 1);
   env = make_env(L, 2);
@@ -565,8 +564,8 @@ static int l_exec(lua_State *L) {
     uv_timer_start(&r->timer, on_timer, pf_ms_from_seconds(timeout), 0);
   }
   r->t = t;
-  pf_park(t, exec_cancel, r);
-  return pf_yield(L, t, (lua_KContext)pf_ms_from_seconds(timeout), exec_k);
+  pf_wait_park(t, exec_cancel, r);
+  return pf_wait_yield(L, t, (lua_KContext)pf_ms_from_seconds(timeout), exec_k);
 }
 
 static const luaL_Reg exec_funcs[] = {

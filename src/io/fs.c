@@ -64,7 +64,7 @@ static void finish(fs_req *r) {
     else lua_pushlstring(co, r->buf.data ? r->buf.data : "", r->buf.len);
   }
   req_free(r);
-  pf_wake(t, 2);
+  pf_wait_wake(t, 2);
 }
 
 static void fail(fs_req *r, int err, const char *step) {
@@ -188,10 +188,10 @@ static int start(lua_State *L, int writing, const char *fname) {
   size_t plen, dlen = 0;
   const char *path = luaL_checklstring(L, 1, &plen);
   const char *data = writing ? luaL_checklstring(L, 2, &dlen) : NULL;
-  pf_task *t = pf_current(L);  /* the callers checked it is a task */
+  pf_task *t;
   fs_req *r;
   int err;
-  pf_check_yield(L, fname);
+  t = pf_wait_begin(L, fname);  /* the callers checked it is a task */
   if (pf_has_nul(path, plen))
     return luaL_error(L, "%s: the path contains a NUL byte", fname);
   r = (fs_req *)calloc(1, sizeof *r + plen);
@@ -214,14 +214,14 @@ static int start(lua_State *L, int writing, const char *fname) {
     return luaL_error(L, "%s: %s: %s", fname, path, uv_strerror(err));
   }
   r->t = t;
-  pf_park(t, fs_cancel, r);
-  return pf_yield(L, t, (lua_KContext)fname, fs_k);
+  pf_wait_park(t, fs_cancel, r);
+  return pf_wait_yield(L, t, (lua_KContext)fname, fs_k);
 }
 
 static int l_read_file(lua_State *L) {
   if (pf_current(L) == NULL) {
     luaL_checkstring(L, 1);
-    return pf_run_implicit(L, l_read_file, "pf.read_file");
+    return pf_wait_outside(L, l_read_file, "pf.read_file");
   }
   return start(L, 0, "pf.read_file");
 }
@@ -230,7 +230,7 @@ static int l_write_file(lua_State *L) {
   if (pf_current(L) == NULL) {
     luaL_checkstring(L, 1);
     luaL_checkstring(L, 2);
-    return pf_run_implicit(L, l_write_file, "pf.write_file");
+    return pf_wait_outside(L, l_write_file, "pf.write_file");
   }
   return start(L, 1, "pf.write_file");
 }
@@ -325,7 +325,7 @@ static void op_wake(op_req *r, int result, const uv_fs_t *req) {
     else if (req->fs_type == UV_FS_SCANDIR) push_names(co, (uv_fs_t *)req);
     else lua_pushboolean(co, 1);
   }
-  pf_wake(t, 2);
+  pf_wait_wake(t, 2);
 }
 
 static void op_cb(uv_fs_t *req);
@@ -418,17 +418,17 @@ static int op_park(lua_State *L, op_req *r, int err, const char *fname) {
     return lua_error(L);
   }
   r->t = pf_current(L);
-  pf_park(r->t, op_cancel, r);
-  return pf_yield(L, r->t, (lua_KContext)fname, fs_k);
+  pf_wait_park(r->t, op_cancel, r);
+  return pf_wait_yield(L, r->t, (lua_KContext)fname, fs_k);
 }
 
-/* outside a task, f runs in one that pf_run_implicit starts */
+/* outside a task, f runs in one that pf_wait_outside starts */
 #define OP_ENTRY(f, fname, nstr) \
   if (pf_current(L) == NULL) { \
     for (int i = 1; i <= (nstr); i++) luaL_checkstring(L, i); \
-    return pf_run_implicit(L, f, fname); \
+    return pf_wait_outside(L, f, fname); \
   } \
-  pf_check_yield(L, fname)
+  pf_wait_begin(L, fname)
 
 static int l_stat(lua_State *L) {
   op_req *r;

@@ -205,7 +205,7 @@ static void xfer_wake(xfer *x) {
   pf_task *t = x->t;
   x->t = NULL;
   x->wait = W_NONE;
-  pf_wake(t, 0);
+  pf_wait_wake(t, 0);
 }
 
 /* A request on a kept-alive connection that the server reset just after
@@ -818,12 +818,12 @@ static xfer *check_xfer(lua_State *L) {
 }
 
 static int park(lua_State *L, xfer *x, int what, lua_KFunction k) {
-  pf_task *t = pf_check_task(L, "pf.http");
-  pf_check_yield(L, "pf.http");
+  pf_task *t = pf_wait_begin(L, "pf.http");
+  if (t == NULL) return pf_wait_outside(L, NULL, "pf.http");
   x->t = t;
   x->wait = what;
-  pf_park(t, xfer_cancel, x);
-  return pf_yield(L, t, 0, k);
+  pf_wait_park(t, xfer_cancel, x);
+  return pf_wait_yield(L, t, 0, k);
 }
 
 /* The transfer at idx failed: raises libcurl's reason, released. */
@@ -970,9 +970,8 @@ static int request_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 static int l_http_request(lua_State *L) {
-  if (pf_current(L) == NULL)
-    return pf_run_implicit(L, l_http_request, "pf.http.request");
-  pf_check_yield(L, "pf.http");
+  if (pf_wait_begin(L, "pf.http") == NULL)
+    return pf_wait_outside(L, l_http_request, "pf.http.request");
   start(L)->stream = 0;   /* nobody takes chunks: never pause */
   return request_k(L, LUA_OK, 0);
 }

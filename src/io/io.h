@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <string.h>
 
-#include "pf.h"
+#include "pf_sched.h"
 #include "buf.h"
 
 /* The bytes one read asks for (a pipe read, a file read). */
