@@ -55,7 +55,7 @@ struct pf_task {
   unsigned char state, outcome;
   unsigned char keep_results;   /* a handle: results kept for :wait() */
   unsigned char cancel_pending; /* cancelled while running */
-  unsigned char timed_out;      /* woken by the heap, not by the event */
+  unsigned char timed_out;      /* woken by its deadline, not by the event */
   unsigned char await_setup;    /* pf.await's setup runs (enum in runtime.c) */
   unsigned char started;        /* resumed once: its thread must be yielded */
   unsigned char hijacked;       /* resumed by user code: ends failed */

@@ -188,9 +188,11 @@ static lua_State *take_thread(lua_State *L, pf_sched *S) {
   return co;  /* left on L's stack */
 }
 
-/* Resets co, closing its pending to-be-closed variables. After an error,
-** 5.4.4's reset returns that error's status again, with the same value
-** unless a __close raised another: only a new value is warned about. */
+/* Resets co, closing its pending to-be-closed variables; an error a
+** __close raises is warned about. After an error, 5.4.4's reset returns
+** that error again (its status, and its value unless a __close raised
+** another): only a new value is warned about, and a memory error, whose
+** value Lua replaces with its own message, never. */
 static void reset_thread(pf_sched *S, pf_task *t, lua_State *co) {
   lua_State *L = S->L;
   int before = lua_gettop(L), died = lua_status(co), status;

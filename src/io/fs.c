@@ -42,7 +42,7 @@ static void req_free(fs_req *r) {
 
 /* Results onto the task's thread: true and the contents (or nothing), or
 ** false and the message. */
-static void finish(fs_req *r) {
+static void file_wake(fs_req *r) {
   pf_task *t = r->t;
   lua_State *co;
   if (t == NULL) {  /* cancelled meanwhile */
@@ -67,21 +67,22 @@ static void finish(fs_req *r) {
   pf_wait_wake(t, 2);
 }
 
-static void fail(fs_req *r, int err, const char *step) {
+/* keeps the first error and the step that met it */
+static void file_error(fs_req *r, int err, const char *step) {
   if (r->err == 0) {
     r->err = err;
     r->step = step;
   }
 }
 
-/* Closes the file if open, then finishes. */
+/* Closes the file if open, then wakes the task. */
 static void close_then_finish(fs_req *r) {
   if (r->fd >= 0) {
     uv_file fd = r->fd;
     r->fd = -1;
     if (uv_fs_close(r->req.loop, &r->req, fd, step_cb) == 0) return;
   }
-  finish(r);
+  file_wake(r);
 }
 
 static int next_read(fs_req *r) {
@@ -137,7 +138,7 @@ static int advance(fs_req *r, uv_fs_type type, ssize_t result) {
   }
   if (err == 1) return 0;
   if (err < 0) {
-    fail(r, err, type == UV_FS_OPEN ? "fstat"
+    file_error(r, err, type == UV_FS_OPEN ? "fstat"
                  : r->writing ? "write" : "read");
     return 0;
   }
@@ -151,13 +152,13 @@ static void step_cb(uv_fs_t *req) {
   if (type == UV_FS_FSTAT) r->mode = req->statbuf.st_mode;
   uv_fs_req_cleanup(req);
   if (type == UV_FS_CLOSE) {
-    if (result < 0) fail(r, (int)result, "close");
-    finish(r);
+    if (result < 0) file_error(r, (int)result, "close");
+    file_wake(r);
     return;
   }
   if (result < 0) {
     if (result != UV_ECANCELED || r->t != NULL)
-      fail(r, (int)result, type == UV_FS_OPEN ? "open"
+      file_error(r, (int)result, type == UV_FS_OPEN ? "open"
                            : type == UV_FS_FSTAT ? "fstat"
                            : r->writing ? "write" : "read");
     close_then_finish(r);
@@ -184,7 +185,7 @@ static int fs_k(lua_State *L, int status, lua_KContext ctx) {
   return 1;
 }
 
-static int start(lua_State *L, int writing, const char *fname) {
+static int file_start(lua_State *L, int writing, const char *fname) {
   size_t plen, dlen = 0;
   const char *path = luaL_checklstring(L, 1, &plen);
   const char *data = writing ? luaL_checklstring(L, 2, &dlen) : NULL;
@@ -223,7 +224,7 @@ static int l_read_file(lua_State *L) {
     luaL_checkstring(L, 1);
     return pf_wait_outside(L, l_read_file, "pf.read_file");
   }
-  return start(L, 0, "pf.read_file");
+  return file_start(L, 0, "pf.read_file");
 }
 
 static int l_write_file(lua_State *L) {
@@ -232,7 +233,7 @@ static int l_write_file(lua_State *L) {
     luaL_checkstring(L, 2);
     return pf_wait_outside(L, l_write_file, "pf.write_file");
   }
-  return start(L, 1, "pf.write_file");
+  return file_start(L, 1, "pf.write_file");
 }
 
 /* ------------------------------------------------------------ pf.stat,

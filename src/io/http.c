@@ -768,7 +768,7 @@ static const char *push_method(lua_State *L) {
 
 /* Reads opts (index 1) and starts the transfer, pushed at index 5 above
 ** the URL, the method and the body (or nil). */
-static xfer *start(lua_State *L) {
+static xfer *xfer_start(lua_State *L) {
   http_ctx *h = ctx_get(L);
   size_t blen = 0;
   const char *url, *method, *body;
@@ -797,7 +797,7 @@ static xfer *start(lua_State *L) {
 
 /* core.http_start(opts): a transfer, already running */
 static int l_http_start(lua_State *L) {
-  start(L);
+  xfer_start(L);
   return 1;
 }
 
@@ -918,7 +918,7 @@ static void push_headers(lua_State *L, const char *p, size_t n) {
 }
 
 /* The ended transfer at idx: its result (or its error), released. */
-static int finish(lua_State *L, xfer *x, int idx) {
+static int xfer_result(lua_State *L, xfer *x, int idx) {
   slot *s = x->s;
   long code = 0;
   char *url = NULL;
@@ -951,7 +951,7 @@ static int result_k(lua_State *L, int status, lua_KContext ctx) {
     }
     return park(L, x, W_DONE, result_k);
   }
-  return finish(L, x, 1);
+  return xfer_result(L, x, 1);
 }
 
 static int l_result(lua_State *L) {
@@ -966,13 +966,13 @@ static int request_k(lua_State *L, int status, lua_KContext ctx) {
   xfer *x = (xfer *)lua_touserdata(L, 5);
   (void)status; (void)ctx;
   if (!x->done) return park(L, x, W_DONE, request_k);
-  return finish(L, x, 5);
+  return xfer_result(L, x, 5);
 }
 
 static int l_http_request(lua_State *L) {
   if (pf_wait_begin(L, "pf.http") == NULL)
     return pf_wait_outside(L, l_http_request, "pf.http.request");
-  start(L)->stream = 0;   /* nobody takes chunks: never pause */
+  xfer_start(L)->stream = 0;   /* nobody takes chunks: never pause */
   return request_k(L, LUA_OK, 0);
 }
 
