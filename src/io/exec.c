@@ -39,20 +39,19 @@ typedef struct exec_req {
   int end;                  /* END_* */
   unsigned char exited, out_done, err_done;
   exec_watch *watch;        /* the binary's list of children, or NULL */
-  struct exec_req *wprev, *wnext;
+  pf_list watch_link;       /* in watch->children */
 } exec_req;
 
 /* The binary's signal handles and its running children (see below). */
 struct exec_watch {
   uv_signal_t *sig[2];
-  exec_req *head;
+  pf_list children;
 };
 
 static void unwatch(exec_req *r) {
   exec_watch *w = r->watch;
   if (w == NULL) return;
-  if (r->wprev) r->wprev->wnext = r->wnext; else w->head = r->wnext;
-  if (r->wnext) r->wnext->wprev = r->wprev;
+  pf_list_remove(&r->watch_link);
   r->watch = NULL;
 }
 
@@ -221,7 +220,8 @@ static const char SIGNALS_KEY = 'G';
 
 static void on_signal(uv_signal_t *h, int signum) {
   exec_watch *w = (exec_watch *)h->data;
-  for (exec_req *r = w->head; r != NULL; r = r->wnext) kill_group(r);
+  for (pf_list *l = w->children.next; l != &w->children; l = l->next)
+    kill_group(pf_list_entry(l, exec_req, watch_link));
   fflush(NULL);
   exit(128 + signum);
 }
@@ -232,7 +232,8 @@ static int watch_gc(lua_State *L) {
   exec_watch *w = (exec_watch *)lua_touserdata(L, 1);
   for (int i = 0; i < 2; i++)
     if (w->sig[i] != NULL) uv_close((uv_handle_t *)w->sig[i], pf_close_free_cb);
-  while (w->head != NULL) unwatch(w->head);
+  while (!pf_list_empty(&w->children))
+    unwatch(pf_list_entry(w->children.next, exec_req, watch_link));
   return 0;
 }
 
@@ -249,6 +250,7 @@ static exec_watch *watch_signals(lua_State *L) {
   if (type != LUA_TBOOLEAN) return w;
   w = (exec_watch *)lua_newuserdatauv(L, sizeof *w, 0);
   memset(w, 0, sizeof *w);
+  pf_list_init(&w->children);
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, watch_gc);
   lua_setfield(L, -2, "__gc");
@@ -275,10 +277,7 @@ void pf_exec_signals(lua_State *L) {
 static void watch_child(exec_req *r, exec_watch *w) {
   if (w == NULL) return;
   r->watch = w;
-  r->wprev = NULL;
-  r->wnext = w->head;
-  if (w->head) w->head->wprev = r;
-  w->head = r;
+  pf_list_push_head(&w->children, &r->watch_link);
 }
 
 /* ------------------------------------------------------------ options */
