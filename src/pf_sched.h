@@ -16,8 +16,10 @@
 ** it to the close callback) and the task is never resumed. pf_wait_begin
 ** returns NULL outside a task: pf_wait_outside runs the call as the main
 ** task of an implicit pf.run, or raises why it cannot. A wait may also
-** end at a deadline (pf_wait_deadline): the cancel fn runs, the task is
-** woken with t->timed_out set.
+** end at a deadline (pf_wait_deadline, before the park): the cancel fn
+** runs and the task wakes with t->timed_out set. pf_wait_on parks until
+** another task ends; pf_wait_pass, instead of a park, only lets the
+** tasks ready now run first.
 */
 #ifndef PF_SCHED_H
 #define PF_SCHED_H
