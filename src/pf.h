@@ -104,6 +104,9 @@ enum pf_kind { PF_K_NODE = 1, PF_K_BATCH, PF_K_PBATCH, PF_K_FLOW,
 /* api.c: the runtime functions */
 void pf_open_runtime(lua_State *L);
 
+/* store.c: the SQLite connection of pf.sqlite, on a writer thread */
+void pf_open_store(lua_State *L);
+
 /* io.c: pf.exec, pf.read_file, pf.write_file, HTTP (exec.c, fs.c, http.c) */
 void pf_open_io(lua_State *L);
 

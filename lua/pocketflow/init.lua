@@ -225,6 +225,8 @@ pf.read_file = core.read_file
 pf.write_file = core.write_file
 pf.http = require "pocketflow.http"
 pf.json = require "pocketflow.json"
+local store = require "pocketflow.store"
+pf.sqlite, pf.memory, pf.store_id = store.sqlite, store.memory, store.id
 
 function pf.on_warning(msg)
   io.stderr:write("pocketflow: warning: ", tostring(msg), "\n")
