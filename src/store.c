@@ -663,6 +663,8 @@ static int l_open(lua_State *L) {
   if (uv_cond_init(&st->cond) != 0) { uv_mutex_destroy(&st->mu); goto oom; }
   uv_async_init(pf_loop(L), st->async, async_cb);
   st->async->data = st;
+  /* luv's uv.walk takes every handle for its own: once the scheduler
+  ** has pf_handle_internal (branch sched), mark st->async with it */
   uv_unref((uv_handle_t *)st->async);
   if (uv_thread_create(&st->thread, writer, st) != 0) {
     uv_close((uv_handle_t *)st->async, free_store_cb);
