@@ -410,11 +410,18 @@ describe("pf.sqlite across processes", function()
     os.remove(script)
   end)
 
+  -- processes whose argv has the script (ps hangs under ASan's LD_PRELOAD)
   local function children()
     local n = 0
-    for line in io.popen("ps -eo args"):lines() do
-      if line:find(script, 1, true) then n = n + 1 end
+    local p = io.popen("ls -1 /proc")
+    for pid in p:lines() do
+      local f = pid:match("^%d+$") and io.open("/proc/" .. pid .. "/cmdline", "rb")
+      if f then
+        if (f:read("a") or ""):find(script, 1, true) then n = n + 1 end
+        f:close()
+      end
     end
+    p:close()
     return n
   end
 
@@ -456,6 +463,72 @@ describe("pf.sqlite across processes", function()
     s:_finish("x", "done")
     s:close()
     assert.equal(0, children())
+  end)
+
+  it("a program that ends without close still writes its async saves", function()
+    write(script, ([[
+      local pf = require "pocketflow"
+      local s = pf.sqlite(%q)
+      s:_begin("e")
+      for i = 1, 50 do s:_save("e", i, "P", ("e"):rep(100000), { sync = false }) end
+    ]]):format(path))
+    local r = pf.exec({ BIN, script }, { timeout = 120 })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("", r.stderr)
+    local s = pf.sqlite(path)
+    assert.equal(50, s:get("e").step)
+    s:close()
+  end)
+
+  it("a state closed while a task waits on a save exits cleanly", function()
+    write(script, ([[
+      local pf = require "pocketflow"
+      local s = pf.sqlite(%q)
+      s:_begin("x")
+      pf.run(function()
+        pf.spawn(function() s:_save("x", 1, "P", ("x"):rep(5000000)) end)
+        pf.sleep(0)
+        os.exit(3, true)
+      end)
+    ]]):format(path))
+    local r = pf.exec({ BIN, script }, { timeout = 120 })
+    assert.same({ 3, 0, "" }, { r.code, r.signal, r.stderr })
+    local s = pf.sqlite(path)
+    assert.equal(1, s:get("x").step)  -- drained before the state closed
+    s:close()
+  end)
+
+  it("tools/runs.lua lists runs, history and a checkpoint", function()
+    local s = pf.sqlite(path)
+    s:_begin("inv-1")
+    s:_save("inv-1", 1, "Flow.A", "one")
+    s:_save("inv-1", 2, "Flow.B", "two")
+    s:_finish("inv-1", "interrupted")
+    pf.sleep(0.01)  -- newer
+    s:_begin("inv-2")
+    s:_finish("inv-2", "done")
+    s:close()
+    local tool = os.getenv("PF_SRC") .. "/tools/runs.lua"
+    local function runs(...)
+      return pf.exec({ BIN, tool, path, ... }, { timeout = 60 })
+    end
+    local r = runs()
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("^ID%s+STATUS%s+STEP%s+UPDATED\ninv%-2%s+done%s+0%s+%d%d%d%d%-%d%d%-%d%d [%d:]+Z\n" ..
+                   "inv%-1%s+interrupted%s+2%s+", r.stdout)
+    r = runs("list", "done")
+    assert.equal(2, select(2, r.stdout:gsub("\n", "")))
+    r = runs("history", "inv-1")
+    assert.matches("^STEP%s+PATH%s+TIME\n1%s+Flow.A%s+[^\n]+\n2%s+Flow.B%s+[^\n]+\n$", r.stdout)
+    r = runs("show", "inv-1", "1")
+    assert.matches("^run inv%-1, step 1, next Flow.A, saved [^,]+, 3 bytes\n", r.stdout)
+    r = runs("show", "nope")
+    assert.same({ 1, "runs: no run 'nope'\n" }, { r.code, r.stderr })
+    r = runs("frob")
+    assert.equal(2, r.code)
+    assert.matches("^usage: pocketflow tools/runs.lua DB", r.stderr)
+    r = pf.exec({ BIN, tool, path .. ".missing" }, { timeout = 60 })
+    assert.same({ 1, "runs: no such file: " .. path .. ".missing\n" }, { r.code, r.stderr })
   end)
 
   it("two processes writing at once leave a consistent database", function()

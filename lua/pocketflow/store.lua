@@ -19,9 +19,13 @@ local function q(sql, ...)
   return { sql = sql, n = select("#", ...), ... }
 end
 
+local ME
 local function me()
-  local pid, host, start = core.store_proc()
-  return { pid = pid, host = host, start = start }
+  if not ME then
+    local pid, host, start = core.store_proc()
+    ME = { pid = pid, host = host, start = start }
+  end
+  return ME
 end
 
 -- ------------------------------------------------------------ SQLite
@@ -438,8 +442,7 @@ function Store:_save(id, step, path, blob, opts)
     end
     sync = opts.sync ~= false
   end
-  local holder = self._me or me()
-  self._me = holder
+  local holder = me()
   if not sync then
     local b = self._b
     if b == nil then error("store: the store is closed", 2) end
