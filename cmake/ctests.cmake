@@ -12,3 +12,15 @@ add_executable(embed_test tests/embed_test.c src/embed.c)
 target_link_libraries(embed_test PRIVATE PkgConfig::LUA)
 add_test(NAME c.embed COMMAND embed_test)
 set_tests_properties(c.embed PROPERTIES LABELS c TIMEOUT 60)
+
+# pf.deserialize against truncated, altered and random blobs (serial.c);
+# with PF_ASAN_DIR the same sweep runs on the sanitizer build's binary
+add_executable(serial_test tests/serial_test.c src/serial.c)
+target_link_libraries(serial_test PRIVATE PkgConfig::LUA)
+add_test(NAME c.serial COMMAND serial_test)
+set_tests_properties(c.serial PROPERTIES LABELS c TIMEOUT 300)
+if(PF_ASAN_DIR)
+  add_test(NAME asan.c.serial COMMAND ${PF_ASAN_DIR}/serial_test 50000)
+  set_tests_properties(asan.c.serial PROPERTIES LABELS asan TIMEOUT 600
+    ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1;UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
+endif()

@@ -3,6 +3,7 @@
 */
 #include "pf.h"
 #include "sched.h"
+#include "serial.h"
 
 static void set_kind(lua_State *L, const char *name, int kind) {
   lua_pushinteger(L, kind);
@@ -14,6 +15,7 @@ LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
   pf_sched_open(L);
   pf_open_runtime(L);
   pf_open_io(L);
+  pf_open_serial(L);
   lua_newtable(L);
   set_kind(L, "node", PF_K_NODE);
   set_kind(L, "batch", PF_K_BATCH);
