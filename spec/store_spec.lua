@@ -5,6 +5,7 @@ local core = require "pocketflow.core"
 local MODE = os.getenv("PF_MODE") or "plain"
 local SLOW = MODE ~= "plain"
 local BIN = os.getenv("PF_BIN")
+local B = core.serialize  -- checkpoints are pf.serialize blobs
 
 local function count(dir)
   local n = 0
@@ -66,16 +67,16 @@ for _, kind in ipairs(kinds) do
       assert.equal("inv-42", s:_begin("inv-42", { graph = "g1", meta = "m1" }))
       assert.is_nil(s:get("inv-42"))
       assert.same({}, s:history("inv-42"))
-      assert.is_true(s:_save("inv-42", 1, "Flow.A", "blob1"))
-      assert.is_true(s:_save("inv-42", 2, "Flow.B", "blob\0two"))
+      assert.is_true(s:_save("inv-42", 1, "Flow.A", B("blob1")))
+      assert.is_true(s:_save("inv-42", 2, "Flow.B", B("blob\0two")))
       local h = s:history("inv-42")
       assert.equal(2, #h)
       assert.same({ 1, "Flow.A" }, { h[1].step, h[1].path })
       assert.same({ 2, "Flow.B" }, { h[2].step, h[2].path })
       assert.is_true(h[1].t <= h[2].t and math.abs(h[2].t - os.time()) < 60)
       local c = s:get("inv-42")
-      assert.same({ 2, "Flow.B", "blob\0two" }, { c.step, c.path, c.blob })
-      assert.equal("blob1", s:get("inv-42", 1).blob)
+      assert.same({ 2, "Flow.B", "blob\0two" }, { c.step, c.path, c.shared })
+      assert.equal("blob1", s:get("inv-42", 1).shared)
       local runs = s:runs()
       assert.equal(1, #runs)
       assert.same({ "inv-42", "running", 2 }, { runs[1].id, runs[1].status, runs[1].step })
@@ -91,14 +92,14 @@ for _, kind in ipairs(kinds) do
                      errmsg(s._begin, s, "inv-42"))
       assert.matches("run 'inv%-42' is running %(pid " .. core.store_proc() .. "%)$",
                      errmsg(s._acquire, s, "inv-42"))
-      s:_save("inv-42", 1, "A", "x")
+      s:_save("inv-42", 1, "A", B("x"))
       s:_finish("inv-42", "interrupted", "meta")
       assert.matches("run 'inv%-42' exists %(interrupted%); use flow:resume$",
                      errmsg(s._begin, s, "inv-42"))
       local rec = s:_acquire("inv-42")
       assert.same({ "inv-42", "interrupted", 1, "meta" },
                   { rec.id, rec.status, rec.step, rec.meta })
-      assert.same({ 1, "A", "x" }, { rec.checkpoint.step, rec.checkpoint.path, rec.checkpoint.blob })
+      assert.same({ 1, "A", "x" }, { rec.checkpoint.step, rec.checkpoint.path, rec.checkpoint.shared })
       s:_finish("inv-42", "done")
       assert.matches("run 'inv%-42' is done$", errmsg(s._acquire, s, "inv-42"))
       assert.matches("no run 'nope'$", errmsg(s._acquire, s, "nope"))
@@ -127,20 +128,20 @@ for _, kind in ipairs(kinds) do
       assert.matches("no run 'x'$", errmsg(s.history, s, "x"))
       assert.matches("no run 'x'$", errmsg(s.get, s, "x"))
       s:_begin("x")
-      s:_save("x", 3, "P", "b")
+      s:_save("x", 3, "P", B("b"))
       assert.matches("run 'x' has no checkpoint at step 2$", errmsg(s.get, s, "x", 2))
     end)
 
     it("forks a run from a checkpoint, leaving the original as it was", function()
       s:_begin("a", { graph = "g", meta = "m" })
-      for i = 1, 3 do s:_save("a", i, "P" .. i, "b" .. i) end
+      for i = 1, 3 do s:_save("a", i, "P" .. i, B("b" .. i)) end
       assert.equal("b", s:fork("a", 2, "b"))
       local rec = s:_acquire("b")
       assert.same({ "interrupted", 2, "g", "m" }, { rec.status, rec.step, rec.graph, rec.meta })
-      assert.same({ 2, "P2", "b2" }, { rec.checkpoint.step, rec.checkpoint.path, rec.checkpoint.blob })
+      assert.same({ 2, "P2", "b2" }, { rec.checkpoint.step, rec.checkpoint.path, rec.checkpoint.shared })
       assert.equal(1, #s:history("b"))
       assert.equal(3, #s:history("a"))
-      assert.equal("b3", s:get("a").blob)
+      assert.equal("b3", s:get("a").shared)
       assert.matches("running %(pid", errmsg(s._acquire, s, "a"))
       local c = s:fork("a")  -- latest, generated id
       assert.equal(3, s:get(c).step)
@@ -155,8 +156,8 @@ for _, kind in ipairs(kinds) do
       local k = open({ keep = 3 })
       k:_begin("a")
       k:_begin("b")
-      for i = 1, 10 do k:_save("a", i, "P", "a" .. i) k:_save("b", i, "P", "b" .. i) end
-      k:_save("a", 11, "P", "a11", { sync = false })
+      for i = 1, 10 do k:_save("a", i, "P", B("a" .. i)) k:_save("b", i, "P", B("b" .. i)) end
+      k:_save("a", 11, "P", B("a11"), { sync = false })
       for _, id in ipairs { "a", "b" } do
         local h = k:history(id)
         local steps = {}
@@ -199,7 +200,7 @@ for _, kind in ipairs(kinds) do
           function() return s:_begin("t2") end,
         }
         assert.same({ "t1", "t2" }, ids)
-        s:_save("t1", 1, "P", "b")
+        s:_save("t1", 1, "P", B("b"))
       end)
       assert.equal(1, #s:history("t1"))
       s:close()
@@ -214,7 +215,12 @@ for _, kind in ipairs(kinds) do
         s:_save("d", 1, "P", core.serialize({ n = 1, t = { "x" } }))
         assert.same({ n = 1, t = { "x" } }, s:get("d").shared)
         s:_save("d", 2, "P", "\0garbage")
-        assert.matches("run 'd' step 2: the checkpoint cannot be decoded", errmsg(s.get, s, "d"))
+        assert.matches("run 'd' step 2: the checkpoint cannot be decoded: pf.deserialize: corrupt",
+                       errmsg(s.get, s, "d"))
+        s:_finish("d", "failed")
+        -- refused before taking: the run stays as it was
+        assert.matches("run 'd' step 2: the checkpoint cannot be decoded", errmsg(s._acquire, s, "d"))
+        assert.equal("failed", s:runs()[1].status)
       end)
     end
   end)
@@ -246,7 +252,7 @@ describe("pf.sqlite", function()
   it("reports a damaged database naming the path", function()
     local s = pf.sqlite(path)
     s:_begin("a")
-    for i = 1, 30 do s:_save("a", i, "P", ("x"):rep(5000)) end
+    for i = 1, 30 do s:_save("a", i, "P", B(("x"):rep(5000))) end
     s:close()
     local f = assert(io.open(path, "r+b"))
     f:seek("set", 4096 * 2)
@@ -287,9 +293,9 @@ describe("pf.sqlite", function()
     for i = 1, 5 do stores[i] = pf.sqlite(path) end
     assert.equal(t0 + 5, threads())
     stores[1]:_begin("a")
-    stores[1]:_save("a", 1, "P", "x", { sync = false })
+    stores[1]:_save("a", 1, "P", B("x"), { sync = false })
     stores[1]:close()
-    for i = 2, 5 do stores[i]:_save("a", 1, "P", "x", { sync = false }) end
+    for i = 2, 5 do stores[i]:_save("a", 1, "P", B("x"), { sync = false }) end
     local warned = {}
     local old = pf.on_warning
     pf.on_warning = function(m) warned[#warned + 1] = m end
@@ -313,7 +319,7 @@ describe("pf.sqlite", function()
     local warned = {}
     local old = pf.on_warning
     pf.on_warning = function(m) warned[#warned + 1] = m end
-    s:_save("nobody", 1, "P", "x", { sync = false })
+    s:_save("nobody", 1, "P", B("x"), { sync = false })
     s:close()
     pf.on_warning = old
     assert.equal(1, #warned)
@@ -327,19 +333,19 @@ describe("pf.sqlite", function()
     pf.run(function()
       local ran = false
       pf.spawn(function() ran = true end)
-      s:_save("r", 1, "P", ("a"):rep(1000000), { sync = false })
+      s:_save("r", 1, "P", B(("a"):rep(1000000)), { sync = false })
       assert.is_false(ran)       -- returned without waiting
-      for i = 2, 20 do s:_save("r", i, "P", "a" .. i, { sync = false }) end
-      s:_save("r", 21, "P", "sync")
+      for i = 2, 20 do s:_save("r", i, "P", B("a" .. i), { sync = false }) end
+      s:_save("r", 21, "P", B("sync"))
       assert.is_true(ran)        -- waited
       -- committed: another connection sees it, and every async one before it
-      assert.equal("sync", other:get("r").blob)
+      assert.equal("sync", other:get("r").shared)
       assert.equal(21, #other:history("r"))
-      s:_save("r", 22, "P", ("z"):rep(2000000), { sync = false })
+      s:_save("r", 22, "P", B(("z"):rep(2000000)), { sync = false })
     end)
     s:close()                    -- drains the last async save
     assert.equal(22, other:get("r").step)
-    assert.equal(2000000, #other:get("r").blob)
+    assert.equal(2000000, #other:get("r").shared)
     other:close()
   end)
 
@@ -347,7 +353,7 @@ describe("pf.sqlite", function()
     local s = pf.sqlite(path)
     s:_begin("big")
     local N = SLOW and 150 or 2000
-    local blob = ("b"):rep(100 * 1024)
+    local blob = B(("b"):rep(100 * 1024))
     local ticks, gap, done = 0, 0, false
     local t0 = pf.now()
     pf.run(function()
@@ -391,8 +397,8 @@ describe("pf.sqlite", function()
       end
     end)
     step = step + 1
-    s:_save("c", step, "P", "last")
-    assert.equal("last", s:get("c").blob)
+    s:_save("c", step, "P", B("last"))
+    assert.equal("last", s:get("c").shared)
     assert.is_true(#s:history("c") <= 5)
     assert.equal("ok", sql(s, "PRAGMA integrity_check")[1][1])
     s:close()
@@ -429,9 +435,10 @@ describe("pf.sqlite across processes", function()
      function()
     write(script, ([[
       local pf = require "pocketflow"
+      local B = pf.serialize
       local s = pf.sqlite(%q)
       s:_begin("x")
-      s:_save("x", 1, "P", "child")
+      s:_save("x", 1, "P", B("child"))
       io.stdout:write("held\n") io.stdout:flush()
       pf.sleep(60)
     ]]):format(path))
@@ -458,8 +465,8 @@ describe("pf.sqlite across processes", function()
       assert.equal(9, r.signal)
     end)
     local rec = s:_acquire("x")
-    assert.same({ "running", 1, "child" }, { rec.status, rec.step, rec.checkpoint.blob })
-    s:_save("x", 2, "P", "parent")
+    assert.same({ "running", 1, "child" }, { rec.status, rec.step, rec.checkpoint.shared })
+    s:_save("x", 2, "P", B("parent"))
     s:_finish("x", "done")
     s:close()
     assert.equal(0, children())
@@ -468,9 +475,10 @@ describe("pf.sqlite across processes", function()
   it("a program that ends without close still writes its async saves", function()
     write(script, ([[
       local pf = require "pocketflow"
+      local B = pf.serialize
       local s = pf.sqlite(%q)
       s:_begin("e")
-      for i = 1, 50 do s:_save("e", i, "P", ("e"):rep(100000), { sync = false }) end
+      for i = 1, 50 do s:_save("e", i, "P", B(("e"):rep(100000)), { sync = false }) end
     ]]):format(path))
     local r = pf.exec({ BIN, script }, { timeout = 120 })
     assert.equal(0, r.code, r.stderr)
@@ -483,10 +491,11 @@ describe("pf.sqlite across processes", function()
   it("a state closed while a task waits on a save exits cleanly", function()
     write(script, ([[
       local pf = require "pocketflow"
+      local B = pf.serialize
       local s = pf.sqlite(%q)
       s:_begin("x")
       pf.run(function()
-        pf.spawn(function() s:_save("x", 1, "P", ("x"):rep(5000000)) end)
+        pf.spawn(function() s:_save("x", 1, "P", B(("x"):rep(5000000))) end)
         pf.sleep(0)
         os.exit(3, true)
       end)
@@ -501,8 +510,8 @@ describe("pf.sqlite across processes", function()
   it("tools/runs.lua lists runs, history and a checkpoint", function()
     local s = pf.sqlite(path)
     s:_begin("inv-1")
-    s:_save("inv-1", 1, "Flow.A", "one")
-    s:_save("inv-1", 2, "Flow.B", "two")
+    s:_save("inv-1", 1, "Flow.A", B("one"))
+    s:_save("inv-1", 2, "Flow.B", B("two"))
     s:_finish("inv-1", "interrupted")
     pf.sleep(0.01)  -- newer
     s:_begin("inv-2")
@@ -521,7 +530,7 @@ describe("pf.sqlite across processes", function()
     r = runs("history", "inv-1")
     assert.matches("^STEP%s+PATH%s+TIME\n1%s+Flow.A%s+[^\n]+\n2%s+Flow.B%s+[^\n]+\n$", r.stdout)
     r = runs("show", "inv-1", "1")
-    assert.matches("^run inv%-1, step 1, next Flow.A, saved [^,]+, 3 bytes\n", r.stdout)
+    assert.matches("^run inv%-1, step 1, next Flow.A, saved [^,]+, %d+ bytes\nshared = \"one\"\n$", r.stdout)
     r = runs("show", "nope")
     assert.same({ 1, "runs: no run 'nope'\n" }, { r.code, r.stderr })
     r = runs("frob")
@@ -535,9 +544,10 @@ describe("pf.sqlite across processes", function()
     local N = SLOW and 150 or 500
     write(script, ([[
       local pf = require "pocketflow"
+      local B = pf.serialize
       local s = pf.sqlite(%q, { keep = 1000 })
       s:_begin("child")
-      for i = 1, %d do s:_save("child", i, "C", ("c"):rep(i * 10), { sync = i %% 2 == 0 }) end
+      for i = 1, %d do s:_save("child", i, "C", B(("c"):rep(i * 10)), { sync = i %% 2 == 0 }) end
       s:_finish("child", "done")
       s:close()
     ]]):format(path, N))
@@ -545,7 +555,7 @@ describe("pf.sqlite across processes", function()
     pf.run(function()
       local child = pf.spawn(function() return pf.exec({ BIN, script }, { timeout = 300 }) end)
       s:_begin("parent")
-      for i = 1, N do s:_save("parent", i, "P", ("p"):rep(i * 10)) end
+      for i = 1, N do s:_save("parent", i, "P", B(("p"):rep(i * 10))) end
       s:_finish("parent", "done")
       local r = child:wait()
       assert.equal(0, r.code, r.stderr)
@@ -555,7 +565,7 @@ describe("pf.sqlite across processes", function()
       local h = s:history(id)
       assert.equal(N, #h)
       for i = 1, N do assert.equal(i, h[i].step) end
-      assert.equal(N * 10, #s:get(id).blob)
+      assert.equal(N * 10, #s:get(id).shared)
     end
     assert.equal(2, #s:runs{ status = "done" })
     s:close()

@@ -352,15 +352,18 @@ local function call(self, f, ...)
   return r
 end
 
+-- sets c.shared from c.blob where pf.deserialize exists; nil, message
+-- if the blob does not decode
 local function decode(id, c)
   local des = core.deserialize
-  if not des or c.blob == nil then return end
+  if not des or c.blob == nil then return c end
   local ok, v = pcall(des, c.blob)
   if not ok then
-    error(fmt("run '%s' step %d: the checkpoint cannot be decoded: %s", id, c.step,
-              tostring(v)), 0)
+    return nil, fmt("run '%s' step %d: the checkpoint cannot be decoded: %s", id, c.step,
+                    tostring(v))
   end
   c.shared = v
+  return c
 end
 
 local function do_begin(b, id, graph, meta)
@@ -400,11 +403,16 @@ local function do_acquire(b, id)
         return nil, fmt("run '%s' is running (pid %d)", id, row.pid)
       end
     end
-    local ok, err2 = b:take(row, holder)
-    if ok == nil then return nil, err2 end
+    -- read and decoded before the run is taken: a bad one leaves it as it was
+    local c, err2 = b:checkpoint(id)
+    if c == nil then return nil, err2 end
+    if c then
+      c, err2 = decode(id, c)
+      if not c then return nil, err2 end
+    end
+    local ok, err3 = b:take(row, holder)
+    if ok == nil then return nil, err3 end
     if ok then
-      local c, err3 = b:checkpoint(id)
-      if c == nil then return nil, err3 end
       return { id = id, status = row.status, step = row.step, graph = row.graph,
                meta = row.meta, checkpoint = c or nil }
     end
@@ -415,9 +423,7 @@ end
 -- _acquire(id) -> record: takes an existing run to resume it
 function Store:_acquire(id)
   check_id("store:_acquire", id)
-  local rec = call(self, do_acquire, id)
-  if rec.checkpoint then decode(id, rec.checkpoint) end
-  return rec
+  return call(self, do_acquire, id)
 end
 
 local function do_save(b, ...) return b:save(...) end
@@ -504,7 +510,8 @@ local function do_get(b, id, step)
   local c, err2 = b:checkpoint(id, step)
   if c == nil then return nil, err2 end
   if c == false and step then return nil, fmt("run '%s' has no checkpoint at step %d", id, step) end
-  return c
+  if c == false then return false end
+  return decode(id, c)
 end
 
 -- store:get(id[, step]) -> { step, path, t, blob, shared }, or nil when
@@ -514,7 +521,6 @@ function Store:get(id, step)
   check_step("store:get", step, true)
   local c = call(self, do_get, id, step)
   if c == false then return nil end
-  decode(id, c)
   return c
 end
 
