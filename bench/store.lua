@@ -10,7 +10,15 @@ local pf = pf or require "pocketflow"
 local N = tonumber(arg[1]) or 2000
 local SIZE = tonumber(arg[2]) or 10000
 local FLOOR = arg[3] or "build/store_floor"
-local BLOB = ("b"):rep(SIZE)
+-- a representative shared: records with text, made to about SIZE bytes
+local shared = { step = 1, items = {} }
+local items = shared.items
+while #pf.serialize(shared) < SIZE do
+  items[#items + 1] = { id = #items + 1, title = "item " .. #items, score = #items * 0.5,
+                        text = ("lorem ipsum "):rep(4) }
+end
+local BLOB = pf.serialize(shared)
+SIZE = #BLOB
 
 local function fresh()
   local path = os.tmpname()
@@ -28,10 +36,11 @@ local function engine(sync)
   local opts = { sync = sync }
   local t0 = pf.now()
   pf.run(function()
-    for i = 1, N do s:_save(id, i, "Flow.Node", BLOB, opts) end
+    for i = 1, N - 1 do s:_save(id, i, "Flow.Node", BLOB, opts) end
+    s:_save(id, N, "Flow.Node", BLOB)  -- committed after every one before it
   end)
-  s:close()  -- async: the writes are done when close returns
   local us = (pf.now() - t0) * 1e6 / N
+  s:close()
   assert(#s._path > 0)
   local check = pf.sqlite(path)
   assert(check:get(id).step == N, "saves missing")
