@@ -383,19 +383,24 @@ describe("pf.sqlite", function()
     s:_begin("c")
     math.randomseed(42)
     local rounds = SLOW and 40 or 300
-    local step = 0
+    local step, mid = 0, 0
     pf.run(function()
       for _ = 1, rounds do
+        local started, done = 0, 0
         local t = pf.spawn(function()
           for _ = 1, 5 do
             step = step + 1
-            s:_save("c", step, "P", ("c"):rep(math.random(1, 50000)))
+            started = started + 1
+            s:_save("c", step, "P", B(("c"):rep(math.random(1, 50000))))
+            done = done + 1
           end
         end)
         if math.random() < 0.3 then pf.sleep(0) else pf.sleep(math.random() * 0.003) end
+        if started > done then mid = mid + 1 end  -- cancelled while its save waits
         t:cancel()
       end
     end)
+    assert.is_true(mid >= rounds // 4, mid .. " of " .. rounds .. " cancelled mid-save")
     step = step + 1
     s:_save("c", step, "P", B("last"))
     assert.equal("last", s:get("c").shared)
