@@ -195,6 +195,10 @@ rawset(BatchFlow, "__pfkind", kinds.batch_flow)
 local ParallelBatchFlow = extend(BatchFlow, "ParallelBatchFlow")
 rawset(ParallelBatchFlow, "__pfkind", kinds.parallel_batch_flow)
 
+local diagram = require "pocketflow.diagram"
+Flow.to_mermaid = diagram.to_mermaid
+Flow.to_dot = diagram.to_dot
+
 -- --------------------------------------------------------------- export
 
 pf.BaseNode = BaseNode
