@@ -266,3 +266,42 @@ describe("a process using pocketflow", function()
     assert.are.equal("exiting\nclosed at exit\n", out)
   end)
 end)
+
+-- uv.walk takes every handle it meets for one of luv's: pocketflow's
+-- handles (idle, timer, exec's process and pipes) are hidden from it.
+describe("uv.walk beside pocketflow", function()
+  local body = [[
+    local handles = {}
+    local function walk()
+      local n = 0
+      uv.walk(function(h) n = n + 1; handles[#handles + 1] = tostring(h) end)
+      return n
+    end
+    local mine = uv.new_timer()
+    mine:start(100000, 0, function() end)
+    local during
+    pf.run(function()
+      local sleeper = pf.spawn(function() pf.sleep(0.2) end)
+      local exec = pf.spawn(function() return pf.exec({ "sleep", "0.1" }) end)
+      pf.sleep(0.02)
+      during = walk()
+      sleeper:cancel()
+      exec:wait()
+    end)
+    print("during " .. during)
+    print("after " .. walk())
+    uv.walk(function(h) if not h:is_closing() then h:close() end end)
+    uv.run()
+    print("alive " .. tostring(uv.loop_alive()))
+  ]]
+  for _, order in ipairs({ "pocketflow first", "luv first" }) do
+    it("sees only luv's handles, " .. order, function()
+      local head = order == "pocketflow first"
+        and 'local pf = require "pocketflow"; local uv = require "luv"\n'
+        or 'local uv = require "luv"; local pf = require "pocketflow"\n'
+      local status, out = lua_process(head .. body)
+      assert.are.equal(0, status, out)
+      assert.are.equal("during 1\nafter 1\nalive false\n", out)
+    end)
+  end
+end)

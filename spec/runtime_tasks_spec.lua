@@ -501,3 +501,105 @@ describe("pf.now", function()
     end
   end)
 end)
+
+describe("task:status()", function()
+  it("is running, done, failed or cancelled", function()
+    local seen = {}
+    pf.run(function()
+      local ok = pf.spawn(function() pf.sleep(0.001); return 1 end)
+      local bad = pf.spawn(function() pf.sleep(0.001); error("no") end)
+      local cut = pf.spawn(function() pf.sleep(10) end)
+      local me
+      me = pf.spawn(function() seen.self = me:status() end)
+      seen.before = { ok:status(), bad:status(), cut:status() }
+      cut:cancel()
+      ok:wait()
+      pcall(bad.wait, bad)
+      me:wait()
+      seen.after = { ok:status(), bad:status(), cut:status() }
+    end)
+    assert.same({ "running", "running", "running" }, seen.before)
+    assert.equal("running", seen.self)
+    assert.same({ "done", "failed", "cancelled" }, seen.after)
+  end)
+end)
+
+describe("cancelling a task that waits on a group", function()
+  local function closer(fn) return setmetatable({}, { __close = fn }) end
+
+  local groups = {
+    ["pf.gather"] = function(body)
+      local fns = {}
+      for i = 1, 4 do fns[i] = function() return body(i) end end
+      return pf.gather(fns)
+    end,
+    ["a parallel batch"] = function(body)
+      return pf.ParallelBatchNode{ prep = function() return { 1, 2, 3, 4 } end,
+        exec = function(_, x) return body(x) end }:run({})
+    end,
+    ["a parallel batch with retries and max_concurrency"] = function(body)
+      return pf.ParallelBatchNode{ max_retries = 2, max_concurrency = 2,
+        prep = function() return { 1, 2, 3, 4 } end,
+        exec = function(_, x) return body(x) end }:run({})
+    end,
+  }
+  for name, group in pairs(groups) do
+    it("cancels its items and never resumes it (" .. name .. ")", function()
+      local started, closed, finished, after = 0, 0, 0, false
+      pf.run(function()
+        local t = pf.spawn(function()
+          group(function(i)
+            started = started + 1
+            local _ <close> = closer(function() closed = closed + 1 end)
+            pf.sleep(i == 1 and 0.001 or 10)
+            finished = finished + 1
+          end)
+          after = true
+        end)
+        while started < 2 do pf.sleep(0.001) end
+        t:cancel()
+        assert.equal("cancelled", t:status())
+        pf.sleep(0.01)
+      end)
+      assert.equal(started, closed)
+      assert.is_true(finished <= 1)
+      assert.is_false(after)
+    end)
+  end
+end)
+
+describe("pf.await resumed before it parks", function()
+  it("returns every value, many of them, and nils in between", function()
+    local n = 5000
+    local got = pf.run(function()
+      return table.pack(pf.await(function(resume)
+        local vals = {}
+        for i = 1, n do vals[i] = (i % 7 ~= 0) and i or nil end
+        assert.is_true(resume(table.unpack(vals, 1, n)))
+        assert.is_false(resume("again"))
+      end))
+    end)
+    assert.equal(n, got.n)
+    assert.equal(1, got[1])
+    assert.is_nil(got[7])
+    assert.equal(n, got[n])
+  end)
+
+  it("returns many values passed after it parked too", function()
+    local uv = require "luv"
+    local n = 5000
+    local got = pf.run(function()
+      return table.pack(pf.await(function(resume)
+        local t = uv.new_timer()
+        t:start(1, 0, function()
+          t:close()
+          local vals = {}
+          for i = 1, n do vals[i] = i end
+          resume(table.unpack(vals, 1, n))
+        end)
+      end))
+    end)
+    assert.equal(n, got.n)
+    assert.equal(n, got[n])
+  end)
+end)

@@ -49,7 +49,7 @@ static int l_sleep(lua_State *L) {
       return luaL_error(L, "pf.sleep: out of memory");
     pf_park(t, NULL, NULL);
   }
-  return lua_yield(L, 0);
+  return pf_yield(L, t, 0, NULL);
 }
 
 /* ------------------------------------------------------------- pf.await */
@@ -133,7 +133,7 @@ static int l_await(lua_State *L) {
   }
   t->early = 0;
   pf_park(t, await_cancel, NULL);
-  return lua_yield(L, 0);
+  return pf_yield(L, t, 0, NULL);
 }
 
 /* ------------------------------------------------------------ tasks */
@@ -186,7 +186,7 @@ static int l_wait(lua_State *L) {
   if (t->state != PF_DONE) {
     pf_check_yield(L, "task:wait");
     pf_wait_on(me, t);
-    return lua_yieldk(L, 0, 0, wait_k);
+    return pf_yield(L, me, 0, wait_k);
   }
   return wait_k(L, LUA_OK, 0);
 }
@@ -246,7 +246,7 @@ static int l_timeout(lua_State *L) {
     return luaL_error(L, "pf.timeout: out of memory");
   }
   pf_wait_on(me, child);
-  return lua_yieldk(L, 0, 0, timeout_k);
+  return pf_yield(L, me, 0, timeout_k);
 }
 
 /* ----------------------------------------------------------- pf.gather */
@@ -271,7 +271,7 @@ static int l_gather(lua_State *L) {
   pf_check_yield(L, "pf.gather");
   lua_settop(L, 1);
   if (pf_group_start(L, PF_G_GATHER, 1, 0, 0, 0, 0))
-    return lua_yieldk(L, 0, 0, gather_k);
+    return pf_yield(L, NULL, 0, gather_k);
   return gather_k(L, LUA_OK, 0);
 }
 

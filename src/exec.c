@@ -260,6 +260,9 @@ static int init_pipes(uv_loop_t *loop, exec_req *r, int with_input) {
     if ((err = uv_pipe_init(loop, &r->in, 0)) < 0) return err;
     r->inited |= H_IN;
   }
+  pf_handle_internal((uv_handle_t *)&r->out);
+  pf_handle_internal((uv_handle_t *)&r->err);
+  if (with_input) pf_handle_internal((uv_handle_t *)&r->in);
   r->out.data = r->err.data = r->in.data = r->proc.data = r;
   r->timer.data = r->wreq.data = r;
   return 0;
@@ -325,6 +328,7 @@ static int l_exec(lua_State *L) {
   stdio[2].data.stream = (uv_stream_t *)&r->err;
   err = uv_spawn(loop, &r->proc, &po);
   r->inited |= H_PROC;  /* initialized even when the spawn failed */
+  pf_handle_internal((uv_handle_t *)&r->proc);
   if (err < 0) return spawn_failed(L, r, args[0], err);
   uv_read_start((uv_stream_t *)&r->out, on_alloc, on_read);
   uv_read_start((uv_stream_t *)&r->err, on_alloc, on_read);
@@ -335,12 +339,13 @@ static int l_exec(lua_State *L) {
   }
   if (timeout > 0) {
     uv_timer_init(loop, &r->timer);
+    pf_handle_internal((uv_handle_t *)&r->timer);
     r->inited |= H_TIMER;
     uv_timer_start(&r->timer, on_timer, pf_ms_from_seconds(timeout), 0);
   }
   r->t = t;
   pf_park(t, exec_cancel, r);
-  return lua_yieldk(L, 0, (lua_KContext)pf_ms_from_seconds(timeout), exec_k);
+  return pf_yield(L, t, (lua_KContext)pf_ms_from_seconds(timeout), exec_k);
 }
 
 void pf_open_exec(lua_State *L) {

@@ -180,7 +180,7 @@ static int start(lua_State *L, int writing, const char *fname) {
   }
   r->t = t;
   pf_park(t, fs_cancel, r);
-  return lua_yieldk(L, 0, (lua_KContext)fname, fs_k);
+  return pf_yield(L, t, (lua_KContext)fname, fs_k);
 }
 
 static int l_read_file(lua_State *L) {

@@ -100,8 +100,15 @@ static int plain_exec(lua_State *L, int self, int gidx) {
   return 1;
 }
 
+/* The owner still waits on g: cancelling it releases g (user code the
+** scheduler runs, a __close or a warning handler, may do so any time). */
+static int owner_waits(pf_group *g) {
+  return g->ref != LUA_NOREF;
+}
+
 static void launch(lua_State *L, pf_group *g, int gidx) {
-  while (!g->failed && g->running < g->maxc && g->next <= g->n) {
+  while (owner_waits(g) && !g->failed && g->running < g->maxc &&
+         g->next <= g->n) {
     lua_Integer i = g->next++;
     pf_task *c;
     int nargs;
@@ -174,20 +181,31 @@ void pf_group_cancel(pf_task *owner, void *data) {
   release(owner->S->L, (pf_group *)data);
 }
 
+/* The first failure cancels the other items still running. Their
+** __close may end tasks or cancel the owner: they are listed, pinned,
+** before any is cancelled. */
 static void fail(lua_State *L, pf_group *g, pf_task *child, lua_State *co,
                  int gidx) {
-  pf_task *c, *next;
+  pf_task *c;
+  lua_Integer n = 0, i;
   g->failed = 1;
   lua_pushvalue(co, -1);
   lua_xmove(co, L, 1);
   lua_setiuservalue(L, gidx, G_ERROR);
-  for (c = g->owner->first_child; c; c = next) {
-    next = c->next_sib;
+  lua_newtable(L);
+  for (c = g->owner->first_child; c; c = c->next_sib) {
     if (c->group == g && c != child && c->state != PF_DONE) {
       c->group = NULL;
-      pf_cancel(c);
+      pf_push_task(L, c);
+      lua_rawseti(L, -2, ++n);
     }
   }
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    pf_cancel((pf_task *)lua_touserdata(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   g->running = 0;
 }
 
@@ -220,7 +238,7 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
     lua_pop(L, 1);
     launch(L, g, gidx);
   }
-  if (g->running == 0 && (g->failed || g->done == g->n)) {
+  if (owner_waits(g) && g->running == 0 && (g->failed || g->done == g->n)) {
     release(L, g);
     pf_wake(g->owner, 0);
   }

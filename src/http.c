@@ -11,8 +11,13 @@
 ** curl's callbacks only buffer and wake the task; they never call Lua.
 **
 ** Once warm, a request allocates nothing on the C side: easy handles and
-** their buffers are pooled (slot), and a connection's uv_poll lives as
-** long as its socket (sock).
+** their buffers are pooled (slot), and so are the uv_polls (sock).
+**
+** A uv_poll watches a socket only while curl wants it watched: it is
+** closed when curl says CURL_POLL_REMOVE, which curl does before it
+** closes the socket (sometimes without CURLOPT_CLOSESOCKETFUNCTION). A
+** poll left on a closed fd makes libuv abort on its next epoll_ctl, and
+** closing it later would unregister whatever reused the fd number.
 **
 ** libcurl is not linked: it and the ~35 libraries it pulls in would cost
 ** every start of the program several ms of dynamic loading. The first
@@ -20,8 +25,11 @@
 */
 #include <ctype.h>
 #include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -34,7 +42,9 @@
 
 #define XFER_MT "pocketflow.http.transfer"
 #define STREAM_HIGH_WATER (1u << 20)   /* buffered bytes that pause a stream */
-#define POOL_MAX 64                    /* idle easy handles kept */
+#define POOL_MAX 64                    /* idle easy handles (and polls) kept */
+#define IDLE_CONNS 64                  /* CURLMOPT_MAXCONNECTS at most */
+#define TOTAL_MIN 8                    /* CURLMOPT_MAX_TOTAL_CONNECTIONS at least */
 #define BUF_KEEP (64u << 10)           /* larger buffers are not kept idle */
 
 static const char HTTP_KEY = 'H';
@@ -63,6 +73,7 @@ typedef struct slot slot;
   X(CURLMcode, multi_add_handle, (CURLM *, CURL *)) \
   X(CURLMcode, multi_remove_handle, (CURLM *, CURL *)) \
   X(CURLMcode, multi_socket_action, (CURLM *, curl_socket_t, int, int *)) \
+  X(CURLMcode, multi_assign, (CURLM *, curl_socket_t, void *)) \
   X(CURLMsg *, multi_info_read, (CURLM *, int *))
 
 typedef struct curl_api {
@@ -78,12 +89,15 @@ typedef struct http_ctx {
   uv_loop_t *loop;
   uv_timer_t *timer;
   xfer *xfers;          /* transfers not yet released */
-  sock **socks;         /* the polls, by fd */
-  size_t nsocks;
+  sock *live;           /* polls curl watches a socket with */
+  sock *closing;        /* polls in uv_close, back to 'spare' when closed */
+  sock *spare;          /* closed polls kept for reuse, up to POOL_MAX */
+  int nspare;
   slot *idle;           /* pooled easy handles, up to POOL_MAX */
   int nidle;
   struct curl_slist *expect;   /* the headers of a request without any */
   int closed;
+  int warned_insecure;  /* verify = false was warned about */
 } http_ctx;
 
 /* An easy handle with the buffers of its transfer, reused across requests
@@ -95,19 +109,17 @@ struct slot {
   char errbuf[CURL_ERROR_SIZE];
 };
 
-/* A uv_poll per socket. Connection sockets come from on_opensocket and
-** go through on_closesocket, so their poll lives as long as the socket:
-** between the transfers of a kept-alive connection (curl says
-** CURL_POLL_REMOVE) it stays started, and is stopped only if the idle
-** socket has an event (the server closed it). Other sockets (the
-** resolver's) curl closes itself: their poll goes on CURL_POLL_REMOVE. */
+/* A uv_poll on a socket curl watches, from curl's first interest in the
+** socket to its CURL_POLL_REMOVE (curl_multi_assign ties it to the fd).
+** It is in one of the context's lists: live, closing or spare. */
 struct sock {
   uv_poll_t poll;
-  http_ctx *h;
+  http_ctx *h;          /* NULL once the context is gone: the close frees */
+  sock *prev, *next;
   curl_socket_t fd;
   int events;           /* UV_ events the poll is started with */
-  unsigned char want;   /* curl watches the socket */
-  unsigned char owned;  /* opened by on_opensocket */
+  int want;             /* UV_ events curl asked for */
+  unsigned char closing;
 };
 
 enum { W_NONE, W_DATA, W_DONE };   /* what a parked task waits for */
@@ -122,8 +134,9 @@ struct xfer {
   xfer *prev, *next;
   pf_task *t;           /* the parked task, or NULL */
   CURLcode result;
+  int sys_errno;        /* why on_opensocket could not make a socket */
   int wait;
-  unsigned char active, done, stream, paused;
+  unsigned char active, done, stream, paused, retried;
 };
 
 /* --------------------------------------------------------------- slots */
@@ -195,18 +208,35 @@ static void xfer_wake(xfer *x) {
   pf_wake(t, 0);
 }
 
+/* A request on a kept-alive connection that the server reset just after
+** curl's liveness check fails to send before any answer came; curl does
+** not retry that. Once per transfer, it starts again on a new connection. */
+static int retry_reused(http_ctx *h, xfer *x, CURLcode r) {
+  long conns = 1;
+  if (r != CURLE_SEND_ERROR || x->retried || x->s->head.len || x->s->body.len)
+    return 0;
+  h->c.easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &conns);
+  if (conns != 0) return 0;   /* it was a new connection */
+  x->retried = 1;
+  x->s->errbuf[0] = '\0';
+  h->c.easy_setopt(x->easy, CURLOPT_FRESH_CONNECT, 1L);
+  return h->c.multi_add_handle(h->multi, x->easy) == CURLM_OK;
+}
+
 /* Transfers that ended: out of the multi, their task woken. */
 static void check_done(http_ctx *h) {
   CURLMsg *m;
   int left;
   while ((m = h->c.multi_info_read(h->multi, &left)) != NULL) {
     xfer *x = NULL;
+    CURLcode r = m->data.result;
     if (m->msg != CURLMSG_DONE) continue;
     h->c.easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-    x->result = m->data.result;
+    h->c.multi_remove_handle(h->multi, m->easy_handle);
+    if (retry_reused(h, x, r)) continue;
+    x->result = r;
     x->done = 1;
     x->active = 0;
-    h->c.multi_remove_handle(h->multi, m->easy_handle);
     if (x->t) xfer_wake(x);
   }
 }
@@ -233,43 +263,62 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
 
 /* --------------------------------------------------- curl <-> the loop */
 
-static sock *sock_find(http_ctx *h, curl_socket_t fd) {
-  return (fd >= 0 && (size_t)fd < h->nsocks) ? h->socks[fd] : NULL;
+static void list_add(sock **l, sock *s) {
+  s->prev = NULL;
+  s->next = *l;
+  if (*l) (*l)->prev = s;
+  *l = s;
 }
 
+static void list_remove(sock **l, sock *s) {
+  if (s->prev) s->prev->next = s->next; else *l = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->prev = s->next = NULL;
+}
+
+static void on_sock_closed(uv_handle_t *p) {
+  sock *s = (sock *)p->data;
+  http_ctx *h = s->h;
+  if (h == NULL) {   /* the context went first */
+    free(s);
+    return;
+  }
+  list_remove(&h->closing, s);
+  if (h->nspare >= POOL_MAX) {
+    free(s);
+    return;
+  }
+  s->next = h->spare;
+  h->spare = s;
+  h->nspare++;
+}
+
+/* Closes the poll while its fd is still open (curl closes it after). */
 static void sock_close(http_ctx *h, sock *s) {
-  h->socks[s->fd] = NULL;
-  uv_close((uv_handle_t *)&s->poll, pf_close_free_cb);
+  list_remove(&h->live, s);
+  list_add(&h->closing, s);
+  s->closing = 1;
+  uv_close((uv_handle_t *)&s->poll, on_sock_closed);
 }
 
-static int socks_reserve(http_ctx *h, curl_socket_t fd) {
-  size_t n = h->nsocks ? h->nsocks : 64;
-  sock **p;
-  if ((size_t)fd < h->nsocks) return 0;
-  while (n <= (size_t)fd) n *= 2;
-  p = (sock **)realloc(h->socks, n * sizeof *p);
-  if (p == NULL) return -1;
-  memset(p + h->nsocks, 0, (n - h->nsocks) * sizeof *p);
-  h->socks = p;
-  h->nsocks = n;
-  return 0;
-}
-
-static sock *sock_new(http_ctx *h, curl_socket_t fd, int owned) {
-  sock *s;
-  if (fd < 0 || socks_reserve(h, fd) < 0) return NULL;
-  if (h->socks[fd]) sock_close(h, h->socks[fd]);  /* its fd was closed */
-  s = (sock *)calloc(1, sizeof *s);
-  if (s == NULL) return NULL;
+static sock *sock_new(http_ctx *h, curl_socket_t fd) {
+  sock *s = h->spare;
+  if (s) {
+    h->spare = s->next;
+    h->nspare--;
+  } else if ((s = (sock *)malloc(sizeof *s)) == NULL) {
+    return NULL;
+  }
+  memset(s, 0, sizeof *s);
   if (uv_poll_init_socket(h->loop, &s->poll, fd) < 0) {
     free(s);
     return NULL;
   }
+  pf_handle_internal((uv_handle_t *)&s->poll);
   s->h = h;
   s->fd = fd;
-  s->owned = (unsigned char)owned;
   s->poll.data = s;
-  h->socks[fd] = s;
+  list_add(&h->live, s);
   return s;
 }
 
@@ -278,66 +327,68 @@ static void on_poll(uv_poll_t *p, int status, int events);
 /* Each uv_poll_start costs two epoll_ctl calls in libuv, even for the
 ** same events: only when they change. */
 static int sock_watch(sock *s, int events) {
+  int r;
   if (events == s->events) return 0;
-  if (uv_poll_start(&s->poll, events, on_poll) < 0) return -1;
+  r = events ? uv_poll_start(&s->poll, events, on_poll)
+             : uv_poll_stop(&s->poll);
+  if (r < 0) return -1;
   s->events = events;
   return 0;
 }
 
+/* On a poll error (EPOLLERR: a reset) libuv has stopped the poll. curl
+** is not told CURL_CSELECT_ERR, which it reports as a failed send: it
+** reads and writes, and finds the real state (the reset, an EOF, data).
+** curl only calls on_socket when what it wants changes, so the poll is
+** started again here if the socket is still watched. */
 static void on_poll(uv_poll_t *p, int status, int events) {
   sock *s = (sock *)p->data;
   http_ctx *h = s->h;
   int flags = 0, running;
-  if (!s->want) {   /* an idle connection: curl checks it before reuse */
-    sock_watch(s, 0);
-    return;
+  if (status < 0) {
+    s->events = 0;
+    flags = CURL_CSELECT_IN | CURL_CSELECT_OUT;
   }
-  if (status < 0) flags = CURL_CSELECT_ERR;
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   h->c.multi_socket_action(h->multi, s->fd, flags, &running);
+  if (!s->closing && s->events == 0 && s->want) sock_watch(s, s->want);
   check_done(h);
 }
 
 static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sp) {
   http_ctx *h = (http_ctx *)ud;
-  sock *s = sock_find(h, fd);
+  sock *s = (sock *)sp;
   int events = 0;
-  (void)e; (void)sp;
+  (void)e;
   if (what == CURL_POLL_REMOVE) {
-    if (s && s->owned) s->want = 0;
-    else if (s) sock_close(h, s);
+    if (s) sock_close(h, s);
     return 0;
   }
-  if (s == NULL && (s = sock_new(h, fd, 0)) == NULL) return -1;
+  if (s == NULL) {
+    if ((s = sock_new(h, fd)) == NULL) return -1;
+    h->c.multi_assign(h->multi, fd, s);
+  }
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-  s->want = 1;
+  s->want = events;
   return sock_watch(s, events);
 }
 
+/* Sockets are made here to be close-on-exec (not inherited by pf.exec's
+** children), and so that running out of descriptors is named. */
 static curl_socket_t on_opensocket(void *ud, curlsocktype purpose,
                                    struct curl_sockaddr *a) {
-  http_ctx *h = (http_ctx *)ud;
+  xfer *x = (xfer *)ud;
   int type = a->socktype;
   curl_socket_t fd;
   (void)purpose;
 #ifdef SOCK_CLOEXEC
-  type |= SOCK_CLOEXEC;   /* not inherited by pf.exec's children */
+  type |= SOCK_CLOEXEC;
 #endif
   fd = socket(a->family, type, a->protocol);
-  if (fd != CURL_SOCKET_BAD && sock_new(h, fd, 1) == NULL) {
-    close(fd);
-    return CURL_SOCKET_BAD;
-  }
+  if (fd == CURL_SOCKET_BAD) x->sys_errno = errno;
   return fd;
-}
-
-static int on_closesocket(void *ud, curl_socket_t fd) {
-  http_ctx *h = (http_ctx *)ud;
-  sock *s = sock_find(h, fd);
-  if (s) sock_close(h, s);
-  return close(fd);
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -350,8 +401,12 @@ static void on_timer(uv_timer_t *t) {
 static int on_curl_timer(CURLM *m, long ms, void *ud) {
   http_ctx *h = (http_ctx *)ud;
   (void)m;
-  if (ms < 0) uv_timer_stop(h->timer);
-  else uv_timer_start(h->timer, on_timer, (uint64_t)ms, 0);
+  if (ms < 0) {
+    uv_timer_stop(h->timer);
+    return 0;
+  }
+  uv_update_time(h->loop);   /* ms counts from now, not the loop's last turn */
+  uv_timer_start(h->timer, on_timer, (uint64_t)ms, 0);
   return 0;
 }
 
@@ -366,8 +421,11 @@ static int load_error(lua_State *L, void *lib, const char *what) {
   return lua_error(L);
 }
 
+/* RTLD_NODELETE: libcurl and the TLS library it pulls in register
+** handlers that outlive the Lua state (atexit, thread keys), so the
+** library stays mapped after dlclose. */
 static void *curl_open(lua_State *L, curl_api *c) {
-  void *lib = dlopen(CURL_SONAME, RTLD_NOW | RTLD_LOCAL), *sym;
+  void *lib = dlopen(CURL_SONAME, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE), *sym;
   if (lib == NULL) load_error(L, NULL, "cannot load " CURL_SONAME);
 #define X(ret, name, args) \
   if ((sym = dlsym(lib, "curl_" #name)) == NULL) \
@@ -387,6 +445,23 @@ static void check_version(lua_State *L, http_ctx *h) {
     h->lib = NULL;
     lua_error(L);
   }
+}
+
+/* Bounds on connections, so requests cannot take every descriptor: open
+** at once, half the soft RLIMIT_NOFILE (at least TOTAL_MIN; transfers
+** beyond wait in curl's queue); kept open idle, IDLE_CONNS or half the
+** former if less. */
+static void multi_limits(http_ctx *h) {
+  struct rlimit r;
+  long total = 0, idle = IDLE_CONNS;
+  if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur != RLIM_INFINITY &&
+      r.rlim_cur / 2 < (rlim_t)LONG_MAX) {
+    total = (long)(r.rlim_cur / 2);
+    if (total < TOTAL_MIN) total = TOTAL_MIN;
+    if (idle > total / 2) idle = total / 2;
+  }
+  h->c.multi_setopt(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, total);
+  h->c.multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, idle);
 }
 
 /* The multi handle and its timer; undoes curl_global_init on failure. */
@@ -409,11 +484,13 @@ static void multi_open(lua_State *L, http_ctx *h) {
     luaL_error(L, "pf.http: out of memory");
   }
   uv_timer_init(h->loop, h->timer);
+  pf_handle_internal((uv_handle_t *)h->timer);
   h->timer->data = h;
   c->multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
   c->multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
   c->multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
   c->multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+  multi_limits(h);
 }
 
 /* libcurl, its global state and the multi, on the first request */
@@ -441,13 +518,24 @@ static void pool_free(http_ctx *h) {
   h->nidle = 0;
 }
 
+/* Before curl_multi_cleanup closes the sockets: their polls close while
+** the fds are open. Polls still closing are left to free themselves. */
+static void socks_close(http_ctx *h) {
+  while (h->live) {
+    h->c.multi_assign(h->multi, h->live->fd, NULL);
+    sock_close(h, h->live);
+  }
+}
+
 static void socks_free(http_ctx *h) {
-  size_t i;
-  for (i = 0; i < h->nsocks; i++)
-    if (h->socks[i]) sock_close(h, h->socks[i]);
-  free(h->socks);
-  h->socks = NULL;
-  h->nsocks = 0;
+  sock *s;
+  for (s = h->closing; s; s = s->next) s->h = NULL;
+  h->closing = NULL;
+  while ((s = h->spare) != NULL) {
+    h->spare = s->next;
+    free(s);
+  }
+  h->nspare = 0;
 }
 
 static int ctx_gc(lua_State *L) {
@@ -455,6 +543,7 @@ static int ctx_gc(lua_State *L) {
   h->closed = 1;
   if (h->lib == NULL) return 0;
   while (h->xfers) xfer_release(h->xfers);
+  socks_close(h);
   h->c.multi_cleanup(h->multi);   /* closes the kept connections */
   h->multi = NULL;
   pool_free(h);
@@ -494,14 +583,20 @@ static void ctx_open(lua_State *L) {
 
 /* ------------------------------------------------------ core.http_start */
 
-/* Pushes opts.name (index 1): a string, or nil, then NULL. */
+/* Pushes opts.name (index 1): a string, or nil, then NULL. Without len
+** the string goes to curl as a C string: a NUL byte in it is an error. */
 static const char *opt_string(lua_State *L, const char *name, size_t *len) {
+  size_t n;
+  const char *s;
   int t = lua_getfield(L, 1, name);
   if (t == LUA_TNIL) return NULL;
   if (t != LUA_TSTRING)
     luaL_error(L, "pf.http: %s must be a string (got %s)", name,
                lua_typename(L, t));
-  return lua_tolstring(L, -1, len);
+  s = lua_tolstring(L, -1, &n);
+  if (len) *len = n;
+  else if (strlen(s) != n) luaL_error(L, "pf.http: %s contains a NUL byte", name);
+  return s;
 }
 
 /* Request headers of the transfer's own when opts has some; the
@@ -561,9 +656,7 @@ static void set_callbacks(xfer *x) {
   c->easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   c->easy_setopt(e, CURLOPT_HEADERDATA, x);
   c->easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
-  c->easy_setopt(e, CURLOPT_OPENSOCKETDATA, x->h);
-  c->easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
-  c->easy_setopt(e, CURLOPT_CLOSESOCKETDATA, x->h);
+  c->easy_setopt(e, CURLOPT_OPENSOCKETDATA, x);
 }
 
 static void set_options(lua_State *L, xfer *x, const char *url) {
@@ -586,6 +679,36 @@ static void set_options(lua_State *L, xfer *x, const char *url) {
   lua_pop(L, 1);
   lua_getfield(L, 1, "stream");
   x->stream = (unsigned char)lua_toboolean(L, -1);
+  lua_pop(L, 1);
+}
+
+/* A string option given to curl as it is (curl copies it), if set. */
+static void set_string(lua_State *L, xfer *x, const char *name, CURLoption o) {
+  const char *v = opt_string(L, name, NULL);
+  if (v) x->h->c.easy_setopt(x->easy, o, v);
+  lua_pop(L, 1);
+}
+
+/* TLS and proxy options. Without 'proxy', curl takes http_proxy,
+** https_proxy and no_proxy from the environment. */
+static void set_tls(lua_State *L, xfer *x) {
+  http_ctx *h = x->h;
+  set_string(L, x, "ca_file", CURLOPT_CAINFO);
+  set_string(L, x, "client_cert", CURLOPT_SSLCERT);
+  set_string(L, x, "client_key", CURLOPT_SSLKEY);
+  set_string(L, x, "proxy", CURLOPT_PROXY);
+  lua_getfield(L, 1, "verify");
+  if (!lua_isnil(L, -1) && !lua_toboolean(L, -1)) {
+    h->c.easy_setopt(x->easy, CURLOPT_SSL_VERIFYPEER, 0L);
+    h->c.easy_setopt(x->easy, CURLOPT_SSL_VERIFYHOST, 0L);
+    h->c.easy_setopt(x->easy, CURLOPT_PROXY_SSL_VERIFYPEER, 0L);
+    h->c.easy_setopt(x->easy, CURLOPT_PROXY_SSL_VERIFYHOST, 0L);
+    if (!h->warned_insecure) {
+      h->warned_insecure = 1;
+      pf_warn(L, "pf.http: verify = false: TLS certificates and host names "
+                 "are not checked (this warning is given once)");
+    }
+  }
   lua_pop(L, 1);
 }
 
@@ -660,6 +783,7 @@ static xfer *start(lua_State *L) {
   x = xfer_new(L, h);
   set_callbacks(x);
   set_options(L, x, url);
+  set_tls(L, x);
   set_headers(L, x);
   set_method(x, method, body, blen);
   if (h->c.multi_add_handle(h->multi, x->easy) != CURLM_OK) {
@@ -699,7 +823,7 @@ static int park(lua_State *L, xfer *x, int what, lua_KFunction k) {
   x->t = t;
   x->wait = what;
   pf_park(t, xfer_cancel, x);
-  return lua_yieldk(L, 0, 0, k);
+  return pf_yield(L, t, 0, k);
 }
 
 /* The transfer at idx failed: raises libcurl's reason, released. */
@@ -708,6 +832,12 @@ static int raise_failure(lua_State *L, xfer *x, int idx) {
   const char *detail = x->s->errbuf[0] ? x->s->errbuf : why;
   if (x->result == CURLE_OPERATION_TIMEDOUT)
     lua_pushfstring(L, "timeout (%s)", detail);
+  else if (x->result == CURLE_OUT_OF_MEMORY)   /* 7.88 says so for these */
+    lua_pushfstring(L, "%s (%s, or a response header line over 100 KB)",
+                    why, detail);
+  else if (x->sys_errno == EMFILE || x->sys_errno == ENFILE)
+    lua_pushfstring(L, "too many open files: no descriptor for a socket "
+                    "(%s; see ulimit -n)", detail);
   else
     lua_pushfstring(L, "%s (%s)", why, detail);
   xfer_message(L, idx);
@@ -791,11 +921,16 @@ static void push_headers(lua_State *L, const char *p, size_t n) {
 static int finish(lua_State *L, xfer *x, int idx) {
   slot *s = x->s;
   long code = 0;
+  char *url = NULL;
   if (x->result != CURLE_OK) return raise_failure(L, x, idx);
   x->h->c.easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
-  lua_createtable(L, 0, 3);
+  x->h->c.easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
+  lua_createtable(L, 0, 4);
   lua_pushinteger(L, code);
   lua_setfield(L, -2, "status");
+  if (url) lua_pushstring(L, url);
+  else lua_getiuservalue(L, idx, 2);
+  lua_setfield(L, -2, "url");
   push_headers(L, s->head.data ? s->head.data : "", s->head.len);
   lua_setfield(L, -2, "headers");
   lua_pushlstring(L, s->body.data ? s->body.data : "", s->body.len);

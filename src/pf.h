@@ -53,6 +53,11 @@ struct pf_task {
   unsigned char cancel_pending; /* cancelled while running */
   unsigned char timed_out;      /* woken by the heap, not by the event */
   unsigned char early;          /* pf.await resumed before it parked */
+  unsigned char started;        /* resumed once: its thread must be yielded */
+  unsigned char hijacked;       /* resumed by user code: ends failed */
+  lua_KFunction k;              /* continuation of the current wait */
+  lua_KContext kctx;
+  int ktop;                     /* stack top when it yielded without k */
 };
 
 /* sched.c */
@@ -68,6 +73,9 @@ pf_task *pf_spawn_task(lua_State *L, pf_task *parent, int nargs);
 void pf_cancel(pf_task *t);
 void pf_wait_on(pf_task *w, pf_task *target);
 int pf_check_yield(lua_State *L, const char *fname);
+int pf_yield(lua_State *L, pf_task *t, lua_KContext ctx, lua_KFunction k);
+const char *pf_tostring(lua_State *L, int idx);
+void pf_handle_internal(uv_handle_t *h);
 int pf_task_outcome(lua_State *L, pf_task *t, int tidx);
 void pf_warn(lua_State *L, const char *msg);
 int pf_has_traceback(lua_State *L, int idx);

@@ -53,11 +53,20 @@ int pf_outside(lua_State *L) {
   return L == S->L && !loop_busy(S);
 }
 
+/* Raises the error of a waiting call made where no task runs. */
+static int not_in_task(lua_State *L, const char *fname) {
+  pf_sched *S = pf_sched_get(L);
+  if (S->closing)
+    return luaL_error(L, "%s: cannot wait in a __close of a task that failed "
+                         "or was cancelled: its variables are closed after "
+                         "the task ended", fname);
+  return luaL_error(L, "%s: not inside a pocketflow task; use pf.spawn or "
+                       "pf.run to start one", fname);
+}
+
 pf_task *pf_check_task(lua_State *L, const char *fname) {
   pf_task *t = pf_current(L);
-  if (t == NULL)
-    luaL_error(L, "%s: not inside a pocketflow task; use pf.spawn or "
-                  "pf.run to start one", fname);
+  if (t == NULL) not_in_task(L, fname);
   return t;
 }
 
@@ -115,51 +124,62 @@ static lua_State *take_thread(lua_State *L, pf_sched *S) {
     lua_rawseti(L, -3, S->pool_n--);
     lua_remove(L, -2);
     co = lua_tothread(L, -1);
+    /* user code may have resumed a pooled thread: take only clean ones */
+    if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) return co;
+    lua_pop(L, 1);
+    co = lua_newthread(L);
   } else {
     co = lua_newthread(L);
   }
   return co;  /* left on L's stack */
 }
 
-/* A finished thread goes back to the pool. A thread that ended normally
-** is reusable as it is; one that failed or was cancelled is reset, which
-** also closes its pending to-be-closed variables. */
 /* Resets co, closing its pending to-be-closed variables. After an error,
 ** 5.4.4's reset returns that error's status again, with the same value
 ** unless a __close raised another: only a new value is warned about. */
 static void reset_thread(pf_sched *S, pf_task *t, lua_State *co) {
   lua_State *L = S->L;
   int before = lua_gettop(L), died = lua_status(co), status;
+  pf_task *outer = S->closing;
   if (t->outcome == PF_ERROR) {
     lua_pushvalue(co, -1);
     lua_xmove(co, L, 1);
   }
+  S->closing = t;
   if ((status = lua_resetthread(co)) != LUA_OK) {
     lua_pushvalue(co, -1);
     lua_xmove(co, L, 1);
     /* a memory error comes back as Lua's own message, not the task's
     ** value (which has its traceback): the same error */
     if (status == LUA_ERRMEM && died == LUA_ERRMEM) {
+      S->closing = outer;
       lua_settop(L, before);
       return;
     }
     if (lua_gettop(L) == before + 1 || !lua_rawequal(L, -1, -2)) {
-      lua_pushfstring(L, "error closing a variable of a %s task: %s",
-                      t->outcome == PF_ERROR ? "failed" : "cancelled",
-                      luaL_tolstring(L, -1, NULL));
+      const char *what = t->outcome == PF_ERROR ? "failed" : "cancelled";
+      pf_tostring(L, -1);
+      lua_pushfstring(L, "error closing a variable of a %s task: %s", what,
+                      lua_tostring(L, -1));
       pf_warn(L, lua_tostring(L, -1));
     }
   }
+  S->closing = outer;
   lua_settop(L, before);
 }
 
+/* A finished thread goes back to the pool if it ended normally. One that
+** failed or was cancelled is reset, which closes its pending to-be-closed
+** variables, and dropped: 5.4.4's reset leaves the error handler of a
+** pcall it was waiting in (L->errfunc) set, and a later task on that
+** thread would call that stale handler on its first error. */
 static void release_thread(pf_sched *S, pf_task *t, int reset) {
   lua_State *L = S->L, *co = t->co;
   t->co = NULL;
   if (reset) reset_thread(S, t, co);
   lua_settop(co, 0);
   pf_push_task(L, t);
-  if (S->pool_n < POOL_MAX) {
+  if (!reset && S->pool_n < POOL_MAX) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
     lua_pushthread(co);
     lua_xmove(co, L, 1);
@@ -261,13 +281,48 @@ static void add_traceback(lua_State *L, pf_task *t, lua_State *co) {
   lua_replace(co, -2);
 }
 
+static int tostring_f(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+/* Pushes the value at idx as a string, calling its __tostring under a
+** pcall: the scheduler never runs a user metamethod unprotected. */
+const char *pf_tostring(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    lua_pushvalue(L, idx);
+    return lua_tostring(L, -1);
+  }
+  luaL_checkstack(L, 3, "formatting an error");
+  lua_pushcfunction(L, tostring_f);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "(a %s value whose __tostring failed)",
+                    luaL_typename(L, idx));
+  }
+  return lua_tostring(L, -1);
+}
+
+/* libuv's UV_HANDLE_INTERNAL (uv-common.h, 0x10 throughout 1.x): uv_walk
+** skips such handles, so luv's uv.walk, which takes every handle it sees
+** for one of its own, sees only luv's. uv_loop_close ignores them too:
+** the scheduler closes its handles itself (sched_gc). */
+#define PF_UV_HANDLE_INTERNAL 0x10
+
+void pf_handle_internal(uv_handle_t *h) {
+  h->flags |= PF_UV_HANDLE_INTERNAL;
+}
+
 void pf_warn(lua_State *L, const char *msg) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &WARN_KEY);
   if (lua_isfunction(L, -1)) {
     lua_pushstring(L, msg);
     if (lua_pcall(L, 1, 0, 0) == LUA_OK) return;
     fprintf(stderr, "pocketflow: warning: pf.on_warning failed: %s\n",
-            lua_tostring(L, -1));
+            pf_tostring(L, -1));
+    lua_pop(L, 1);
   } else {
     fprintf(stderr, "pocketflow: warning: %s\n", msg);
   }
@@ -379,36 +434,80 @@ static void finish(pf_sched *S, pf_task *t, int status, int nres) {
     if (t->group) pf_group_child_done(t->group, t, -1, co);
     else if (t->keep_results) keep_outcome(S, t, 1);
     else {
-      lua_pushfstring(S->L, "task failed: %s", luaL_tolstring(co, -1, NULL));
+      lua_pushvalue(co, -1);
+      lua_xmove(co, S->L, 1);
+      lua_pushfstring(S->L, "task failed: %s", pf_tostring(S->L, -1));
       pf_warn(S->L, lua_tostring(S->L, -1));
-      lua_pop(S->L, 1);
+      lua_pop(S->L, 3);
     }
     end_task(S, t, 1);
   }
 }
 
-/* Cancels t and the tasks it spawned: whatever each waits on is released
-** and none is resumed again. A task cancelled while it runs (itself or an
-** ancestor) is killed at its next wait. */
-void pf_cancel(pf_task *t) {
-  pf_sched *S = t->S;
-  pf_task *c, *next;
-  for (c = t->first_child; c; c = next) {
-    next = c->next_sib;
-    pf_cancel(c);
+/* Releases what t waits on, so that nothing wakes it. */
+static void unpark(pf_sched *S, pf_task *t) {
+  if (t->state == PF_WAITING && t->cancel) {
+    pf_cancel_fn fn = t->cancel;
+    t->cancel = NULL;
+    fn(t, t->cancel_data);
   }
+  if (t->heap_idx) pf_heap_remove(S, t);
+  if (t->waiting_on) waiters_remove(t);
+}
+
+/* Cancels t alone. A task cancelled while it runs (itself or an
+** ancestor) is killed at its next wait. */
+static void cancel_one(pf_sched *S, pf_task *t) {
   if (t->state == PF_DONE) return;
-  if (t->state == PF_RUNNING) {  /* killed at its next wait */
+  if (t->state == PF_RUNNING) {
     t->cancel_pending = 1;
     return;
   }
-  if (t->state == PF_WAITING && t->cancel) t->cancel(t, t->cancel_data);
-  if (t->heap_idx) pf_heap_remove(S, t);
-  if (t->waiting_on) waiters_remove(t);
+  unpark(S, t);
   if (t->state == PF_READY) ready_unlink(S, t);
   t->cancel_pending = 0;
   t->outcome = PF_CANCELLED;
   end_task(S, t, 1);
+}
+
+/* Cancels t and the tasks it spawned, each after its own: whatever each
+** waits on is released and none is resumed again. Ending a task runs
+** user code (__close, warning handlers) that may cancel, end or spawn
+** others, so the tree is first listed, each task pinned in a table, and
+** then walked: no recursion, and no pointer read after user code ran. */
+static void cancel_tree(pf_task *t, int self) {
+  pf_sched *S = t->S;
+  lua_State *L = S->L;
+  lua_Integer n = 0, i;
+  pf_task *c = t;
+  if (t->first_child == NULL) {
+    if (self) cancel_one(S, t);
+    return;
+  }
+  luaL_checkstack(L, 3, "cancelling tasks");
+  lua_newtable(L);
+  while (c->first_child) c = c->first_child;
+  for (;;) {  /* post-order: children before their parent */
+    pf_push_task(L, c);
+    lua_rawseti(L, -2, ++n);
+    if (c == t) break;
+    if (c->next_sib) {
+      c = c->next_sib;
+      while (c->first_child) c = c->first_child;
+    } else {
+      c = c->parent;
+    }
+  }
+  for (i = 1; i <= n - !self; i++) {
+    lua_rawgeti(L, -1, i);
+    cancel_one(S, (pf_task *)lua_touserdata(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+void pf_cancel(pf_task *t) {
+  cancel_tree(t, 1);
 }
 
 /* ---------------------------------------------------------------- driver */
@@ -447,9 +546,64 @@ static void drop_thread(pf_sched *S, lua_State *co) {
   lua_pop(L, 2);
 }
 
+/* ---------------------------------------------------------- yielding */
+
+static const char HIJACK_MSG[] =
+  "cannot resume a pocketflow task's thread: the task waits on pocketflow "
+  "and only the scheduler resumes it (the task fails with this error)";
+
+/* The task's thread was resumed by user code (coroutine.resume on the
+** thread of coroutine.running()): the wait is dropped and the task ends
+** failed, without being resumed again (see resume_task). */
+static int hijacked(lua_State *L, pf_task *t) {
+  if (!t->hijacked) {
+    t->hijacked = 1;
+    if (t->state == PF_WAITING) {
+      unpark(t->S, t);
+      pf_wake(t, 0);
+    }
+  }
+  return luaL_error(L, HIJACK_MSG);
+}
+
+/* Every wait resumes here first: only the scheduler's resume goes on. */
+static int guard_k(lua_State *L, int status, lua_KContext ctx) {
+  pf_task *t = (pf_task *)ctx;
+  if (t->S->current != t || t->co != L) return hijacked(L, t);
+  if (t->k) return t->k(L, status, t->kctx);
+  return lua_gettop(L) - t->ktop;
+}
+
+/* Yields the task t (NULL: the one running on L), parked or made ready
+** by the caller, to the scheduler; k(L, status, ctx) continues the call
+** when it resumes; without k, the resume's values are returned. */
+int pf_yield(lua_State *L, pf_task *t, lua_KContext ctx, lua_KFunction k) {
+  if (t == NULL) t = pf_check_task(L, "wait");
+  t->k = k;
+  t->kctx = ctx;
+  t->ktop = lua_gettop(L);
+  return lua_yieldk(L, 0, (lua_KContext)t, guard_k);
+}
+
+/* A task whose thread user code resumed or closed: it ends failed, and
+** what it spawned for its wait (a timeout's call, gather's items) with
+** it. */
+static void end_broken(pf_sched *S, pf_task *t) {
+  lua_State *co = t->co;
+  cancel_tree(t, 0);
+  luaL_checkstack(co, 2, NULL);
+  lua_pushstring(co, HIJACK_MSG);
+  finish(S, t, LUA_ERRRUN, 0);
+}
+
 static void resume_task(pf_sched *S, pf_task *t) {
   int nres = 0, status, armed = 0;
   lua_State *co = t->co;
+  if (t->hijacked || (t->started && lua_status(co) != LUA_YIELD)) {
+    end_broken(S, t);
+    return;
+  }
+  t->started = 1;
   S->current = t;
   t->state = PF_RUNNING;
   status = lua_resume(co, S->L, t->nresume, &nres);
@@ -487,22 +641,26 @@ void pf_drain(pf_sched *S) {
   }
   mark.S = S;
   ready_push(S, &mark);
+  S->draining++;
   while (S->rhead != &mark) {
     pf_task *t = S->rhead;
     ready_unlink(S, t);
     resume_task(S, t);
   }
+  S->draining--;
   ready_unlink(S, &mark);
   if (S->rhead == NULL) uv_idle_stop(S->idle);
 }
 
 /* luv's uv.run does not refuse to re-enter the loop: called inside a
 ** task, it would get here with that task still running, and resuming the
-** others from inside its resume clobbers S->current (crash). Such a
+** others from inside its resume clobbers S->current (crash). Called from
+** user code the scheduler runs between resumes (__close, a warning
+** handler), a second drain would take the first one's sentinel. Such a
 ** uv.run is stopped instead; the tasks run when the task waits. */
 void pf_idle_cb(uv_idle_t *h) {
   pf_sched *S = (pf_sched *)h->data;
-  if (S->current != NULL) {
+  if (S->current != NULL || S->draining) {
     uv_stop(h->loop);
     pf_warn(S->L, "uv.run called inside a pocketflow task: the loop is "
                   "already running; wait with pf.sleep or pf.await");
@@ -520,8 +678,9 @@ static void report_lost(pf_sched *S) {
   while (lua_next(L, -2)) {
     lua_pop(L, 1);
     lua_getiuservalue(L, -1, PF_UV_AUX);
+    pf_tostring(L, -1);
     lua_pushfstring(L, "error in a task nobody waited on: %s",
-                    luaL_tolstring(L, -1, NULL));
+                    lua_tostring(L, -1));
     pf_warn(L, lua_tostring(L, -1));
     lua_pop(L, 3);
     lua_pushvalue(L, -1);
@@ -636,9 +795,7 @@ int pf_l_run(lua_State *L) {
 /* A waiting call made outside any task: runs itself as the main task of
 ** an implicit pf.run, or says why it cannot. */
 int pf_run_implicit(lua_State *L, lua_CFunction f, const char *fname) {
-  if (!pf_outside(L))
-    return luaL_error(L, "%s: not inside a pocketflow task; use pf.spawn "
-                         "or pf.run to start one", fname);
+  if (!pf_outside(L)) return not_in_task(L, fname);
   lua_pushcfunction(L, f);
   lua_insert(L, 1);
   return run_main(L, lua_gettop(L) - 1);
@@ -716,6 +873,8 @@ pf_sched *pf_sched_open(lua_State *L) {
   }
   uv_idle_init(S->loop, S->idle);
   uv_timer_init(S->loop, S->timer);
+  pf_handle_internal((uv_handle_t *)S->idle);
+  pf_handle_internal((uv_handle_t *)S->timer);
   S->idle->data = S;
   S->timer->data = S;
   lua_newtable(L);

@@ -29,6 +29,8 @@ struct pf_sched {
                                failed handles nobody waited on */
   int pool_n;
   int closed;
+  int draining;             /* pf_drain is on the C stack */
+  pf_task *closing;         /* task whose thread is being reset */
   lua_Hook user_hook;       /* the thread's own hook, while coroutine.yield */
   int user_mask, user_count;  /* raises its error (sched.c: foreign yield) */
 };

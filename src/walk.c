@@ -406,7 +406,7 @@ static int retry_wait(lua_State *L, int b, int st, lua_Number w) {
   if (pf_heap_push(t->S, t, pf_ms_from_seconds(w)) < 0)
     return luaL_error(L, "retry wait: out of memory");
   pf_park(t, NULL, NULL);
-  return lua_yieldk(L, 0, CTX(b, st), walk_k);
+  return pf_yield(L, t, CTX(b, st), walk_k);
 }
 
 static int walk(lua_State *L, int status, int b, int st) {
@@ -545,7 +545,7 @@ static int walk(lua_State *L, int status, int b, int st) {
                          b + F_AUX, b + F_SELF, b + F_SHARED,
                          parallel_flow ? b + F_PARAMS : 0, maxc)) {
         lua_replace(L, b + F_I);
-        return lua_yieldk(L, 0, CTX(b, st), walk_k);
+        return pf_yield(L, NULL, CTX(b, st), walk_k);
       }
       lua_replace(L, b + F_I);
       break;
