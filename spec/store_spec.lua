@@ -314,6 +314,17 @@ describe("pf.sqlite", function()
     -- a handle left open would be a leak of its memory under valgrind/ASan
   end)
 
+  it("hides its handle from luv's uv.walk", function()
+    local uv = require "luv"
+    local s = pf.sqlite(path)
+    s:_begin("w")
+    s:_save("w", 1, "P", B("x"), { sync = false })
+    local seen = 0
+    uv.walk(function() seen = seen + 1 end)  -- crashed on a handle not luv's
+    assert.is_number(seen)
+    s:close()
+  end)
+
   it("warns through pf.on_warning when an async save fails", function()
     local s = pf.sqlite(path)
     local warned = {}

@@ -436,7 +436,7 @@ static int park_on(lua_State *L, pf_store *st, sreq *r, int udidx,
   r->t = t;
   enqueue(L, st, r, udidx);
   pf_park(t, req_cancel, r);
-  return lua_yieldk(L, 0, 0, k);
+  return pf_yield(L, t, 0, k);
 }
 
 /* the handle (at 1) and nil, or the handle and SQLite's message */
@@ -663,8 +663,7 @@ static int l_open(lua_State *L) {
   if (uv_cond_init(&st->cond) != 0) { uv_mutex_destroy(&st->mu); goto oom; }
   uv_async_init(pf_loop(L), st->async, async_cb);
   st->async->data = st;
-  /* luv's uv.walk takes every handle for its own: once the scheduler
-  ** has pf_handle_internal (branch sched), mark st->async with it */
+  pf_handle_internal((uv_handle_t *)st->async);  /* not luv's: uv.walk skips it */
   uv_unref((uv_handle_t *)st->async);
   if (uv_thread_create(&st->thread, writer, st) != 0) {
     uv_close((uv_handle_t *)st->async, free_store_cb);
