@@ -37,16 +37,20 @@ function Chat:exec(messages)
 end
 
 function Chat:post(shared, _, reply)
-  if reply == nil then
-    print("bye")
-    return "done"
-  end
+  if reply == nil then return "done" end
   shared.messages[#shared.messages + 1] = { role = "assistant", content = reply }
   return "continue"
 end
 
+-- Every action Chat returns has a successor: a flow whose node returns an
+-- action it has no successor for warns ("flow ends: ..."), since that is
+-- usually a typo. Bye ends the walk: it has no successors at all.
+local Bye = pf.Node:extend("Bye")
+function Bye:post() print("bye") end
+
 local chat = Chat{ max_retries = 2, wait = 1 }
 chat:next(chat, "continue")
+chat:next(Bye(), "done")
 
 local shared = { messages = { { role = "system", content = "You are a helpful assistant." } } }
 pf.Flow{ start = chat }:run(shared)

@@ -103,7 +103,7 @@ describe("a flow", function()
     restore()
     assert.equal(5, shared.n)
     assert.equal(1, #seen)
-    assert.equal("flow ends: 'stop' not found in [again]", seen[1])
+    assert.equal("Node: flow ends: 'stop' not found in [again]", seen[1])
   end)
 
   it("lists the known actions sorted in the flow-end warning", function()
@@ -114,7 +114,7 @@ describe("a flow", function()
     local seen, restore = capture_warnings()
     pf.Flow(a):run({})
     restore()
-    assert.equal("flow ends: 'zzz' not found in [a, b, default]", seen[1])
+    assert.equal("Node: flow ends: 'zzz' not found in [a, b, default]", seen[1])
   end)
 
   it("does not warn when the node has no successors", function()
@@ -165,12 +165,34 @@ describe("a flow", function()
     assert.matches("start must be a pocketflow node", err)
   end)
 
-  it("lets nodes wait", function()
-    local a = pf.Node{ exec = function() pf.sleep(0.01); return 1 end,
+  it("lets nodes wait, and wait between attempts, without blocking the loop", function()
+    -- a ticker sleeping 0.01 s at a time is due before each 0.05 s wait of
+    -- the flow's nodes ends, so each wait lets a tick in (an order, not a
+    -- timing); a wait that blocked the loop would let none in
+    local ticks, seen = 0, {}
+    local a = pf.Node{ exec = function() pf.sleep(0.05); seen.sleep = ticks; return 1 end,
                        post = function(_, s, _, e) s.v = e end }
+    local b = pf.Node{ max_retries = 2, wait = 0.05,
+                       exec = function(self)
+                         seen[#seen + 1] = ticks
+                         if self.cur_retry == 0 then error("again") end
+                       end }
+    local _ = a >> b
     local s = {}
-    pf.Flow(a):run(s)
+    pf.run(function()
+      local ticker = pf.spawn(function()
+        for _ = 1, 20 do pf.sleep(0.01); ticks = ticks + 1 end
+      end)
+      local before = ticks
+      pf.Flow(a):run(s)
+      seen.before = before
+      ticker:cancel()
+    end)
     assert.equal(1, s.v)
+    assert.equal(0, seen.before)
+    assert.is_true(seen.sleep >= 1, "no tick during the node's sleep")
+    assert.equal(2, #seen)
+    assert.is_true(seen[2] > seen[1], "no tick during the retry wait")
   end)
 end)
 
@@ -251,7 +273,6 @@ describe("long walks", function()
     end }
     local _ = node - "loop" >> node
     local mid
-    local probe = pf.Node{ post = function() end }
     collectgarbage()
     local before = collectgarbage("count")
     -- sample memory half-way through
@@ -265,8 +286,10 @@ describe("long walks", function()
     restore()
     node.post = counter
     collectgarbage()
+    local after = collectgarbage("count")
     assert.equal(steps, n)
     assert.is_true(mid - before < 1024, ("grew %.0f KB"):format(mid - before))
-    assert.is_truthy(probe)
+    -- and nothing a step made is left once the walk has ended
+    assert.is_true(after - before < 1024, ("kept %.0f KB"):format(after - before))
   end)
 end)

@@ -86,9 +86,17 @@ describe("a node", function()
   end)
 
   it("waits between attempts without blocking other tasks", function()
-    local ticks = 0
+    -- a ticker sleeping 0.01 s at a time runs while the node waits 0.05 s
+    -- between attempts: its timer is due first, so each wait lets at
+    -- least one more tick in (an order, not a timing). A wait that blocked
+    -- the loop would let none in until the node ended.
+    local ticks, seen = 0, {}
     local n = pf.Node{ max_retries = 3, wait = 0.05,
-      exec = function(self) if self.cur_retry < 2 then error("again") end return "done" end,
+      exec = function(self)
+        seen[#seen + 1] = ticks
+        if self.cur_retry < 2 then error("again") end
+        return "done"
+      end,
       post = function(_, _, _, e) return e end }
     local t0 = pf.now()
     local result = pf.run(function()
@@ -101,6 +109,10 @@ describe("a node", function()
     end)
     assert.equal("done", result)
     assert.is_true(pf.now() - t0 >= 0.099)
+    assert.equal(3, #seen)
+    assert.equal(0, seen[1])
+    assert.is_true(seen[2] >= 1, "no tick during the first wait")
+    assert.is_true(seen[3] >= 2, "no tick during the second wait")
     assert.equal(5, ticks)
   end)
 
@@ -117,7 +129,7 @@ describe("a node", function()
     a:run({})
     restore()
     assert.equal(1, #seen)
-    assert.matches("won't run successors", seen[1])
+    assert.equal("Node: node won't run successors; use a Flow", seen[1])
   end)
 
   it("does not keep fields set on self during a run", function()
@@ -188,6 +200,73 @@ describe("the seed's async names", function()
     local n = pf.AsyncNode{ exec_async = function() return 5 end,
                             post_async = function(_, _, _, e) return e end }
     assert.equal(5, n:run({}))
+  end)
+
+  -- which of prep/prep_async, ... a node ran, by name
+  local names = { "prep", "exec", "exec_fallback", "post" }
+  local function methods(tag, log)
+    local m = {}
+    for _, name in ipairs(names) do
+      m[name] = function(_, ...)
+        log[name] = tag
+        if name == "exec" then error("fail", 0) end
+        return (...)
+      end
+    end
+    return m
+  end
+  local function check_async_won(node, log)
+    node:run({})
+    for _, name in ipairs(names) do assert.equal("async", log[name], name) end
+  end
+
+  it("win over the plain names defined after them in a class", function()
+    local log = {}
+    local C = pf.Node:extend("C")
+    local plain, async = methods("plain", log), methods("async", log)
+    for _, name in ipairs(names) do C[name .. "_async"] = async[name] end
+    for _, name in ipairs(names) do C[name] = plain[name] end
+    check_async_won(C(), log)
+  end)
+
+  it("win over the plain names defined before them in a class", function()
+    local log = {}
+    local C = pf.Node:extend("C")
+    local plain, async = methods("plain", log), methods("async", log)
+    for _, name in ipairs(names) do C[name] = plain[name] end
+    for _, name in ipairs(names) do C[name .. "_async"] = async[name] end
+    check_async_won(C(), log)
+  end)
+
+  it("win over plain names given as options, or defined in a subclass", function()
+    local log = {}
+    local C = pf.Node:extend("C")
+    local plain, async = methods("plain", log), methods("async", log)
+    for _, name in ipairs(names) do C[name .. "_async"] = async[name] end
+    check_async_won(C(plain), log)
+    log = {}
+    plain, async = methods("plain", log), methods("async", log)
+    local P = pf.Node:extend("P")
+    for _, name in ipairs(names) do P[name .. "_async"] = async[name] end
+    local D = P:extend("D")
+    for _, name in ipairs(names) do D[name] = plain[name] end
+    check_async_won(D(), log)
+  end)
+
+  it("win in an options table that gives both names, whatever pairs() order", function()
+    -- the fields' order in pairs() depends on the table's size and layout:
+    -- padding fields vary it so that both orders occur
+    for pad = 0, 64 do
+      local log = {}
+      local plain, async = methods("plain", log), methods("async", log)
+      local opts = {}
+      for i = 1, pad do opts["pad" .. i] = i end
+      for _, name in ipairs(names) do
+        opts[name] = plain[name]
+        opts[name .. "_async"] = async[name]
+      end
+      check_async_won(pf.Node(opts), log)
+    end
   end)
 end)
 

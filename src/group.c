@@ -15,6 +15,7 @@ struct pf_group {
   int ref;              /* registry ref while items run */
   int failed;
   int direct;           /* items run exec itself (see plain_exec) */
+  int frame;            /* base of the owner's walk frame, or 0 */
   lua_Integer n, next, running, done, maxc;
 };
 
@@ -140,6 +141,7 @@ int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
   g->n = (lua_Integer)lua_rawlen(L, items);
   g->next = 1;
   g->maxc = maxc > 0 ? maxc : g->n;
+  g->frame = self;
   lua_pushvalue(L, items);
   lua_setiuservalue(L, gidx, G_ITEMS);
   lua_createtable(L, (int)(g->n < 1 << 24 ? g->n : 0), 0);
@@ -168,6 +170,18 @@ int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
   launch(L, g, gidx);
   pf_park(owner, pf_group_cancel, g);
   return 1;
+}
+
+/* For the where line of an item's error (walk.c): the owner, parked in
+** the walk that started g, and that walk's frame. Returns the frame's
+** kind, or 0 for a gather. */
+int pf_group_frame(pf_group *g, pf_task **owner, int *frame, int *direct) {
+  if (g->kind == PF_G_GATHER || g->frame == 0 || g->owner->co == NULL)
+    return 0;
+  *owner = g->owner;
+  *frame = g->frame;
+  *direct = g->direct;
+  return g->kind == PF_G_ITEMS ? PF_K_PBATCH : PF_K_PBFLOW;
 }
 
 static void release(lua_State *L, pf_group *g) {

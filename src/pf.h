@@ -96,6 +96,7 @@ int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
 void pf_group_child_done(pf_group *g, pf_task *child, int ok, lua_State *from);
 int pf_group_finish(lua_State *L, int gidx);
 void pf_group_cancel(pf_task *owner, void *data);
+int pf_group_frame(pf_group *g, pf_task **owner, int *frame, int *direct);
 
 enum { PF_G_ITEMS, PF_G_WALKS, PF_G_GATHER };
 
@@ -105,6 +106,7 @@ int pf_noop(lua_State *L);
 int pf_reraise(lua_State *L);
 void pf_push_merged(lua_State *L, int base, int over);
 int pf_run_node(lua_State *L);
+void pf_add_where(lua_State *L, pf_task *t, lua_State *co);
 
 enum pf_kind { PF_K_NODE = 1, PF_K_BATCH, PF_K_PBATCH, PF_K_FLOW,
                PF_K_BFLOW, PF_K_PBFLOW, PF_K_ORCH, PF_K_EXEC };

@@ -277,6 +277,7 @@ static void add_traceback(lua_State *L, pf_task *t, lua_State *co) {
     lua_pop(L, 2);
   }
   lua_pop(L, 2);
+  pf_add_where(L, t, co);
   luaL_traceback(co, co, lua_tostring(co, -1), 0);
   lua_replace(co, -2);
 }

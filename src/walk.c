@@ -8,6 +8,7 @@
 ** A frame is FS consecutive slots; the top frame is the one running. A
 ** phase that waits for a call's result finds it on top, above the frame.
 */
+#include <stdarg.h>
 #include <string.h>
 
 #include "pf.h"
@@ -16,7 +17,7 @@
 #define FS 8
 enum { F_SELF, F_STATE, F_SHARED, F_PREP, F_RES, F_I, F_AUX, F_PARAMS };
 
-#define MSGH 5      /* the exec message handler, below the first frame */
+#define MSGH 5      /* the message handler, below the first frame */
 #define KEYS 6      /* the keys table */
 #define ROOT 7      /* base of the first frame */
 
@@ -148,11 +149,52 @@ static int node_kind(lua_State *L, int idx, int in_walk) {
   return kind;
 }
 
-/* A node's name for messages: its class's __name, then "node". */
+/* Replaces the table on top by t[k], t's first field k along its
+** __index chain, or nil. Raw reads only: no user code runs. */
+static int raw_lookup(lua_State *L, const char *k) {
+  int hops;
+  for (hops = 0; hops < 100 && lua_istable(L, -1); hops++) {
+    lua_pushstring(L, k);
+    if (lua_rawget(L, -2) != LUA_TNIL) {
+      lua_remove(L, -2);
+      return lua_type(L, -1);
+    }
+    lua_pop(L, 1);
+    if (!lua_getmetatable(L, -1)) break;
+    lua_pushliteral(L, "__index");
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+    lua_remove(L, -2);
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  return LUA_TNIL;
+}
+
+/* Pushes the name of the node at idx (API.md section 5): its 'name' (the
+** option, else its class's), else its class's __name, else "node".
+** Returns 0 for "node". */
+static int push_name(lua_State *L, int idx) {
+  int found = 1;
+  lua_pushvalue(L, idx);
+  lua_pushvalue(L, -1);
+  if (raw_lookup(L, "name") != LUA_TSTRING) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    if (raw_lookup(L, "__name") != LUA_TSTRING) {
+      lua_pop(L, 1);
+      lua_pushliteral(L, "node");
+      found = 0;
+    }
+  }
+  lua_remove(L, -2);
+  return found;
+}
+
+/* The node's name, for messages: the string lives in the node's tables. */
 static const char *node_name(lua_State *L, int idx) {
-  const char *name = "node";
-  if (lua_getfield(L, idx, "__name") == LUA_TSTRING) name = lua_tostring(L, -1);
-  lua_pop(L, 1);  /* the string stays alive in the class table */
+  const char *name = push_name(L, idx) ? lua_tostring(L, -1) : "node";
+  lua_pop(L, 1);
   return name;
 }
 
@@ -193,9 +235,16 @@ static int push_method(lua_State *L, int b, int key) {
 }
 
 /* Calls the method pushed with its nargs arguments; its result comes
-** back to state st of the frame at b. */
+** back to state st of the frame at b. An error goes on unprotected: the
+** where line of a prep or post error is read off the stack (see where). */
 static void call(lua_State *L, int b, int st, int nargs) {
   lua_callk(L, nargs + 1, 1, CTX(b, st), walk_k);
+}
+
+/* The same under the message handler, for exec and exec_fallback: the
+** error and the status come back to st. */
+static int pcall(lua_State *L, int b, int st, int nargs) {
+  return lua_pcallk(L, nargs + 1, 1, MSGH, CTX(b, st), walk_k);
 }
 
 /* Calls post(self, shared, prep_res, exec_res) with exec_res on top; the
@@ -211,7 +260,359 @@ static int call_post(lua_State *L, int b) {
   return ST(PF_K_NODE, 3);
 }
 
-static lua_Integer checked_retries(lua_State *L, int b) {
+/* ---------------------------------------------------------------- where */
+
+/* An error that leaves a node names where it happened (API.md section
+** 5): "in Main > Research > Fetch (exec, attempt 3 of 3, item 7)". The
+** line is made while the stack is as it was at the raise: by the
+** message handler of exec and exec_fallback, by walk_error, or by
+** sched.c when an error leaves its task (prep and post run unprotected,
+** at no cost). It goes into the task's error record, a table in its
+** PF_UV_TRACE user value, {error, "where\ntraceback", kept}, which
+** sched.c prints after the message. Frames are read through the debug
+** interface, so the walk may be on another thread, suspended or dead:
+** an item's path goes on in the walk that started the items. */
+
+/* The phase of a frame in state st, for errors of the walk itself. */
+static const char *phase_of(int st) {
+  int kind = st >> 5, p = st & 31;
+  if (p >= EX_ATTEMPT) return "exec";
+  if (kind == PF_K_ORCH) return "walk";
+  if (p <= 1) return "prep";
+  return kind == PF_K_BATCH || kind == PF_K_PBATCH ? "exec" : "walk";
+}
+
+typedef struct Walk {
+  lua_State *co;   /* the thread the walk runs on */
+  lua_Debug ar;    /* its C function's record */
+  pf_task *t;      /* co's task */
+} Walk;
+
+/* Pushes onto L slot i of the walk (nil if there is none). */
+static void walk_slot(lua_State *L, Walk *w, int i) {
+  if (!lua_checkstack(w->co, 1) || lua_getlocal(w->co, &w->ar, i) == NULL) {
+    lua_pushnil(L);
+    return;
+  }
+  lua_xmove(w->co, L, 1);
+}
+
+static lua_Integer walk_int(lua_State *L, Walk *w, int i) {
+  lua_Integer v;
+  walk_slot(L, w, i);
+  v = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* The kind of the walk's frame f. A frame below the top keeps its state;
+** the top one is the first (the walk's kind is slot 1) or its parent's
+** child: a batch's item, a flow's walk, a walk's node. */
+static int frame_kind(lua_State *L, Walk *w, int f, int top, int st) {
+  int parent;
+  if (f < top) return (int)walk_int(L, w, f + F_STATE) >> 5;
+  if (st >= 0) return st >> 5;
+  if (f == ROOT) return (int)walk_int(L, w, 1);
+  parent = (int)walk_int(L, w, f - FS + F_STATE) >> 5;
+  if (parent == PF_K_BATCH) return PF_K_EXEC;
+  return parent == PF_K_ORCH ? PF_K_NODE : PF_K_ORCH;
+}
+
+/* Fills w with the innermost walk on co's stack; returns its level, or
+** -1. Each lua_getstack walks the levels above its own, so the search
+** stops at MAX_LEVEL: a stack overflow deep in user code gets no line. */
+#define MAX_LEVEL 200
+static int find_walk(lua_State *co, pf_task *t, Walk *w, int from) {
+  int level;
+  w->co = co;
+  w->t = t;
+  for (level = from; level < MAX_LEVEL && lua_getstack(co, level, &w->ar);
+       level++) {
+    lua_CFunction f;
+    if (!lua_checkstack(co, 1)) break;
+    lua_getinfo(co, "f", &w->ar);
+    f = lua_tocfunction(co, -1);
+    lua_pop(co, 1);
+    if (f == pf_run_node || f == pf_machine) return level;
+  }
+  return -1;
+}
+
+/* The walk that started t as an item of a parallel batch: its top frame
+** is the group's. Returns that frame's kind, or 0. */
+static int owner_walk(pf_task *t, Walk *w, int *frame, int *direct) {
+  pf_task *owner;
+  int kind;
+  if (t == NULL || t->group == NULL) return 0;
+  kind = pf_group_frame(t->group, &owner, frame, direct);
+  if (kind == 0 || !lua_getstack(owner->co, 0, &w->ar)) return 0;
+  w->co = owner->co;
+  w->t = owner;
+  return kind;
+}
+
+/* Pushes onto L the path of the frames ROOT..top of w (top in state st,
+** or -1 if not known): their nodes' names joined by " > ", after the
+** path of the parallel batch that started the walk as an item. An ORCH
+** frame repeats its flow's node and an EXEC frame its batch's. Sets
+** *item to the innermost batch item. */
+static void push_path(lua_State *L, Walk *w, int top, int st,
+                      lua_Integer *item) {
+  Walk ow;
+  int f, frame, direct, kind, n = 0;
+  luaL_checkstack(L, 4, "where");
+  kind = frame_kind(L, w, ROOT, top, st);
+  if ((kind == PF_K_ORCH || kind == PF_K_EXEC) &&
+      (kind = owner_walk(w->t, &ow, &frame, &direct)) != 0) {
+    push_path(L, &ow, frame, ST(kind, 2), item);
+    *item = w->t->group_idx;
+    n = 1;
+  } else {
+    lua_pushliteral(L, "");
+  }
+  for (f = ROOT; f <= top; f += FS) {
+    kind = frame_kind(L, w, f, top, st);
+    if (f < top && (kind == PF_K_BATCH || kind == PF_K_BFLOW))
+      *item = walk_int(L, w, f + F_I);
+    if (kind == PF_K_ORCH || kind == PF_K_EXEC) continue;
+    walk_slot(L, w, f + F_SELF);
+    push_name(L, -1);
+    lua_remove(L, -2);
+    if (n++ > 0) {
+      lua_pushliteral(L, " > ");
+      lua_insert(L, -2);
+    }
+    lua_concat(L, n > 1 ? 3 : 2);
+  }
+}
+
+/* Pushes "in PATH (PHASE[, attempt A of M][, item I])" for frame top of
+** w; child, if not 0, is an index on L of a node past the path's end.
+** attempt 0 leaves the attempt out. */
+static void push_where(lua_State *L, Walk *w, int top, int st, int child,
+                       const char *phase, lua_Integer attempt) {
+  lua_Integer item = 0;
+  int n = 1;
+  if (child) child = lua_absindex(L, child);
+  push_path(L, w, top, st, &item);
+  if (child) {
+    lua_pushliteral(L, " > ");
+    push_name(L, child);
+    lua_concat(L, 3);
+  }
+  lua_pushfstring(L, "in %s (%s", lua_tostring(L, -1), phase);
+  lua_remove(L, -2);
+  if (attempt > 0) {
+    lua_Integer max;
+    walk_slot(L, w, top + F_SELF);
+    max = raw_lookup(L, "max_retries") == LUA_TNIL ? 1 : lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (max > 0) lua_pushfstring(L, ", attempt %I of %I", (LUAI_UACINT)attempt,
+                                 (LUAI_UACINT)max);
+    else lua_pushfstring(L, ", attempt %I", (LUAI_UACINT)attempt);
+    n++;
+  }
+  if (item > 0) {
+    lua_pushfstring(L, ", item %I", (LUAI_UACINT)item);
+    n++;
+  }
+  lua_pushliteral(L, ")");
+  lua_concat(L, n + 1);
+}
+
+/* The phase of the method f (on L's top, popped) that frame top of w was
+** calling; sets *attempt for exec and exec_fallback. */
+static const char *call_phase(lua_State *L, Walk *w, int top, int kind,
+                              lua_Integer *attempt) {
+  static const char *const names[] = {"prep", "exec", "exec_fallback",
+                                      "post"};
+  int i, first = kind == PF_K_EXEC ? 1 : 0, last = kind == PF_K_EXEC ? 2 : 3;
+  walk_slot(L, w, top + F_SELF);
+  for (i = first; i < last; i++) {
+    lua_pushvalue(L, -1);
+    raw_lookup(L, names[i]);
+    if (lua_rawequal(L, -1, -3)) break;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, i < last ? 3 : 2);
+  *attempt = 0;
+  if (i == 1 || i == 2)
+    *attempt = walk_int(L, w, top + F_I) + (i == 1);  /* exec: not yet counted */
+  return names[i];
+}
+
+/* The number of the walk's slots: they end below the method it calls,
+** so the top frame ends there. */
+static int count_slots(Walk *w) {
+  int lo = 0, hi = 1;
+  while (hi < (1 << 24) && lua_getlocal(w->co, &w->ar, hi) != NULL) {
+    lua_pop(w->co, 1);
+    lo = hi;
+    hi *= 2;
+  }
+  while (hi - lo > 1) {
+    int mid = lo + (hi - lo) / 2;
+    if (lua_getlocal(w->co, &w->ar, mid) != NULL) {
+      lua_pop(w->co, 1);
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+/* Pushes the where line of an error being raised on co, the thread of
+** task t, whose stack is as it was at the raise (level 'first' raised
+** it): the innermost walk on it was calling a method of its top frame,
+** or t is an item that ran exec as its body (group.c). An error a walk
+** raised itself (a run's bad argument) is its caller's: the walk above.
+** Returns 0 if there is none. */
+static int push_raise_where(lua_State *L, lua_State *co, pf_task *t,
+                            int first) {
+  Walk w;
+  lua_Debug mar;
+  lua_Integer attempt;
+  const char *phase;
+  int level, top, kind, frame, direct;
+  level = find_walk(co, t, &w, first);
+  if (level == first) level = find_walk(co, t, &w, first + 1);
+  if (level < 0) {
+    lua_Integer item = 0;
+    if (owner_walk(t, &w, &frame, &direct) != PF_K_PBATCH || !direct)
+      return 0;
+    push_path(L, &w, frame, ST(PF_K_PBATCH, 2), &item);
+    lua_pushfstring(L, "in %s (exec, attempt 1 of 1, item %I)",
+                    lua_tostring(L, -1), (LUAI_UACINT)t->group_idx);
+    lua_remove(L, -2);
+    return 1;
+  }
+  if (!lua_checkstack(co, 1)) return 0;
+  top = count_slots(&w) - FS + 1;
+  if (top < ROOT || (top - ROOT) % FS != 0) return 0;
+  kind = frame_kind(L, &w, top, top, -1);
+  if (kind == PF_K_ORCH || !lua_getstack(co, level - 1, &mar)) return 0;
+  lua_getinfo(co, "f", &mar);
+  lua_xmove(co, L, 1);
+  phase = call_phase(L, &w, top, kind, &attempt);
+  push_where(L, &w, top, -1, 0, phase, attempt);
+  return 1;
+}
+
+/* An error on co's top leaves task t, unrecorded: the message gains the
+** where line (sched.c calls this before adding the traceback). */
+void pf_add_where(lua_State *L, pf_task *t, lua_State *co) {
+  if (lua_type(co, -1) != LUA_TSTRING || !lua_checkstack(co, 1) ||
+      !push_raise_where(L, co, t, 0))
+    return;
+  lua_pushfstring(L, "%s\n%s", lua_tostring(co, -1), lua_tostring(L, -1));
+  lua_xmove(L, co, 1);
+  lua_replace(co, -2);
+  lua_pop(L, 1);
+}
+
+/* Pushes t's record if it is the one of the value at idx; returns 1 if
+** it did. */
+static int push_record(lua_State *L, pf_task *t, int idx) {
+  idx = lua_absindex(L, idx);
+  pf_push_task(L, t);
+  if (lua_getiuservalue(L, -1, PF_UV_TRACE) == LUA_TTABLE) {
+    lua_rawgeti(L, -1, 1);
+    if (lua_rawequal(L, -1, idx)) {
+      lua_pop(L, 1);
+      lua_remove(L, -2);
+      return 1;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return 0;
+}
+
+/* Makes the value at idx t's recorded error: the where line on top
+** (popped), or none if nil, and L's traceback from level on. */
+static void new_record(lua_State *L, pf_task *t, int idx, int level) {
+  int where = lua_gettop(L);
+  idx = lua_absindex(L, idx);
+  pf_push_task(L, t);
+  lua_createtable(L, 3, 0);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, 1);
+  if (lua_isstring(L, where)) {
+    lua_pushvalue(L, where);
+    lua_pushliteral(L, "\n");
+    luaL_traceback(L, L, NULL, level);
+    lua_concat(L, 3);
+  } else {
+    luaL_traceback(L, L, NULL, level);
+  }
+  lua_rawseti(L, -2, 2);
+  lua_setiuservalue(L, -2, PF_UV_TRACE);
+  lua_settop(L, where - 1);
+}
+
+/* True when the error being handled was raised by a walk: passed on
+** from an inner run, or raised by walk_error, not raised anew. */
+static int raised_by_walk(lua_State *L) {
+  lua_Debug ar;
+  lua_CFunction f = NULL;
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "f", &ar)) {
+    f = lua_tocfunction(L, -1);
+    lua_pop(L, 1);
+  }
+  return f == pf_run_node || f == pf_machine;
+}
+
+/* The message handler of exec and exec_fallback: a string error gets a
+** record with where it was raised, so that it reports the user's line
+** when it leaves the task. The record of an error a walk passes on, or
+** a fallback re-raises, is kept. The value is left unchanged. */
+static int walk_msgh(lua_State *L) {
+  pf_task *t = pf_current(L);
+  if (t && lua_type(L, 1) == LUA_TSTRING && !pf_has_traceback(L, 1)) {
+    int by_walk = raised_by_walk(L), kept = 0;
+    if (push_record(L, t, 1))
+      kept = lua_rawgeti(L, -1, 3) != LUA_TNIL || by_walk;
+    if (!kept) {
+      if (!push_raise_where(L, L, t, 1)) lua_pushnil(L);
+      new_record(L, t, 1, 1);
+    }
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* Raises an error of the walk itself, at the caller's position, as one
+** leaving the node of frame b in state st and phase (NULL: st's);
+** child: see push_where. */
+static int walk_error(lua_State *L, int b, int st, int child,
+                      const char *phase, const char *fmt, ...) {
+  va_list ap;
+  pf_task *t = pf_current(L);
+  int p = st & 31;
+  luaL_where(L, 1);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 2);
+  if (t != NULL) {
+    Walk w;
+    w.co = L;
+    w.t = t;
+    if (child) child = lua_absindex(L, child);
+    if (phase == NULL) phase = phase_of(st);
+    if (lua_getstack(L, 0, &w.ar)) {
+      push_where(L, &w, b, st, child, phase,
+                 p >= EX_ATTEMPT ? get_int(L, b, F_I) : 0);
+      new_record(L, t, -2, 0);
+    }
+  }
+  return lua_error(L);
+}
+
+/* ---------------------------------------------------------------- checks */
+
+static lua_Integer checked_retries(lua_State *L, int b, int st) {
   int isnum;
   lua_Integer n;
   get_key(L, b + F_SELF, K_RETRIES);
@@ -219,12 +620,12 @@ static lua_Integer checked_retries(lua_State *L, int b) {
   else n = lua_tointegerx(L, -1, &isnum);
   lua_pop(L, 1);
   if (!isnum || n < 1)
-    luaL_error(L, "%s: max_retries must be a positive integer",
-               node_name(L, b + F_SELF));
+    walk_error(L, b, st, 0, NULL, "%s: max_retries must be a positive "
+               "integer", node_name(L, b + F_SELF));
   return n;
 }
 
-static lua_Number checked_wait(lua_State *L, int b) {
+static lua_Number checked_wait(lua_State *L, int b, int st) {
   int isnum;
   lua_Number w;
   get_key(L, b + F_SELF, K_WAIT);
@@ -232,51 +633,33 @@ static lua_Number checked_wait(lua_State *L, int b) {
   else w = lua_tonumberx(L, -1, &isnum);
   lua_pop(L, 1);
   if (!isnum || !(w >= 0))
-    luaL_error(L, "%s: wait must be a non-negative number",
+    walk_error(L, b, st, 0, NULL, "%s: wait must be a non-negative number",
                node_name(L, b + F_SELF));
   return w;
 }
 
 /* Replaces the prep result on top with an array of items: nil gives an
 ** empty one; anything but a table is an error naming the node. */
-static void checked_items(lua_State *L, int b, const char *what) {
+static void checked_items(lua_State *L, int b, int st, const char *what) {
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_newtable(L);
   } else if (!lua_istable(L, -1)) {
-    luaL_error(L, "%s: prep must return an array of %s (got %s)",
-               node_name(L, b + F_SELF), what, luaL_typename(L, -1));
+    walk_error(L, b, st, 0, NULL, "%s: prep must return an array of %s "
+               "(got %s)", node_name(L, b + F_SELF), what,
+               luaL_typename(L, -1));
   }
 }
 
-static void check_param_sets(lua_State *L, int b, int items) {
+static void check_param_sets(lua_State *L, int b, int st, int items) {
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, items);
   for (i = 1; i <= n; i++) {
     if (lua_rawgeti(L, items, i) != LUA_TTABLE)
-      luaL_error(L, "%s: prep must return an array of param tables "
-                    "(item %d is a %s)", node_name(L, b + F_SELF), (int)i,
-                 luaL_typename(L, -1));
+      walk_error(L, b, st, 0, NULL, "%s: prep must return an array of "
+                 "param tables (item %d is a %s)", node_name(L, b + F_SELF),
+                 (int)i, luaL_typename(L, -1));
     lua_pop(L, 1);
   }
-}
-
-/* The exec message handler: keeps the traceback of a string error for
-** the task, so the error reports the user's line if no fallback takes
-** it. The value itself is left unchanged. */
-static int exec_msgh(lua_State *L) {
-  pf_task *t = pf_current(L);
-  if (t && lua_type(L, 1) == LUA_TSTRING && !pf_has_traceback(L, 1)) {
-    pf_push_task(L, t);
-    lua_createtable(L, 2, 0);
-    lua_pushvalue(L, 1);
-    lua_rawseti(L, -2, 1);
-    luaL_traceback(L, L, NULL, 1);
-    lua_rawseti(L, -2, 2);
-    lua_setiuservalue(L, -2, PF_UV_TRACE);
-    lua_pop(L, 1);
-  }
-  lua_settop(L, 1);
-  return 1;
 }
 
 /* ------------------------------------------------------------ successors */
@@ -314,9 +697,23 @@ static void push_actions(lua_State *L, int succ) {
   lua_remove(L, list);
 }
 
+/* A node with successors returned a value that cannot be an action. */
+static void bad_action(lua_State *L, int b) {
+  int res = b + F_RES, t = lua_type(L, res);
+  const char *name = node_name(L, b + F_AUX);
+  if (t == LUA_TNUMBER || t == LUA_TBOOLEAN) {
+    luaL_tolstring(L, res, NULL);
+    walk_error(L, b, ST(PF_K_ORCH, 2), b + F_AUX, "post", "%s: post "
+               "returned a %s (%s); actions are strings", name,
+               lua_typename(L, t), lua_tostring(L, -1));
+  }
+  walk_error(L, b, ST(PF_K_ORCH, 2), b + F_AUX, "post", "%s: post "
+             "returned a %s; actions are strings", name, luaL_typename(L, res));
+}
+
 /* Replaces the node at b+F_AUX with its successor for the action in
 ** b+F_RES (nil means "default"), warning when the walk ends although the
-** node has successors. */
+** node has successors, and raising if the action was not a string. */
 static void next_node(lua_State *L, int b) {
   int succ;
   if (get_key(L, b + F_AUX, K_SUCCESSORS) != LUA_TTABLE) {
@@ -336,12 +733,15 @@ static void next_node(lua_State *L, int b) {
     lua_pushnil(L);
     if (lua_next(L, succ)) {
       lua_pop(L, 2);
+      if (!lua_isnil(L, b + F_RES) && lua_type(L, b + F_RES) != LUA_TSTRING)
+        bad_action(L, b);
       if (lua_isnil(L, b + F_RES)) lua_pushliteral(L, "default");
       else lua_pushvalue(L, b + F_RES);
       push_actions(L, succ);
       luaL_tolstring(L, -2, NULL);
-      lua_pushfstring(L, "flow ends: '%s' not found in %s",
-                      lua_tostring(L, -1), lua_tostring(L, -2));
+      lua_pushfstring(L, "%s: flow ends: '%s' not found in %s",
+                      node_name(L, b + F_AUX), lua_tostring(L, -1),
+                      lua_tostring(L, -2));
       pf_warn(L, lua_tostring(L, -1));
       lua_pop(L, 4);
     }
@@ -377,7 +777,8 @@ void pf_push_merged(lua_State *L, int base, int over) {
 static int start_child(lua_State *L, int b, int *st) {
   int kind = node_kind(L, b + F_AUX, 1);
   if (kind == 0)
-    return luaL_error(L, "flow step: successor is a %s, not a pocketflow node",
+    return walk_error(L, b, ST(PF_K_ORCH, 1), 0, NULL, "flow step: successor "
+                      "is a %s, not a pocketflow node",
                       luaL_typename(L, b + F_AUX));
   set_state(L, b, ST(PF_K_ORCH, 2));
   push_run_self(L, b + F_AUX, b + F_PARAMS);
@@ -397,6 +798,40 @@ static void call_prep(lua_State *L, int b, int st) {
   if (push_method(L, b, K_PREP)) {
     lua_pushvalue(L, b + F_SHARED);
     call(L, b, st, 1);
+  }
+}
+
+/* exec failed for the last time, with the error in F_AUX: calls the
+** fallback, whose result comes back in st; the default one re-raises
+** the error unchanged, so the node is left without calling it. */
+static int call_fallback(lua_State *L, int b, int st) {
+  get_key(L, b + F_SELF, K_FALLBACK);
+  if (lua_tocfunction(L, -1) == pf_reraise) {
+    lua_pushvalue(L, b + F_AUX);
+    return lua_error(L);
+  }
+  if (lua_type(L, b + F_AUX) == LUA_TSTRING) {
+    pf_task *t = pf_current(L);
+    if (t && push_record(L, t, b + F_AUX)) {  /* kept if re-raised */
+      lua_pushboolean(L, 1);
+      lua_rawseti(L, -2, 3);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pushvalue(L, b + F_SELF);
+  lua_pushvalue(L, b + F_PREP);
+  lua_pushvalue(L, b + F_AUX);
+  return pcall(L, b, st, 2);
+}
+
+/* The fallback took the error: its record is stale. */
+static void drop_record(lua_State *L) {
+  pf_task *t = pf_current(L);
+  if (t) {
+    pf_push_task(L, t);
+    lua_pushnil(L);
+    lua_setiuservalue(L, -2, PF_UV_TRACE);
+    lua_pop(L, 1);
   }
 }
 
@@ -445,7 +880,7 @@ static int walk(lua_State *L, int status, int b, int st) {
       status = LUA_OK;
       if (push_method(L, b, K_EXEC)) {
         lua_pushvalue(L, b + F_PREP);
-        status = lua_pcallk(L, 2, 1, MSGH, CTX(b, st), walk_k);
+        status = pcall(L, b, st, 1);
       }
       break;
     }
@@ -457,21 +892,20 @@ static int walk(lua_State *L, int status, int b, int st) {
       }
       lua_replace(L, b + F_AUX);
       set_int(L, b, F_I, get_int(L, b, F_I) + 1);
-      if (get_int(L, b, F_I) < checked_retries(L, b)) {
-        lua_Number w = checked_wait(L, b);
+      if (get_int(L, b, F_I) < checked_retries(L, b, st)) {
+        lua_Number w = checked_wait(L, b, st);
         st--;
+        status = LUA_OK;
         if (w > 0) return retry_wait(L, b, st, w);
         break;
       }
       st++;
-      get_key(L, b + F_SELF, K_FALLBACK);
-      lua_pushvalue(L, b + F_SELF);
-      lua_pushvalue(L, b + F_PREP);
-      lua_pushvalue(L, b + F_AUX);
-      call(L, b, st, 2);
+      status = call_fallback(L, b, st);
       break;
     case ST(PF_K_NODE, EX_RESULT + 1):
     case ST(PF_K_EXEC, EX_RESULT + 1):
+      if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
+      if (lua_type(L, b + F_AUX) == LUA_TSTRING) drop_record(L);
       st = exec_done(L, b, st);
       break;
 
@@ -487,7 +921,7 @@ static int walk(lua_State *L, int status, int b, int st) {
     case ST(PF_K_BATCH, 1):
       lua_pushvalue(L, -1);
       lua_replace(L, b + F_PREP);
-      checked_items(L, b, "items");
+      checked_items(L, b, st, "items");
       lua_replace(L, b + F_AUX);
       lua_newtable(L);
       lua_replace(L, b + F_RES);
@@ -523,14 +957,15 @@ static int walk(lua_State *L, int status, int b, int st) {
       lua_Integer maxc = 0;
       lua_pushvalue(L, -1);
       lua_replace(L, b + F_PREP);
-      checked_items(L, b, parallel_flow ? "param tables" : "items");
+      checked_items(L, b, st, parallel_flow ? "param tables" : "items");
       lua_replace(L, b + F_AUX);
-      if (parallel_flow) check_param_sets(L, b, b + F_AUX);
+      if (parallel_flow) check_param_sets(L, b, st, b + F_AUX);
       if (get_key(L, b + F_SELF, K_MAXC) != LUA_TNIL) {
         maxc = lua_tointegerx(L, -1, &isnum);
         if (!isnum || maxc < 1)
-          return luaL_error(L, "%s: max_concurrency must be a positive "
-                               "integer or nil", node_name(L, b + F_SELF));
+          return walk_error(L, b, st, 0, parallel_flow ? "walk" : "exec",
+                            "%s: max_concurrency must be a positive integer "
+                            "or nil", node_name(L, b + F_SELF));
       }
       lua_pop(L, 1);
       if (parallel_flow && get_key(L, b + F_SELF, K_PARAMS) != LUA_TTABLE) {
@@ -583,9 +1018,9 @@ static int walk(lua_State *L, int status, int b, int st) {
     case ST(PF_K_BFLOW, 1):
       lua_pushvalue(L, -1);
       lua_replace(L, b + F_PREP);
-      checked_items(L, b, "param tables");
+      checked_items(L, b, st, "param tables");
       lua_replace(L, b + F_AUX);
-      check_param_sets(L, b, b + F_AUX);
+      check_param_sets(L, b, st, b + F_AUX);
       set_int(L, b, F_I, 1);
       st = ST(PF_K_BFLOW, 2);
       break;
@@ -617,7 +1052,7 @@ static int walk(lua_State *L, int status, int b, int st) {
     /* -------- the walk: from the start node along the actions */
     case ST(PF_K_ORCH, 0):
       if (get_key(L, b + F_SELF, K_START) == LUA_TNIL)
-        return luaL_error(L, "%s: flow has no start node",
+        return walk_error(L, b, st, 0, NULL, "%s: flow has no start node",
                           node_name(L, b + F_SELF));
       lua_replace(L, b + F_AUX);
       st = ST(PF_K_ORCH, 1);
@@ -649,7 +1084,7 @@ static int walk(lua_State *L, int status, int b, int st) {
 static int start(lua_State *L, int kind, int from_node) {
   int b;
   lua_settop(L, 4);
-  lua_pushcfunction(L, exec_msgh);
+  lua_pushcfunction(L, walk_msgh);
   push_keys(L);
   if (from_node) {
     push_run_self(L, 2, 0);
@@ -672,19 +1107,56 @@ int pf_machine(lua_State *L) {
   return start(L, kind, 0);
 }
 
-/* node:run(shared) */
+/* The run options (API.md section 5): every key run accepts, and
+** whether it is implemented yet. Sections 6-8 add theirs here. */
+static const struct {
+  const char *name;
+  int ready;
+} run_options[] = {
+  {"on_event", 0}, {"trace", 0}, {"capture", 0}, {"progress", 0},
+  {"store", 0}, {"run_id", 0}, {"durability", 0}, {"transient", 0},
+  {"on_interrupt", 0}, {NULL, 0}
+};
+
+/* Checks run's options at idx, raising at the caller's position. */
+static void check_run_options(lua_State *L, int idx) {
+  if (!lua_istable(L, idx))
+    luaL_error(L, "run: options must be a table (got %s)",
+               luaL_typename(L, idx));
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int i, t = lua_type(L, -2);
+    lua_pop(L, 1);
+    if (t != LUA_TSTRING && t != LUA_TNUMBER)
+      luaL_error(L, "unknown run option (a %s key)", lua_typename(L, t));
+    for (i = 0; run_options[i].name != NULL; i++)
+      if (t == LUA_TSTRING && strcmp(run_options[i].name,
+                                     lua_tostring(L, -1)) == 0)
+        break;
+    if (run_options[i].name == NULL)
+      luaL_error(L, "unknown run option '%s'", lua_tostring(L, -1));
+    if (!run_options[i].ready)
+      luaL_error(L, "run option '%s' is not supported yet", run_options[i].name);
+  }
+}
+
+/* node:run(shared [, opts]) */
 int pf_run_node(lua_State *L) {
   int kind = node_kind(L, 1, 0);
   if (kind == 0)
     return luaL_error(L, "run: expected a pocketflow node (got %s)",
                       luaL_typename(L, 1));
+  if (!lua_isnoneornil(L, 3)) check_run_options(L, 3);
   if (pf_current(L) == NULL) return pf_run_implicit(L, pf_run_node, "run");
   lua_settop(L, 2);
   if (lua_getfield(L, 1, "successors") == LUA_TTABLE) {
     lua_pushnil(L);
     if (lua_next(L, -2)) {
       lua_pop(L, 2);
-      pf_warn(L, "node won't run successors; use a Flow");
+      lua_pushfstring(L, "%s: node won't run successors; use a Flow",
+                      node_name(L, 1));
+      pf_warn(L, lua_tostring(L, -1));
+      lua_pop(L, 1);
     }
   }
   lua_pop(L, 1);

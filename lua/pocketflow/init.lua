@@ -7,8 +7,17 @@ local pf = {}
 
 local kinds = core.kinds
 
--- methods defined under the seed's async names are used as the plain ones
-local aliases = {
+-- The seed's async names: X_async is used in place of X whenever a node
+-- has both, whatever the order they were defined in. A table that gets
+-- X_async also gets it as X (the walk looks up X only); a plain X
+-- written where an X_async is visible stays behind it; and a new node
+-- takes the X_async it sees over an X of its own (init copies options
+-- in pairs() order, which differs from process to process).
+local async_of = {
+  prep = "prep_async", exec = "exec_async", post = "post_async",
+  exec_fallback = "exec_fallback_async",
+}
+local plain_of = {
   prep_async = "prep", exec_async = "exec", post_async = "post",
   exec_fallback_async = "exec_fallback", run_async = "run",
 }
@@ -19,13 +28,37 @@ local function is_node(x)
 end
 
 local function set_field(t, k, v)
+  local async = async_of[k]
+  if async ~= nil then
+    local a = t[async]
+    if a ~= nil then v = a end
+  end
   rawset(t, k, v)
-  local plain = aliases[k]
-  if plain then rawset(t, plain, v) end
+  local plain = plain_of[k]
+  if plain ~= nil and v ~= nil then rawset(t, plain, v) end
+end
+
+local function prefer_async(self)
+  for plain, async in pairs(async_of) do
+    local a = self[async]
+    if a ~= nil and self[plain] ~= a then rawset(self, plain, a) end
+  end
+end
+
+-- A node's name: the name option, else its class's name (see extend).
+local function name_of(node)
+  local name = node.name
+  if type(name) == "string" then return name end
+  name = node.__name
+  return type(name) == "string" and name or "node"
 end
 
 local function check_options(self)
-  local name = self.__name
+  local own = rawget(self, "name")
+  if own ~= nil and type(own) ~= "string" then
+    error(("%s: name must be a string (got %s)"):format(self.__name, type(own)), 4)
+  end
+  local name = name_of(self)
   local r = self.max_retries
   if r ~= nil and (math.type(r) == nil or math.tointeger(r) == nil or r < 1) then
     error(("%s: max_retries must be a positive integer (got %s)"):format(name, tostring(r)), 4)
@@ -39,6 +72,7 @@ end
 local function new(cls, ...)
   local self = setmetatable({}, cls)
   self:init(...)
+  prefer_async(self)
   return self
 end
 
@@ -54,7 +88,9 @@ local function extend(parent, name)
     if type(k) == "string" and k:sub(1, 2) == "__" then rawset(cls, k, v) end
   end
   rawset(cls, "__index", cls)
-  rawset(cls, "__name", name or rawget(parent, "__name"))
+  name = name or rawget(parent, "__name")
+  rawset(cls, "__name", name)
+  rawset(cls, "name", name)
   return setmetatable(cls, { __index = parent, __call = new, __newindex = set_field })
 end
 
@@ -63,6 +99,7 @@ end
 local BaseNode = setmetatable({}, { __call = new, __newindex = set_field })
 rawset(BaseNode, "__index", BaseNode)
 rawset(BaseNode, "__name", "BaseNode")
+rawset(BaseNode, "name", "BaseNode")
 rawset(BaseNode, "__pfkind", kinds.node)
 rawset(BaseNode, "__newindex", set_field)
 BaseNode.extend = extend
@@ -74,7 +111,7 @@ function BaseNode:init(opts)
   rawset(self, "successors", {})
   if opts ~= nil then
     if type(opts) ~= "table" then
-      error(("%s: options must be a table (got %s)"):format(self.__name, type(opts)), 3)
+      error(("%s: options must be a table (got %s)"):format(name_of(self), type(opts)), 3)
     end
     for k, v in pairs(opts) do
       if type(k) == "string" then self[k] = v end
@@ -104,7 +141,7 @@ function BaseNode:next(node, action)
     rawset(self, "successors", succ)
   end
   if succ[action] ~= nil then
-    pf.on_warning(("overwriting successor for action '%s'"):format(action))
+    pf.on_warning(("%s: overwriting successor for action '%s'"):format(name_of(self), action))
   end
   succ[action] = node
   return node
@@ -146,7 +183,7 @@ rawset(BaseNode, "__shr", function(a, b)
 end)
 
 rawset(BaseNode, "__tostring", function(self)
-  return ("%s: %p"):format(self.__name, self)
+  return ("%s: %p"):format(name_of(self), self)
 end)
 
 -- ---------------------------------------------------------------- nodes
@@ -173,7 +210,7 @@ function Flow:init(opts)
   BaseNode.init(self, opts)
   if start ~= nil then
     if not is_node(start) then
-      error(("%s: start must be a pocketflow node (got %s)"):format(self.__name, type(start)), 3)
+      error(("%s: start must be a pocketflow node (got %s)"):format(name_of(self), type(start)), 3)
     end
     rawset(self, "start_node", start)
   end
