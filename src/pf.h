@@ -88,4 +88,7 @@ enum pf_kind { PF_K_NODE = 1, PF_K_BATCH, PF_K_PBATCH, PF_K_FLOW,
 /* runtime.c: pf.sleep, await, spawn and the task handle, timeout, gather, now */
 void pf_open_runtime(lua_State *L);
 
+/* store.c: the SQLite connection of pf.sqlite, on a writer thread */
+void pf_open_store(lua_State *L);
+
 #endif
