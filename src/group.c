@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "pf.h"
-#include "sched.h"
+#include "pf_sched.h"
 
 struct pf_group {
   pf_task *owner;
@@ -132,11 +132,12 @@ static int launch_f(lua_State *L) {
 static void release(lua_State *L, pf_group *g);
 
 /* Launching the first items failed (out of memory): those launched have
-** not run yet, have no children and run no user code when cancelled. */
+** not run, have no children and run no user code when cancelled. */
 static void abandon(lua_State *L, pf_group *g) {
-  pf_task *c = g->owner->first_child, *next;
-  for (; c; c = next) {
-    next = c->next_sib;
+  pf_list *l, *next;
+  for (l = g->owner->children.next; l != &g->owner->children; l = next) {
+    pf_task *c = pf_list_entry(l, pf_task, sibling);
+    next = l->next;
     if (c->group == g) {
       c->group = NULL;
       pf_cancel(c);
@@ -196,7 +197,7 @@ int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
     abandon(L, g);
     return lua_error(L);
   }
-  pf_park(owner, pf_group_cancel, g);
+  pf_wait_park(owner, pf_group_cancel, g);
   return 1;
 }
 
@@ -228,13 +229,16 @@ void pf_group_cancel(pf_task *owner, void *data) {
 ** before any is cancelled. */
 static void fail(lua_State *L, pf_group *g, pf_task *child, lua_State *co,
                  int gidx) {
-  pf_task *c;
+  pf_list *l, *kids = &g->owner->children;
   lua_Integer n = 0, i;
-  for (c = g->owner->first_child; c; c = c->next_sib)
+  for (l = kids->next; l != kids; l = l->next) {
+    pf_task *c = pf_list_entry(l, pf_task, sibling);
     n += c->group == g && c != child && c->state != PF_DONE;
-  lua_createtable(L, (int)n, 0);   /* the one allocation: before any change */
+  }
+  lua_createtable(L, (int)n, 0);   /* the one allocation, before any change */
   n = 0;
-  for (c = g->owner->first_child; c; c = c->next_sib) {
+  for (l = kids->next; l != kids; l = l->next) {
+    pf_task *c = pf_list_entry(l, pf_task, sibling);
     if (c->group == g && c != child && c->state != PF_DONE) {
       c->group = NULL;
       pf_push_task(L, c);
@@ -269,8 +273,8 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
   luaL_checkstack(L, 8, "collecting results");
   push_group(L, g);
   gidx = lua_gettop(L);
-  /* an error (out of memory) leaves child in g, and sched.c's recover
-  ** ends it failed: g fails, whatever had been done for the result */
+  /* an error here (out of memory) leaves child in g: sched.c's recover
+  ** ends it failed, and g fails, whatever was done for its result */
   if (nres < 0) {
     fail(L, g, child, co, gidx);
   } else {
@@ -290,7 +294,7 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
   child->group = NULL;
   if (owner_waits(g) && g->running == 0 && (g->failed || g->done == g->n)) {
     release(L, g);
-    pf_wake(g->owner, 0);
+    pf_wait_wake(g->owner, 0);
   }
   lua_settop(L, gidx - 1);
 }
