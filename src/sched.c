@@ -121,6 +121,35 @@ void pf_wait_wake(pf_task *t, int nvalues) {
   make_ready(t, nvalues);
 }
 
+/* Wakes t with the values push(L) returns, called under a pcall on the
+** scheduler's state with 'ud' as its argument: a libuv callback runs
+** outside any pcall, and an error there (out of memory) would cross
+** uv_run. If making them fails, t wakes with that error instead, which
+** its wait raises (guard_k): the error on t's stack (wake_error 1), or
+** Lua's own memory message when even that has no room (2). */
+void pf_wait_wake_with(pf_task *t, lua_CFunction push, void *ud) {
+  lua_State *L = t->S->L, *co = t->co;
+  int top = lua_gettop(L), n, status = LUA_ERRMEM;
+  if (lua_checkstack(L, 2)) {
+    lua_pushcfunction(L, push);
+    lua_pushlightuserdata(L, ud);
+    status = lua_pcall(L, 1, LUA_MULTRET, 0);
+  }
+  n = lua_gettop(L) - top;
+  if (status == LUA_OK && lua_checkstack(co, n)) {
+    lua_xmove(L, co, n);
+    pf_wait_wake(t, n);
+    return;
+  }
+  t->wake_error = 2;
+  if (status != LUA_OK && n == 1 && lua_checkstack(co, 1)) {
+    lua_xmove(L, co, 1);
+    t->wake_error = 1;
+  }
+  lua_settop(L, top);
+  pf_wait_wake(t, t->wake_error == 1);
+}
+
 /* the sleep queue's wake-up: the deadline of t's wait has come */
 static void deadline_fire(pf_sleepq *q, pf_sleeper *s) {
   pf_task *t = pf_list_entry(s, pf_task, sleep);
@@ -647,6 +676,11 @@ static int hijacked(lua_State *L, pf_task *t) {
 static int guard_k(lua_State *L, int status, lua_KContext ctx) {
   pf_task *t = (pf_task *)ctx;
   if (t->S->current != t || t->co != L) return hijacked(L, t);
+  if (t->wake_error) {   /* see pf_wait_wake_with */
+    if (t->wake_error == 2) lua_pushliteral(L, "not enough memory");
+    t->wake_error = 0;
+    return lua_error(L);
+  }
   if (t->k) return t->k(L, status, t->kctx);
   return lua_gettop(L) - t->ktop;
 }
