@@ -895,11 +895,17 @@ static void cancel_all(pf_sched *S) {
   lua_pop(L, 1);
 }
 
+static int cancel_all_f(lua_State *L) {
+  cancel_all((pf_sched *)lua_touserdata(L, 1));
+  return 0;
+}
+
 /* Runs the loop until every task has ended. Returns 0, or -1 on deadlock
-** with the number of stranded tasks in *stranded. */
-static int run_loop(pf_sched *S, size_t *stranded) {
+** with the number of stranded tasks in *stranded. Raises only once the
+** loop is marked as stopped again. */
+static int run_loop(lua_State *L, pf_sched *S, size_t *stranded) {
   luv_ctx_t *ctx = luv_context(S->L);
-  int result = 0;
+  int result = 0, status = LUA_OK;
   S->running++;
   ctx->mode = UV_RUN_DEFAULT;  /* uv.run from a task would re-enter */
   drain(S);
@@ -907,13 +913,23 @@ static int run_loop(pf_sched *S, size_t *stranded) {
     if (uv_run(S->loop, UV_RUN_ONCE) == 0 && pf_list_empty(&S->ready) &&
         S->live > 0) {
       *stranded = S->live;
-      cancel_all(S);
+      status = -1;   /* cancel_all allocates: protected */
+      if (lua_checkstack(S->L, 2)) {
+        lua_pushcfunction(S->L, cancel_all_f);
+        lua_pushlightuserdata(S->L, S);
+        status = lua_pcall(S->L, 1, 0, 0);
+      }
       result = -1;
       break;
     }
   }
   ctx->mode = -1;
   S->running--;
+  if (status != LUA_OK) {
+    if (status < 0) lua_pushliteral(L, "not enough memory");
+    else lua_xmove(S->L, L, 1);
+    lua_error(L);
+  }
   return result;
 }
 
@@ -957,7 +973,7 @@ static int run_main(lua_State *L, int nargs) {
   t = pf_spawn_task(L, NULL, nargs);
   t->keep_results = 1;
   tidx = lua_gettop(L);
-  if (run_loop(S, &stranded) < 0) {
+  if (run_loop(L, S, &stranded) < 0) {
     pf_forget_lost(L, S, tidx);
     report_lost(S);
     return luaL_error(L, "pf.run: deadlock: %d task(s) wait on nothing that "
