@@ -433,18 +433,31 @@ void pf_handle_internal(uv_handle_t *h) {
   h->flags |= PF_UV_HANDLE_INTERNAL;
 }
 
-void pf_warn(lua_State *L, const char *msg) {
+static int warn_f(lua_State *L) {
+  const char *msg = (const char *)lua_touserdata(L, 1);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &WARN_KEY);
   if (lua_isfunction(L, -1)) {
     lua_pushstring(L, msg);
-    if (lua_pcall(L, 1, 0, 0) == LUA_OK) return;
+    if (lua_pcall(L, 1, 0, 0) == LUA_OK) return 0;
     fprintf(stderr, "pocketflow: warning: pf.on_warning failed: %s\n",
             pf_tostring(L, -1));
-    lua_pop(L, 1);
   } else {
     fprintf(stderr, "pocketflow: warning: %s\n", msg);
   }
-  lua_pop(L, 1);
+  return 0;
+}
+
+/* Hands msg to pf.on_warning, or prints it. Protected: it is called from
+** libuv callbacks and while tasks end, where an error (out of memory)
+** must not escape; then the message is printed. */
+void pf_warn(lua_State *L, const char *msg) {
+  if (lua_checkstack(L, 2)) {
+    lua_pushcfunction(L, warn_f);
+    lua_pushlightuserdata(L, (void *)msg);
+    if (lua_pcall(L, 1, 0, 0) == LUA_OK) return;
+    lua_pop(L, 1);
+  }
+  fprintf(stderr, "pocketflow: warning: %s\n", msg);
 }
 
 /* set_warn(f): the Lua layer routes engine warnings to pf.on_warning */
