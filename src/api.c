@@ -6,11 +6,14 @@
 #include <math.h>
 #include <string.h>
 
+#include "events.h"
 #include "pf.h"
 #include "sched.h"
 
 /* Waits need a yieldable stack: checked before anything is registered. */
 int pf_check_yield(lua_State *L, const char *fname) {
+  if (!lua_isyieldable(L) && pf_in_handler(L))
+    return luaL_error(L, "%s: event handlers may not wait; use pf.spawn", fname);
   if (!lua_isyieldable(L))
     return luaL_error(L, "%s: cannot wait here: a C function that cannot "
                          "yield is on the stack (table.sort comparator, "

@@ -1,6 +1,7 @@
 /*
 ** pocketflow.core: the C half of require "pocketflow".
 */
+#include "events.h"
 #include "pf.h"
 #include "sched.h"
 #include "serial.h"
@@ -16,6 +17,7 @@ LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
   pf_open_runtime(L);
   pf_open_io(L);
   pf_open_serial(L);
+  pf_open_events(L);
   lua_newtable(L);
   set_kind(L, "node", PF_K_NODE);
   set_kind(L, "batch", PF_K_BATCH);

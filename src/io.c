@@ -57,13 +57,17 @@ static void ignore_sigpipe(void) {
 }
 
 /* the Lua modules built in (tools/embed.c) */
-extern const pf_chunk pf_http_lua, pf_json_lua, pf_diagram_lua;
+extern const pf_chunk pf_http_lua, pf_json_lua, pf_diagram_lua,
+                      pf_events_lua, pf_trace_lua, pf_progress_lua;
 
 void pf_open_io(lua_State *L) {
   ignore_sigpipe();
   pf_preload(L, "pocketflow.http", &pf_http_lua);
   pf_preload(L, "pocketflow.json", &pf_json_lua);
   pf_preload(L, "pocketflow.diagram", &pf_diagram_lua);
+  pf_preload(L, "pocketflow.events", &pf_events_lua);
+  pf_preload(L, "pocketflow.trace", &pf_trace_lua);
+  pf_preload(L, "pocketflow.progress", &pf_progress_lua);
   pf_open_exec(L);
   pf_open_fs(L);
   pf_open_http(L);

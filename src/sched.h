@@ -33,6 +33,7 @@ struct pf_sched {
   pf_task *closing;         /* task whose thread is being reset */
   lua_Hook user_hook;       /* the thread's own hook, while coroutine.yield */
   int user_mask, user_count;  /* raises its error (sched.c: foreign yield) */
+  int events;               /* someone listens: the walk emits (events.h) */
 };
 
 pf_sched *pf_sched_open(lua_State *L);

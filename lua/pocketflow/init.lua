@@ -274,9 +274,15 @@ pf.deserialize = core.deserialize
 pf.http = require "pocketflow.http"
 pf.json = require "pocketflow.json"
 
+local events = require "pocketflow.events"
+pf.on = events.on
+pf.emit = events.emit
+
 function pf.on_warning(msg)
   io.stderr:write("pocketflow: warning: ", tostring(msg), "\n")
 end
-core.set_warn(function(msg) return pf.on_warning(msg) end)
+-- a progress bar on the terminal is cleared around a warning and redrawn
+local progress = require "pocketflow.progress"
+core.set_warn(function(msg) return progress.around_warning(pf.on_warning, msg) end)
 
 return pf

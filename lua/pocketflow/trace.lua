@@ -1,0 +1,321 @@
+-- pocketflow.trace: a subscriber of the bus that turns span events
+-- (run_start/run_end, node_start/node_end, item_start/item_end) into
+-- OpenTelemetry spans, written as JSON lines to a file or sent as
+-- OTLP/HTTP JSON (POST /v1/traces) in batches from tasks of their own.
+local core = require "pocketflow.core"
+local events = require "pocketflow.events"
+local cjson = require("cjson").new()
+
+local floor, format, concat = math.floor, string.format, table.concat
+local tointeger = math.tointeger
+local encode_string = cjson.encode
+
+local M = {}
+
+M.batch_size = 512      -- spans per OTLP request
+M.batch_delay = 1       -- seconds a span waits at most before it is sent
+M.capture_limit = 4096  -- bytes of a captured value's JSON, then cut
+M.http_timeout = 10     -- seconds per OTLP request
+
+local span_types = { "run_start", "run_end", "node_start", "node_end",
+                     "item_start", "item_end", "retry", "fallback" }
+local kind_of = { run_start = "run", node_start = "node", item_start = "item" }
+
+-- unix nanoseconds = offset + pf.now() nanoseconds
+local function clock_offset()
+  local s, us = core.wall()
+  local t = core.now()
+  return s * 1000000000 + us * 1000 - floor(t * 1e9)
+end
+
+local function nanos(offset, t)
+  return offset + (tointeger(floor(t * 1e9)) or 0)
+end
+
+-- capture: a value as JSON, cut to M.capture_limit bytes
+local json
+local function captured(v)
+  json = json or require "pocketflow.json"
+  local ok, s = pcall(json.encode, v)
+  if not ok then s = encode_string(tostring(v)) end
+  if #s > M.capture_limit then
+    s = s:sub(1, M.capture_limit) .. "...(truncated)"
+  end
+  return s
+end
+
+-- escaped names are cached: a run has few distinct names and paths
+local escaped = setmetatable({}, { __mode = "k" })
+local function esc(s)
+  if s == nil then return '""' end
+  if type(s) ~= "string" then s = tostring(s) end
+  local e = escaped[s]
+  if e == nil then
+    e = encode_string(s)
+    if #s < 200 then escaped[s] = e end
+  end
+  return e
+end
+
+-- ----------------------------------------------------------- the spans
+
+-- A span being built: the start event's fields, then the end's.
+local function open_record(sink, ev)
+  sink.open[ev.span_id] = {
+    kind = kind_of[ev.type], name = ev.node or ev.type, path = ev.path,
+    attempt = ev.attempt, item = ev.item, run_id = ev.run_id,
+    parent = ev.parent_id, t0 = ev.t, retries = 0,
+  }
+end
+
+local function status_of(st)
+  if st == "error" then return "ERROR" end
+  if st == "ok" or st == nil then return "OK" end
+  return "UNSET"   -- cancelled, interrupted: not an error of the span
+end
+
+local function attributes_of(sink, r, ev)
+  local a = { ["pf.kind"] = r.kind, ["pf.status"] = ev.status or "ok" }
+  if r.path then a["pf.path"] = tostring(r.path) end
+  if r.attempt then a["pf.attempt"] = r.attempt end
+  if ev.attempt then a["pf.attempt"] = ev.attempt end
+  if r.item ~= nil then a["pf.item"] = r.item end
+  if r.retries > 0 then a["pf.retries"] = r.retries end
+  if r.fallback then a["pf.fallback"] = true end
+  if sink.capture then
+    if ev.prep_res ~= nil then a["pf.prep_res"] = captured(ev.prep_res) end
+    if ev.exec_res ~= nil then a["pf.exec_res"] = captured(ev.exec_res) end
+  end
+  return a
+end
+
+-- ----------------------------------------------------------- JSON lines
+
+local function attrs_json(a)
+  local keys = {}
+  for k in pairs(a) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local out = {}
+  for i = 1, #keys do
+    local k, v = keys[i], a[keys[i]]
+    local tv = type(v)
+    if tv == "string" then v = esc(v)
+    elseif tv == "boolean" then v = tostring(v)
+    elseif tv == "number" then v = tointeger(v) and format("%d", v) or format("%.17g", v)
+    else v = esc(tostring(v)) end
+    out[i] = '"' .. k .. '":' .. v
+  end
+  return "{" .. concat(out, ",") .. "}"
+end
+
+local function line_of(sink, r, ev)
+  local code = status_of(ev.status)
+  local status
+  if ev.error ~= nil then
+    status = format('{"code":"%s","message":%s}', code, esc(tostring(ev.error)))
+  else
+    status = '{"code":"' .. code .. '"}'
+  end
+  return format('{"trace_id":"%s","span_id":"%s","parent_span_id":"%s","name":%s,'
+    .. '"start_time_unix_nano":%d,"end_time_unix_nano":%d,"status":%s,"attributes":%s}\n',
+    r.trace_id, ev.span_id, r.parent or "", esc(r.name),
+    nanos(sink.offset, r.t0 or ev.t), nanos(sink.offset, ev.t), status,
+    attrs_json(attributes_of(sink, r, ev)))
+end
+
+-- ------------------------------------------------------------- OTLP JSON
+
+local function otlp_value(v)
+  local tv = type(v)
+  if tv == "boolean" then return { boolValue = v } end
+  if tv == "number" then
+    if tointeger(v) then return { intValue = format("%d", v) } end
+    return { doubleValue = v }
+  end
+  return { stringValue = tostring(v) }
+end
+
+local function otlp_span(sink, r, ev)
+  local attrs = {}
+  local a = attributes_of(sink, r, ev)
+  local keys = {}
+  for k in pairs(a) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for i = 1, #keys do attrs[i] = { key = keys[i], value = otlp_value(a[keys[i]]) } end
+  local code = status_of(ev.status)
+  local status = { code = code == "OK" and 1 or code == "ERROR" and 2 or 0 }
+  if ev.error ~= nil then status.message = tostring(ev.error) end
+  return {
+    traceId = r.trace_id, spanId = ev.span_id, parentSpanId = r.parent or "",
+    name = tostring(r.name), kind = 1,   -- SPAN_KIND_INTERNAL
+    startTimeUnixNano = format("%d", nanos(sink.offset, r.t0 or ev.t)),
+    endTimeUnixNano = format("%d", nanos(sink.offset, ev.t)),
+    attributes = attrs, status = status,
+  }
+end
+
+-- the body of one POST /v1/traces
+function M.otlp_body(spans)
+  json = json or require "pocketflow.json"
+  return json.encode{
+    resourceSpans = json.array{ {
+      resource = { attributes = json.array{
+        { key = "service.name", value = { stringValue = "pocketflow" } } } },
+      scopeSpans = json.array{ {
+        scope = { name = "pocketflow", version = core.version },
+        spans = json.array(spans),
+      } },
+    } },
+  }
+end
+
+-- ------------------------------------------------------------ the sinks
+
+local Sink = {}
+Sink.__index = Sink
+
+local function trace_id_of(sink, run_id)
+  if type(run_id) == "string" and #run_id == 32 and not run_id:find("[^0-9a-f]") then
+    return run_id
+  end
+  sink.fallback_trace = sink.fallback_trace or events.new_run_id()
+  return sink.fallback_trace
+end
+
+function Sink:flush_file()
+  local n = self.nbuf
+  if n == 0 then return end
+  local buf = self.buf
+  local ok, err = self.file:write(concat(buf, "", 1, n))
+  for i = 1, n do buf[i] = nil end
+  self.nbuf = 0
+  if not ok then self:failed(err) else self.failing = false end
+end
+
+-- warns once per burst of failures
+function Sink:failed(err)
+  if self.failing then return end
+  self.failing = true
+  core.warn(("trace: cannot write spans to %s: %s"):format(self.target, tostring(err)))
+end
+
+local http
+function Sink:send(spans)
+  http = http or require "pocketflow.http"
+  local ok, res = pcall(http.request, {
+    method = "POST", url = self.url,
+    headers = { ["Content-Type"] = "application/json" },
+    body = M.otlp_body(spans), timeout = M.http_timeout,
+  })
+  if ok and res.status >= 200 and res.status < 300 then
+    self.failing = false
+    self.sent = self.sent + #spans
+    return
+  end
+  local why = ok and ("HTTP status " .. res.status) or tostring(res)
+  if self.failing then return end
+  self.failing = true
+  core.warn(("trace: cannot send spans to %s: %s (%d spans dropped)")
+            :format(self.url, why, #spans))
+end
+
+-- takes the queue and sends it from a task of its own
+function Sink:flush_http()
+  if self.timer then
+    self.timer:cancel()
+    self.timer = nil
+  end
+  local q = self.queue
+  if #q == 0 then return end
+  self.queue = {}
+  core.spawn(function() self:send(q) end)
+end
+
+function Sink:queue_span(s)
+  local q = self.queue
+  q[#q + 1] = s
+  if #q >= M.batch_size then
+    self:flush_http()
+  elseif self.timer == nil then
+    self.timer = core.spawn(function()
+      core.sleep(M.batch_delay)
+      self.timer = nil
+      self:flush_http()
+    end)
+  end
+end
+
+function Sink:handle(ev)
+  local ty = ev.type
+  if kind_of[ty] then
+    open_record(self, ev)
+    return
+  end
+  if ty == "retry" or ty == "fallback" then
+    local r = self.open[ev.span_id]
+    if r then
+      if ty == "retry" then r.retries = r.retries + 1 else r.fallback = true end
+    end
+    return
+  end
+  local r = self.open[ev.span_id]
+  if r == nil then return end        -- started before the sink
+  self.open[ev.span_id] = nil
+  r.trace_id = trace_id_of(self, r.run_id or ev.run_id)
+  if self.file then
+    local n = self.nbuf + 1
+    self.buf[n] = line_of(self, r, ev)
+    self.nbuf = n
+    if n >= M.batch_size or ty == "run_end" then self:flush_file() end
+  else
+    self:queue_span(otlp_span(self, r, ev))
+    if ty == "run_end" then self:flush_http() end
+  end
+end
+
+-- Stops listening and writes or sends what is left.
+function Sink:close()
+  if self.closed then return end
+  self.closed = true
+  self.sub:off()
+  if self.file then
+    self:flush_file()
+    self.file:close()
+  else
+    self:flush_http()
+  end
+end
+
+-- open(target, { capture = , run_id = }): target is a file path or an
+-- http:// or https:// collector URL (its /v1/traces is posted to)
+function M.open(target, opts, level)
+  level = (level or 1) + 1
+  opts = opts or {}
+  if type(target) ~= "string" or target == "" then
+    error(("trace: must be a file path or an http:// URL (got %s)"):format(type(target)), level)
+  end
+  local sink = setmetatable({ target = target, open = {}, capture = opts.capture == true,
+                              offset = clock_offset(), sent = 0 }, Sink)
+  if target:find("^https?://") then
+    local base = target:gsub("/+$", "")
+    sink.url = base:find("/v1/traces$") and base or base .. "/v1/traces"
+    sink.queue = {}
+  else
+    local f, err = io.open(target, "a")
+    if not f then error("trace: cannot open " .. tostring(err), level) end
+    f:setvbuf("full", 65536)
+    sink.file, sink.buf, sink.nbuf = f, {}, 0
+  end
+  sink.sub = events.subscribe(function(ev) return sink:handle(ev) end, span_types,
+                              opts.run_id, level)
+  return sink
+end
+
+-- PF_TRACE=path, or nil
+function M.from_env()
+  local v = os.getenv("PF_TRACE")
+  if v == nil or v == "" then return nil end
+  return v
+end
+
+return M
