@@ -48,6 +48,13 @@ static int l_set_dispatch(lua_State *L) {
   return 0;
 }
 
+/* core.listening(): the flag the walk tests */
+static int l_listening(lua_State *L) {
+  pf_sched *S = pf_sched_get(L);
+  lua_pushboolean(L, S != NULL && S->events);
+  return 1;
+}
+
 /* core.event(ev): what the walk does, for the Lua side and the specs */
 static int l_event(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -129,7 +136,7 @@ void pf_open_events(lua_State *L) {
     {"set_dispatch", l_set_dispatch}, {"event", l_event},
     {"call_handler", call_handler}, {"warn", l_warn},
     {"task_threads", l_task_threads}, {"wall", l_wall},
-    {"isatty", l_isatty}, {NULL, NULL}
+    {"isatty", l_isatty}, {"listening", l_listening}, {NULL, NULL}
   };
   luaL_setfuncs(L, fns, 0);
 }
