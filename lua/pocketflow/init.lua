@@ -278,11 +278,14 @@ local events = require "pocketflow.events"
 pf.on = events.on
 pf.emit = events.emit
 
-function pf.on_warning(msg)
-  io.stderr:write("pocketflow: warning: ", tostring(msg), "\n")
-end
 -- a progress bar on the terminal is cleared around a warning and redrawn
 local progress = require "pocketflow.progress"
+local function write_warning(msg)
+  io.stderr:write("pocketflow: warning: ", tostring(msg), "\n")
+end
+function pf.on_warning(msg)
+  return progress.around_warning(write_warning, msg)
+end
 core.set_warn(function(msg) return progress.around_warning(pf.on_warning, msg) end)
 
 return pf
