@@ -42,27 +42,36 @@ local function new_run_id()
 end
 M.new_span_id, M.new_run_id = new_span_id, new_run_id
 
--- The span stack of the current thread; a thread with none starts from
--- the current span of the nearest task above it.
-local function stack_of(co)
-  local st = frames[co]
-  if st then return st end
-  st = { n = 0 }
-  frames[co] = st
+-- The current span of a thread with no stack: that of the nearest task
+-- above it.
+local function inherited()
   local up = { task_threads() }
   for i = 2, #up do
     local pst = frames[up[i]]
-    if pst and pst.n > 0 then
-      st.base = pst[pst.n]
-      break
-    end
+    if pst and pst.n > 0 then return pst[pst.n] end
   end
+  return nil
+end
+
+-- The span stack of the current thread, made on its first span.
+local function stack_of(co)
+  local st = frames[co]
+  if st then return st end
+  st = { n = 0, base = inherited() }
+  frames[co] = st
   return st
 end
 
 local function top(st)
   if st.n > 0 then return st[st.n] end
   return st.base
+end
+
+-- the current span, without making a stack
+local function current(co)
+  local st = frames[co]
+  if st then return top(st) end
+  return inherited()
 end
 
 local function fill_from(ev, f)
@@ -82,8 +91,7 @@ local function open_span(ev, st)
   end
   local n = st.n + 1
   st.n = n
-  st[n] = { span_id = ev.span_id, parent_id = ev.parent_id, run_id = ev.run_id,
-            node = ev.node, path = ev.path, t = ev.t, kind = ev.type }
+  st[n] = ev   -- the start event is the frame: no table more per span
 end
 
 local function close_span(ev, st)
@@ -92,7 +100,7 @@ local function close_span(ev, st)
   local i = n
   while i > 0 do
     local f = st[i]
-    if (want and f.span_id == want) or (not want and f.kind == opener) then break end
+    if (want and f.span_id == want) or (not want and f.type == opener) then break end
     i = i - 1
   end
   if i == 0 then   -- no such span open on this thread: pass it as it is
@@ -118,7 +126,7 @@ local function complete(ev)
   elseif closes[ty] then
     close_span(ev, stack_of(co))
   else
-    local f = top(stack_of(co))
+    local f = current(co)
     if f then
       if ev.span_id == nil then ev.span_id = f.span_id end
       if ev.parent_id == nil then ev.parent_id = f.parent_id end

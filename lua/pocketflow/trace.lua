@@ -29,7 +29,7 @@ local function clock_offset()
 end
 
 local function nanos(offset, t)
-  return offset + (tointeger(floor(t * 1e9)) or 0)
+  return offset + floor(t * 1e9)
 end
 
 -- capture: a value as JSON, cut to M.capture_limit bytes
@@ -59,14 +59,8 @@ end
 
 -- ----------------------------------------------------------- the spans
 
--- A span being built: the start event's fields, then the end's.
-local function open_record(sink, ev)
-  sink.open[ev.span_id] = {
-    kind = kind_of[ev.type], name = ev.node or ev.type, path = ev.path,
-    attempt = ev.attempt, item = ev.item, run_id = ev.run_id,
-    parent = ev.parent_id, t0 = ev.t, retries = 0,
-  }
-end
+-- A span being built is its start event (kept in sink.open by span_id)
+-- and, once retried or fallen back, a note in sink.notes.
 
 local function status_of(st)
   if st == "error" then return "ERROR" end
@@ -74,53 +68,74 @@ local function status_of(st)
   return "UNSET"   -- cancelled, interrupted: not an error of the span
 end
 
-local function attributes_of(sink, r, ev)
-  local a = { ["pf.kind"] = r.kind, ["pf.status"] = ev.status or "ok" }
-  if r.path then a["pf.path"] = tostring(r.path) end
-  if r.attempt then a["pf.attempt"] = r.attempt end
-  if ev.attempt then a["pf.attempt"] = ev.attempt end
-  if r.item ~= nil then a["pf.item"] = r.item end
-  if r.retries > 0 then a["pf.retries"] = r.retries end
-  if r.fallback then a["pf.fallback"] = true end
-  if sink.capture then
-    if ev.prep_res ~= nil then a["pf.prep_res"] = captured(ev.prep_res) end
-    if ev.exec_res ~= nil then a["pf.exec_res"] = captured(ev.exec_res) end
-  end
-  return a
+-- the attributes as (key, value) pairs in key order, into out
+local function attributes_of(sink, r, ev, out)
+  local n = 0
+  local function add(k, v) out[n + 1] = k; out[n + 2] = v; n = n + 2 end
+  local attempt = ev.attempt or r.attempt
+  if attempt ~= nil then add("pf.attempt", attempt) end
+  local note = sink.notes[r]
+  if note and note.fallback then add("pf.fallback", true) end
+  if r.item ~= nil then add("pf.item", r.item) end
+  add("pf.kind", kind_of[r.type])
+  if r.path ~= nil then add("pf.path", tostring(r.path)) end
+  if sink.capture and ev.prep_res ~= nil then add("pf.prep_res", captured(ev.prep_res)) end
+  if sink.capture and ev.exec_res ~= nil then add("pf.exec_res", captured(ev.exec_res)) end
+  if note and note.retries then add("pf.retries", note.retries) end
+  add("pf.status", ev.status or "ok")
+  return n
 end
 
 -- ----------------------------------------------------------- JSON lines
 
-local function attrs_json(a)
-  local keys = {}
-  for k in pairs(a) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local out = {}
-  for i = 1, #keys do
-    local k, v = keys[i], a[keys[i]]
-    local tv = type(v)
-    if tv == "string" then v = esc(v)
-    elseif tv == "boolean" then v = tostring(v)
-    elseif tv == "number" then v = tointeger(v) and format("%d", v) or format("%.17g", v)
-    else v = esc(tostring(v)) end
-    out[i] = '"' .. k .. '":' .. v
+local function json_scalar(v)
+  local tv = type(v)
+  if tv == "string" then return esc(v) end
+  if tv == "boolean" then return v and "true" or "false" end
+  if tv == "number" then
+    if tointeger(v) then return format("%d", v) end
+    if v ~= v or v == math.huge or v == -math.huge then return esc(tostring(v)) end
+    return format("%.17g", v)
   end
-  return "{" .. concat(out, ",") .. "}"
+  return esc(tostring(v))
 end
 
-local function line_of(sink, r, ev)
+-- One line per span, made with one format: this is the hot path of
+-- trace = file (bench/trace.lua). Keys in the order of attributes_of.
+local function opt(key, v)
+  if v == nil then return "" end
+  if math.type(v) == "integer" then return '"' .. key .. '":' .. v .. "," end
+  return '"' .. key .. '":' .. json_scalar(v) .. ","
+end
+
+local function line_of(sink, r, ev, trace_id)
   local code = status_of(ev.status)
   local status
   if ev.error ~= nil then
     status = format('{"code":"%s","message":%s}', code, esc(tostring(ev.error)))
   else
-    status = '{"code":"' .. code .. '"}'
+    status = code == "OK" and '{"code":"OK"}' or '{"code":"' .. code .. '"}'
   end
-  return format('{"trace_id":"%s","span_id":"%s","parent_span_id":"%s","name":%s,'
-    .. '"start_time_unix_nano":%d,"end_time_unix_nano":%d,"status":%s,"attributes":%s}\n',
-    r.trace_id, ev.span_id, r.parent or "", esc(r.name),
-    nanos(sink.offset, r.t0 or ev.t), nanos(sink.offset, ev.t), status,
-    attrs_json(attributes_of(sink, r, ev)))
+  local note = sink.notes[r]
+  local captures = ""
+  if sink.capture then
+    captures = opt("pf.prep_res", ev.prep_res ~= nil and captured(ev.prep_res) or nil)
+            .. opt("pf.exec_res", ev.exec_res ~= nil and captured(ev.exec_res) or nil)
+  end
+  local offset = sink.offset
+  local path = r.path
+  -- one concatenation (a single VM op): three times faster than format
+  return '{"trace_id":"' .. trace_id .. '","span_id":"' .. ev.span_id
+    .. '","parent_span_id":"' .. (r.parent_id or "") .. '","name":' .. esc(r.node or r.type)
+    .. ',"start_time_unix_nano":' .. (offset + floor((r.t or ev.t) * 1e9))
+    .. ',"end_time_unix_nano":' .. (offset + floor(ev.t * 1e9))
+    .. ',"status":' .. status .. ',"attributes":{'
+    .. opt("pf.attempt", ev.attempt or r.attempt)
+    .. (note and note.fallback and '"pf.fallback":true,' or "")
+    .. opt("pf.item", r.item) .. '"pf.kind":"' .. kind_of[r.type] .. '",'
+    .. (path ~= nil and opt("pf.path", tostring(path)) or "") .. captures
+    .. (note and note.retries and opt("pf.retries", note.retries) or "")
+    .. '"pf.status":' .. esc(ev.status or "ok") .. "}}\n"
 end
 
 -- ------------------------------------------------------------- OTLP JSON
@@ -135,20 +150,17 @@ local function otlp_value(v)
   return { stringValue = tostring(v) }
 end
 
-local function otlp_span(sink, r, ev)
-  local attrs = {}
-  local a = attributes_of(sink, r, ev)
-  local keys = {}
-  for k in pairs(a) do keys[#keys + 1] = k end
-  table.sort(keys)
-  for i = 1, #keys do attrs[i] = { key = keys[i], value = otlp_value(a[keys[i]]) } end
+local function otlp_span(sink, r, ev, trace_id)
+  local attrs, pairs_ = {}, {}
+  local n = attributes_of(sink, r, ev, pairs_)
+  for i = 1, n, 2 do attrs[#attrs + 1] = { key = pairs_[i], value = otlp_value(pairs_[i + 1]) } end
   local code = status_of(ev.status)
   local status = { code = code == "OK" and 1 or code == "ERROR" and 2 or 0 }
   if ev.error ~= nil then status.message = tostring(ev.error) end
   return {
-    traceId = r.trace_id, spanId = ev.span_id, parentSpanId = r.parent or "",
-    name = tostring(r.name), kind = 1,   -- SPAN_KIND_INTERNAL
-    startTimeUnixNano = format("%d", nanos(sink.offset, r.t0 or ev.t)),
+    traceId = trace_id, spanId = ev.span_id, parentSpanId = r.parent_id or "",
+    name = tostring(r.node or r.type), kind = 1,   -- SPAN_KIND_INTERNAL
+    startTimeUnixNano = format("%d", nanos(sink.offset, r.t or ev.t)),
     endTimeUnixNano = format("%d", nanos(sink.offset, ev.t)),
     attributes = attrs, status = status,
   }
@@ -248,29 +260,29 @@ end
 function Sink:handle(ev)
   local ty = ev.type
   if kind_of[ty] then
-    open_record(self, ev)
-    return
-  end
-  if ty == "retry" or ty == "fallback" then
-    local r = self.open[ev.span_id]
-    if r then
-      if ty == "retry" then r.retries = r.retries + 1 else r.fallback = true end
-    end
+    self.open[ev.span_id] = ev
     return
   end
   local r = self.open[ev.span_id]
   if r == nil then return end        -- started before the sink
+  if ty == "retry" or ty == "fallback" then
+    local note = self.notes[r] or {}
+    self.notes[r] = note
+    if ty == "retry" then note.retries = (note.retries or 0) + 1 else note.fallback = true end
+    return
+  end
   self.open[ev.span_id] = nil
-  r.trace_id = trace_id_of(self, r.run_id or ev.run_id)
+  local trace_id = trace_id_of(self, r.run_id or ev.run_id)
   if self.file then
     local n = self.nbuf + 1
-    self.buf[n] = line_of(self, r, ev)
+    self.buf[n] = line_of(self, r, ev, trace_id)
     self.nbuf = n
     if n >= M.batch_size or ty == "run_end" then self:flush_file() end
   else
-    self:queue_span(otlp_span(self, r, ev))
+    self:queue_span(otlp_span(self, r, ev, trace_id))
     if ty == "run_end" then self:flush_http() end
   end
+  self.notes[r] = nil
 end
 
 -- Stops listening and writes or sends what is left.
@@ -294,7 +306,7 @@ function M.open(target, opts, level)
   if type(target) ~= "string" or target == "" then
     error(("trace: must be a file path or an http:// URL (got %s)"):format(type(target)), level)
   end
-  local sink = setmetatable({ target = target, open = {}, capture = opts.capture == true,
+  local sink = setmetatable({ target = target, open = {}, notes = {}, capture = opts.capture == true,
                               offset = clock_offset(), sent = 0 }, Sink)
   if target:find("^https?://") then
     local base = target:gsub("/+$", "")
