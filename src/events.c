@@ -15,7 +15,7 @@ static const char DISPATCH_KEY = 0;  /* registry: the bus's dispatch(ev) */
 int pf_event_begin(lua_State *L, const char *type) {
   pf_sched *S = pf_sched_get(L);
   if (S == NULL || !S->events) return 0;
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 16);  /* room for what the bus adds */
   lua_pushstring(L, type);
   lua_setfield(L, -2, "type");
   return 1;

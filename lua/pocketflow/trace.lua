@@ -44,15 +44,20 @@ local function captured(v)
   return s
 end
 
--- escaped names are cached: a run has few distinct names and paths
-local escaped = setmetatable({}, { __mode = "k" })
+-- escaped names and paths are cached: a run has few distinct ones. The
+-- caches are emptied when they grow past 1000 entries (a weak table does
+-- not drop string keys).
+local escaped, n_escaped = {}, 0
 local function esc(s)
   if s == nil then return '""' end
   if type(s) ~= "string" then s = tostring(s) end
   local e = escaped[s]
   if e == nil then
     e = encode_string(s)
-    if #s < 200 then escaped[s] = e end
+    if #s < 200 then
+      if n_escaped >= 1000 then escaped, n_escaped = {}, 0 end
+      escaped[s], n_escaped = e, n_escaped + 1
+    end
   end
   return e
 end
@@ -108,6 +113,19 @@ local function opt(key, v)
   return '"' .. key .. '":' .. json_scalar(v) .. ","
 end
 
+local path_attrs, n_paths = {}, 0
+local function path_attr(path)
+  local a = path_attrs[path]
+  if a == nil then
+    a = opt("pf.path", tostring(path))
+    if type(path) == "string" and #path < 200 then
+      if n_paths >= 1000 then path_attrs, n_paths = {}, 0 end
+      path_attrs[path], n_paths = a, n_paths + 1
+    end
+  end
+  return a
+end
+
 local function line_of(sink, r, ev, trace_id)
   local code = status_of(ev.status)
   local status
@@ -133,9 +151,9 @@ local function line_of(sink, r, ev, trace_id)
     .. opt("pf.attempt", ev.attempt or r.attempt)
     .. (note and note.fallback and '"pf.fallback":true,' or "")
     .. opt("pf.item", r.item) .. '"pf.kind":"' .. kind_of[r.type] .. '",'
-    .. (path ~= nil and opt("pf.path", tostring(path)) or "") .. captures
+    .. (path ~= nil and path_attr(path) or "") .. captures
     .. (note and note.retries and opt("pf.retries", note.retries) or "")
-    .. '"pf.status":' .. esc(ev.status or "ok") .. "}}\n"
+    .. (ev.status == "ok" and '"pf.status":"ok"}}\n' or '"pf.status":' .. esc(ev.status or "ok") .. "}}\n")
 end
 
 -- ------------------------------------------------------------- OTLP JSON
@@ -187,7 +205,9 @@ local Sink = {}
 Sink.__index = Sink
 
 local function trace_id_of(sink, run_id)
+  if run_id == sink.last_run then return run_id end
   if type(run_id) == "string" and #run_id == 32 and not run_id:find("[^0-9a-f]") then
+    sink.last_run = run_id
     return run_id
   end
   sink.fallback_trace = sink.fallback_trace or events.new_run_id()
