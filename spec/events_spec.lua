@@ -145,6 +145,31 @@ describe("pf.on and pf.emit", function()
     assert.matches("pf.http: event handlers may not wait; use pf.spawn$", seen[2])
   end)
 
+  it("refuses a wait inside a handler outside any run too", function()
+    local slept = false
+    local seen = warnings.of(function()
+      local sub = pf.on(function() pf.sleep(0.01); slept = true end)
+      pf.emit("x")
+      sub:off()
+    end)
+    assert.is_false(slept)
+    assert.equal(1, #seen)
+    assert.matches("pf.sleep: event handlers may not wait; use pf.spawn$", seen[1])
+  end)
+
+  it("keeps waits outside handlers working, in a handler's own task too", function()
+    local got
+    local sub = pf.on(function(ev)
+      -- a coroutine of the handler's own is not the task: it cannot wait either
+      local ok, err = pcall(pf.sleep, 0)
+      got = { ok, err }
+    end)
+    pf.run(function() pf.emit("x"); pf.sleep(0.001) end)
+    sub:off()
+    assert.is_false(got[1])
+    assert.matches("event handlers may not wait", got[2])
+  end)
+
   it("lets a handler spawn a task that waits", function()
     local order = {}
     local sub = pf.on(function(ev)

@@ -9,6 +9,7 @@ local events = require "pocketflow.events"
 local trace = require "pocketflow.trace"
 local httpd = require "support.httpd"
 local warnings = require "support.warnings"
+local fdcount = require "support.fdcount"
 
 local function slurp(p)
   local f = assert(io.open(p, "rb")); local s = f:read("a"); f:close(); return s
@@ -158,6 +159,35 @@ describe("trace to a file", function()
     assert.equal(id, spans[1].trace_id)
   end)
 
+  it("leaves no descriptor open and survives odd values", function()
+    local fds = fdcount.fds()
+    for _ = 1, 3 do
+      local sink = trace.open(path, { capture = true })
+      local cyc = {}; cyc.self = cyc
+      pf.run(function()
+        core.event{ type = "node_start", node = "\0weird\255name", path = { "not", "a", "string" } }
+        core.event{ type = "retry", attempt = 1, delay = 0.1, error = "e" }
+        core.event{ type = "fallback", attempt = 2, error = "e" }
+        core.event{ type = "node_end", status = "cancelled", exec_res = cyc, prep_res = 0 / 0,
+                    error = setmetatable({}, { __tostring = function() return "an error object" end }) }
+      end)
+      sink:close()
+      sink:close()   -- twice is harmless
+    end
+    assert.is_true(fdcount.fds() <= fds)
+    local spans = lines_of(path)
+    assert.equal(3, #spans)
+    local s = spans[1]
+    assert.same({ code = "UNSET", message = "an error object" }, s.status)
+    assert.equal("cancelled", s.attributes["pf.status"])
+    assert.equal(1, s.attributes["pf.retries"])
+    assert.is_true(s.attributes["pf.fallback"])
+    assert.equal(2, s.attributes["pf.attempt"])
+    assert.matches("^table: ", s.attributes["pf.path"])
+    assert.equal("\0weird\u{FFFD}name", s.name)
+    assert.matches('^"table: ', s.attributes["pf.exec_res"])
+  end)
+
   it("refuses a bad target with a clear error", function()
     assert.has_error(function() trace.open(42) end, "trace: must be a file path or an http:// URL (got number)")
     assert.has_error(function() trace.open("/nonexistent/dir/t.jsonl") end,
@@ -285,6 +315,32 @@ describe("trace to an OTLP/HTTP collector", function()
     assert.equal(1, #seen)
     assert.matches("^trace: cannot send spans to " .. url:gsub("%p", "%%%0") .. "/v1/traces: ", seen[1])
     assert.matches("spans dropped%)$", seen[1])
+  end)
+
+  it("warns once when the collector hangs up or answers garbage", function()
+    local n = 0
+    local srv = httpd.start{ routes = { ["/v1/traces"] = function(_, r)
+      n = n + 1
+      if n % 2 == 1 then r:close() else r:raw("garbage\r\n\r\n"); r:close() end
+    end } }
+    local seen = warnings.of(function()
+      local sink = trace.open(srv.url)
+      local res = pf.run(function()
+        core.event{ type = "run_start", node = "Flow" }
+        for _ = 1, 1100 do
+          core.event{ type = "node_start", node = "N" }
+          core.event{ type = "node_end", status = "ok" }
+        end
+        core.event{ type = "run_end", status = "ok" }
+        return 7
+      end)
+      sink:close()
+      assert.equal(7, res)
+    end)
+    srv:close()
+    assert.equal(3, n)
+    assert.equal(1, #seen)
+    assert.matches("^trace: cannot send spans to ", seen[1])
   end)
 
   it("warns on an error status too", function()

@@ -12,6 +12,7 @@
 #include <luv/luv.h>
 
 #include "pf.h"
+#include "events.h"
 #include "sched.h"
 
 static const char SCHED_KEY = 'S';
@@ -796,6 +797,8 @@ int pf_l_run(lua_State *L) {
 /* A waiting call made outside any task: runs itself as the main task of
 ** an implicit pf.run, or says why it cannot. */
 int pf_run_implicit(lua_State *L, lua_CFunction f, const char *fname) {
+  if (pf_in_handler(L))  /* an event handler outside any task */
+    return luaL_error(L, "%s: event handlers may not wait; use pf.spawn", fname);
   if (!pf_outside(L)) return not_in_task(L, fname);
   lua_pushcfunction(L, f);
   lua_insert(L, 1);

@@ -47,13 +47,23 @@ end
 -- escaped names and paths are cached: a run has few distinct ones. The
 -- caches are emptied when they grow past 1000 entries (a weak table does
 -- not drop string keys).
+-- bytes that are not UTF-8 become U+FFFD: the output stays valid JSON
+local function valid_utf8(s)
+  local _, bad = utf8.len(s)
+  while bad do
+    s = s:sub(1, bad - 1) .. "\u{FFFD}" .. s:sub(bad + 1)
+    _, bad = utf8.len(s)
+  end
+  return s
+end
+
 local escaped, n_escaped = {}, 0
 local function esc(s)
   if s == nil then return '""' end
   if type(s) ~= "string" then s = tostring(s) end
   local e = escaped[s]
   if e == nil then
-    e = encode_string(s)
+    e = encode_string(valid_utf8(s))
     if #s < 200 then
       if n_escaped >= 1000 then escaped, n_escaped = {}, 0 end
       escaped[s], n_escaped = e, n_escaped + 1
@@ -77,9 +87,9 @@ end
 local function attributes_of(sink, r, ev, out)
   local n = 0
   local function add(k, v) out[n + 1] = k; out[n + 2] = v; n = n + 2 end
-  local attempt = ev.attempt or r.attempt
-  if attempt ~= nil then add("pf.attempt", attempt) end
   local note = sink.notes[r]
+  local attempt = ev.attempt or note and note.attempt or r.attempt
+  if attempt ~= nil then add("pf.attempt", attempt) end
   if note and note.fallback then add("pf.fallback", true) end
   if r.item ~= nil then add("pf.item", r.item) end
   add("pf.kind", kind_of[r.type])
@@ -148,7 +158,7 @@ local function line_of(sink, r, ev, trace_id)
     .. ',"start_time_unix_nano":' .. (offset + floor((r.t or ev.t) * 1e9))
     .. ',"end_time_unix_nano":' .. (offset + floor(ev.t * 1e9))
     .. ',"status":' .. status .. ',"attributes":{'
-    .. opt("pf.attempt", ev.attempt or r.attempt)
+    .. opt("pf.attempt", ev.attempt or note and note.attempt or r.attempt)
     .. (note and note.fallback and '"pf.fallback":true,' or "")
     .. opt("pf.item", r.item) .. '"pf.kind":"' .. kind_of[r.type] .. '",'
     .. (path ~= nil and path_attr(path) or "") .. captures
@@ -289,6 +299,7 @@ function Sink:handle(ev)
     local note = self.notes[r] or {}
     self.notes[r] = note
     if ty == "retry" then note.retries = (note.retries or 0) + 1 else note.fallback = true end
+    if ev.attempt ~= nil then note.attempt = ev.attempt end
     return
   end
   self.open[ev.span_id] = nil
