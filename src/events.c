@@ -63,6 +63,13 @@ static int l_event(lua_State *L) {
   return 0;
 }
 
+/* core.event_new(type) -> the table pf_event_begin makes, or nil when
+** nobody listens: the walk's own steps, for Lua code and the bench */
+static int l_event_new(lua_State *L) {
+  if (!pf_event_begin(L, luaL_checkstring(L, 1))) lua_pushnil(L);
+  return 1;
+}
+
 static int call_handler(lua_State *L);
 
 /* Whether a handler is being called on L: then a wait fails with the
@@ -136,7 +143,8 @@ void pf_open_events(lua_State *L) {
     {"set_dispatch", l_set_dispatch}, {"event", l_event},
     {"call_handler", call_handler}, {"warn", l_warn},
     {"task_threads", l_task_threads}, {"wall", l_wall},
-    {"isatty", l_isatty}, {"listening", l_listening}, {NULL, NULL}
+    {"isatty", l_isatty}, {"listening", l_listening},
+    {"event_new", l_event_new}, {NULL, NULL}
   };
   luaL_setfuncs(L, fns, 0);
 }
