@@ -81,13 +81,16 @@ describe("pf.on and pf.emit", function()
     pf.run(function()
       core.event{ type = "run_start", node = "Flow", path = "Flow" }
       core.event{ type = "node_start", node = "Batch", path = "Flow/Batch", attempt = 1 }
-      local tasks = {}
+      local tasks, started, ended = {}, 0, 0
       for i = 1, 3 do
         tasks[i] = pf.spawn(function()
           core.event{ type = "item_start", item = i }
-          pf.sleep(0.01 * (4 - i))   -- they end in reverse order
+          started = started + 1
+          -- all three are open at once, and they end in reverse order
+          while started < 3 or ended < 3 - i do pf.sleep(0) end
           pf.emit("tick", i)
           core.event{ type = "item_end", status = "ok" }
+          ended = ended + 1
         end)
       end
       pf.emit("in_batch")
