@@ -270,7 +270,7 @@ static int l_gather(lua_State *L) {
   if (pf_current(L) == NULL) return pf_run_implicit(L, l_gather, "pf.gather");
   pf_check_yield(L, "pf.gather");
   lua_settop(L, 1);
-  if (pf_group_start(L, PF_G_GATHER, 1, 0, 0, 0, 0))
+  if (pf_group_start(L, 1, 0, pf_group_call_item, 0))
     return pf_yield(L, NULL, 0, gather_k);
   return gather_k(L, LUA_OK, 0);
 }
@@ -294,7 +294,6 @@ static const luaL_Reg runtime[] = {
   {"now", l_now},
   {"set_warn", pf_set_warn},
   {"run_node", pf_run_node},
-  {"machine", pf_machine},
   {NULL, NULL}
 };
 
