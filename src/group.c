@@ -52,7 +52,7 @@ static void group_launch(lua_State *L, pf_group *g, int gidx) {
     pf_task *c;
     int nargs;
     luaL_checkstack(L, 8, "launching items");
-    nargs = g->body(L, gidx, i);   /* item start */
+    nargs = g->body(L, gidx, i);
     c = pf_spawn_task(L, g->owner, nargs);
     c->group = g;
     c->group_idx = i;
@@ -127,8 +127,8 @@ void pf_group_cancel(pf_task *owner, void *data) {
 /* The first failure cancels the other items still running. Their
 ** __close may end tasks or cancel the owner: they are listed, pinned,
 ** before any is cancelled. */
-static void group_fail(lua_State *L, pf_group *g, pf_task *child, lua_State *co,
-                 int gidx) {
+static void group_fail(lua_State *L, pf_group *g, pf_task *child,
+                       lua_State *co, int gidx) {
   pf_task *c;
   lua_Integer n = 0, i;
   g->failed = 1;
@@ -152,8 +152,9 @@ static void group_fail(lua_State *L, pf_group *g, pf_task *child, lua_State *co,
   g->running = 0;
 }
 
-/* An item ended: nres >= 0 results on co's top, or -1 for an error on
-** co's top. Runs on the driver, with 'from' its scratch state. */
+/* hook: item end (parallel). An item ended: nres >= 0 results on co's
+** top, or -1 for an error on co's top. Runs on the driver, with 'from'
+** its scratch state. */
 void pf_group_child_done(pf_group *g, pf_task *child, int nres,
                          lua_State *from) {
   pf_sched *S = child->S;
@@ -179,7 +180,7 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
     }
     lua_rawseti(L, -2, child->group_idx);
     lua_pop(L, 1);
-    group_launch(L, g, gidx);   /* item end */
+    group_launch(L, g, gidx);
   }
   if (owner_waits(g) && g->running == 0 && (g->failed || g->done == g->n)) {
     group_release(L, g);

@@ -364,7 +364,7 @@ static void bad_action(lua_State *L, int b) {
 ** b+F_ACTION (nil means "default"), warning when the walk ends although the
 ** node has successors, and raising if the action was not a string. */
 static void next_node(lua_State *L, int b) {
-  int succ;
+  int succ, action = b + F_ACTION;
   if (get_key(L, b + F_NODE, K_SUCCESSORS) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_pushnil(L);
@@ -372,9 +372,10 @@ static void next_node(lua_State *L, int b) {
     return;
   }
   succ = lua_gettop(L);
-  if (lua_isnil(L, b + F_ACTION)) lua_rawgeti(L, KEYS, K_DEFAULT);
-  else lua_pushvalue(L, b + F_ACTION);
-  if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1))
+  if (lua_isnil(L, action)) lua_rawgeti(L, KEYS, K_DEFAULT);
+  else lua_pushvalue(L, action);
+  if (lua_type(L, -1) == LUA_TNUMBER &&
+      lua_tonumber(L, -1) != lua_tonumber(L, -1))
     lua_pushnil(L);  /* NaN cannot be a key */
   else
     lua_rawget(L, succ);
@@ -382,10 +383,10 @@ static void next_node(lua_State *L, int b) {
     lua_pushnil(L);
     if (lua_next(L, succ)) {
       lua_pop(L, 2);
-      if (!lua_isnil(L, b + F_ACTION) && lua_type(L, b + F_ACTION) != LUA_TSTRING)
+      if (!lua_isnil(L, action) && lua_type(L, action) != LUA_TSTRING)
         bad_action(L, b);
-      if (lua_isnil(L, b + F_ACTION)) lua_pushliteral(L, "default");
-      else lua_pushvalue(L, b + F_ACTION);
+      if (lua_isnil(L, action)) lua_pushliteral(L, "default");
+      else lua_pushvalue(L, action);
       push_actions(L, succ);
       luaL_tolstring(L, -2, NULL);
       lua_pushfstring(L, "%s: flow ends: '%s' not found in %s",
