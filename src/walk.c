@@ -202,7 +202,7 @@ static int push_method(lua_State *L, int b, int key) {
 
 /* Calls the method pushed with its nargs arguments; its result comes
 ** back to state st of the frame at b. An error goes on unprotected: the
-** where line of a prep or post error is read off the stack (see where). */
+** where line of a prep or post error is read off the stack (where.c). */
 static void call(lua_State *L, int b, int st, int nargs) {
   lua_callk(L, nargs + 1, 1, CTX(b, st), walk_k);
 }
