@@ -278,6 +278,8 @@ describe("pf.http", function()
     -- get and post check the same way; the error is at the caller's line
     local err = e(function() pf.http.get(u, { timout = 1 }) end)
     assert.truthy(err:find("^spec/http_spec%.lua:%d+: pf%.http: unknown option 'timout'"), err)
+    err = e(function() pf.http.get(u, { proxy = "http://a\0b" }) end)
+    assert.truthy(err:find("^spec/http_spec%.lua:%d+: pf%.http: proxy contains a NUL byte"), err)
     assert.truthy(e(pf.http.get, u, 5):find("pf.http: options must be a table (got number)", 1, true))
     assert.truthy(e(pf.http.post, u, 5):find("pf.http: body must be a string (got number)", 1, true))
     assert.equal("hello", pf.http.get(u).body)   -- and nothing is left broken

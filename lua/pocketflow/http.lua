@@ -29,6 +29,10 @@ local function check_opts(opts, level)
     if type(v) ~= want then
       error(("pf.http: %s must be a %s (got %s)"):format(k, want, type(v)), level)
     end
+    -- strings go to curl as C strings (the body is sent by length)
+    if want == "string" and k ~= "body" and v:find("\0", 1, true) then
+      error(("pf.http: %s contains a NUL byte"):format(k), level)
+    end
   end
   if opts.url == nil then error("pf.http: url is required", level) end
   if opts.timeout ~= nil and not (opts.timeout > 0) then
