@@ -91,8 +91,8 @@ static int walk_k(lua_State *L, int status, lua_KContext ctx) {
               (int)(ctx & ((1 << ST_BITS) - 1)));
 }
 
-/* The walk's registers: the running frame's base and state, and the
-** status of the pcall a state waited for. A step returns GO for the loop
+/* The walk's registers: the running frame's base and state (its program
+** counter), and the status of the pcall a state waited for. A step returns GO for the loop
 ** to go on with them, or the value the walk returns. */
 typedef struct Pc {
   int b, st, status;
@@ -241,8 +241,9 @@ static int node_begin(lua_State *L, Pc *pc, int st) {
   return GO;
 }
 
-/* hook: node end. The frame is done, its result on top: the parent goes
-** on in its own state with it, or the walk returns it. */
+/* hook: node end (also an item frame's or a walk's end). The frame is
+** done, its result on top: the parent goes on in its own state with it,
+** or the walk returns it. */
 static int end_frame(lua_State *L, Pc *pc) {
   pc->b = pop_frame(L, pc->b);
   if (pc->b == 0) return 1;
@@ -789,22 +790,29 @@ static lua_Integer parallel_items(lua_State *L, int b, int st, int flow) {
   return maxc;
 }
 
+/* The walk's wait for its items: starts the group and yields until
+** they end (back in the state set), unless there are none. */
+static int group_wait(lua_State *L, Pc *pc, lua_Integer maxc, int flow) {
+  int b = pc->b, wait;
+  pf_check_task(L, "parallel batch");
+  pf_check_yield(L, "parallel batch");
+  wait = start_group(L, b, maxc, flow);
+  lua_replace(L, b + F_GROUP);
+  return wait ? pf_yield(L, NULL, CTX(b, pc->st), walk_k) : GO;
+}
+
 /* A parallel batch node or flow: the items (item frames or walks) as
 ** tasks of a group, then post with the results or nil. */
 static int parallel_step(lua_State *L, Pc *pc) {
-  int b = pc->b, flow = ST_KIND(pc->st) == PF_K_PBFLOW, wait;
+  int b = pc->b, flow = ST_KIND(pc->st) == PF_K_PBFLOW;
   lua_Integer maxc;
   switch (pc->st) {
     case PBATCH_PREP: case PBFLOW_PREP:
       return node_begin(L, pc, flow ? PBFLOW_PREPPED : PBATCH_PREPPED);
     case PBATCH_PREPPED: case PBFLOW_PREPPED:
       maxc = parallel_items(L, b, pc->st, flow);
-      pf_check_task(L, "parallel batch");
-      pf_check_yield(L, "parallel batch");
       pc->st = flow ? PBFLOW_GATHERED : PBATCH_GATHERED;
-      wait = start_group(L, b, maxc, flow);
-      lua_replace(L, b + F_GROUP);
-      return wait ? pf_yield(L, NULL, CTX(b, pc->st), walk_k) : GO;
+      return group_wait(L, pc, maxc, flow);
     default:   /* PBATCH_GATHERED, PBFLOW_GATHERED */
       pf_group_finish(L, b + F_GROUP);
       if (flow) {
