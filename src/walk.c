@@ -3,8 +3,9 @@
 ** run of node n over the shared store s is (p: prep's result):
 **
 **   node    p = n:prep(s); return n:post(s, p, exec(n, p))
-**   exec    for a = 0, max_retries - 1: n.cur_retry = a; ok, r =
-**           pcall(n.exec, n, p); if ok: return r; wait 'wait' seconds
+**   exec    for a = 0, max_retries - 1: n.cur_retry = a
+**             ok, r = pcall(n.exec, n, p); if ok: return r
+**             if a < max_retries - 1: sleep(n.wait)
 **           return n:exec_fallback(p, err)   -- default: raise err
 **   batch   p = prep; r[i] = exec(n, p[i]) for each i, in order;
 **           return n:post(s, p, r)
