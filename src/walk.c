@@ -421,7 +421,6 @@ static void push_merged(lua_State *L, int base, int over) {
   copy_fields(L, over, t);
 }
 
-
 /* ----------------------------------------------------------------- exec */
 
 /* exec's result is on top: a node calls post, an item's frame ends. */
