@@ -227,18 +227,14 @@ static int call_post(lua_State *L, int b) {
   return POSTED;
 }
 
-/* Calls the frame's prep(self, shared), whose result comes back in st. */
-static void call_prep(lua_State *L, int b, int st) {
-  if (push_method(L, b, K_PREP)) {
-    lua_pushvalue(L, b + F_SHARED);
-    call(L, b, st, 1);
+/* hook: node start. A frame's first state (*_PREP) calls prep(self,
+** shared), whose result comes back in the kind's *_PREPPED. */
+static int node_begin(lua_State *L, Pc *pc) {
+  pc->st = ST(ST_KIND(pc->st), P_PREPPED);
+  if (push_method(L, pc->b, K_PREP)) {
+    lua_pushvalue(L, pc->b + F_SHARED);
+    call(L, pc->b, pc->st, 1);
   }
-}
-
-/* hook: node start. A frame's first state calls prep, for st. */
-static int node_begin(lua_State *L, Pc *pc, int st) {
-  pc->st = st;
-  call_prep(L, pc->b, st);
   return GO;
 }
 
@@ -517,10 +513,9 @@ static int exec_step(lua_State *L, Pc *pc) {
 
 /* ---------------------------------------------------------------- kinds */
 
-/* A node: prep, then exec_step, then post. */
+/* A node: after prep, exec_step, then post. */
 static int node_step(lua_State *L, Pc *pc) {
-  if (pc->st == NODE_PREP) return node_begin(L, pc, NODE_PREPPED);
-  lua_replace(L, pc->b + F_PREP);
+  lua_replace(L, pc->b + F_PREP);   /* NODE_PREPPED */
   pc->st = NODE_ATTEMPT;
   return GO;
 }
@@ -539,8 +534,6 @@ static int batch_step(lua_State *L, Pc *pc) {
   int b = pc->b;
   lua_Integer i = get_int(L, b, F_INDEX);
   switch (pc->st) {
-    case BATCH_PREP:
-      return node_begin(L, pc, BATCH_PREPPED);
     case BATCH_PREPPED:
       keep_items(L, b, pc->st, "items");
       lua_newtable(L);
@@ -572,8 +565,6 @@ static int batch_step(lua_State *L, Pc *pc) {
 static int flow_step(lua_State *L, Pc *pc) {
   int b = pc->b;
   switch (pc->st) {
-    case FLOW_PREP:
-      return node_begin(L, pc, FLOW_PREPPED);
     case FLOW_PREPPED:
       lua_replace(L, b + F_PREP);
       set_state(L, b, FLOW_WALKED);
@@ -598,8 +589,6 @@ static int bflow_step(lua_State *L, Pc *pc) {
   int b = pc->b, top;
   lua_Integer i = get_int(L, b, F_INDEX);
   switch (pc->st) {
-    case BFLOW_PREP:
-      return node_begin(L, pc, BFLOW_PREPPED);
     case BFLOW_PREPPED:
       keep_items(L, b, pc->st, "param tables");
       check_param_sets(L, b, pc->st, b + F_ITEMS);
@@ -659,7 +648,8 @@ static int walk_step(lua_State *L, Pc *pc) {
     case WALK_STEP:
       if (!lua_isnil(L, b + F_NODE)) return start_child(L, pc);
       lua_pushvalue(L, b + F_ACTION);
-      return end_frame(L, pc);
+      pc->st = WALK_END;
+      return GO;
     default:   /* WALK_NODE_DONE */
       lua_replace(L, b + F_ACTION);
       next_node(L, b);
@@ -807,8 +797,6 @@ static int parallel_step(lua_State *L, Pc *pc) {
   int b = pc->b, flow = ST_KIND(pc->st) == PF_K_PBFLOW;
   lua_Integer maxc;
   switch (pc->st) {
-    case PBATCH_PREP: case PBFLOW_PREP:
-      return node_begin(L, pc, flow ? PBFLOW_PREPPED : PBATCH_PREPPED);
     case PBATCH_PREPPED: case PBFLOW_PREPPED:
       maxc = parallel_items(L, b, pc->st, flow);
       pc->st = flow ? PBFLOW_GATHERED : PBATCH_GATHERED;
@@ -835,7 +823,11 @@ static int walk(lua_State *L, int status, int b, int st) {
   pc.status = status;
   for (;;) {
     switch (pc.st) {
-      case NODE_PREP: case NODE_PREPPED:
+      case NODE_PREP: case BATCH_PREP: case PBATCH_PREP: case FLOW_PREP:
+      case BFLOW_PREP: case PBFLOW_PREP:
+        r = node_begin(L, &pc);
+        break;
+      case NODE_PREPPED:
         r = node_step(L, &pc);
         break;
       case NODE_ATTEMPT: case NODE_EXECUTED: case NODE_FELL_BACK:
@@ -843,21 +835,20 @@ static int walk(lua_State *L, int status, int b, int st) {
         r = exec_step(L, &pc);
         break;
       case POSTED:   /* hook: after post */
-      case EXEC_END:
+      case EXEC_END: case WALK_END:
         r = end_frame(L, &pc);
         break;
-      case BATCH_PREP: case BATCH_PREPPED: case BATCH_NEXT:
-      case BATCH_ITEM_DONE:
+      case BATCH_PREPPED: case BATCH_NEXT: case BATCH_ITEM_DONE:
         r = batch_step(L, &pc);
         break;
-      case PBATCH_PREP: case PBATCH_PREPPED: case PBATCH_GATHERED:
-      case PBFLOW_PREP: case PBFLOW_PREPPED: case PBFLOW_GATHERED:
+      case PBATCH_PREPPED: case PBATCH_GATHERED:
+      case PBFLOW_PREPPED: case PBFLOW_GATHERED:
         r = parallel_step(L, &pc);
         break;
-      case FLOW_PREP: case FLOW_PREPPED: case FLOW_WALKED:
+      case FLOW_PREPPED: case FLOW_WALKED:
         r = flow_step(L, &pc);
         break;
-      case BFLOW_PREP: case BFLOW_PREPPED: case BFLOW_NEXT: case BFLOW_WALKED:
+      case BFLOW_PREPPED: case BFLOW_NEXT: case BFLOW_WALKED:
         r = bflow_step(L, &pc);
         break;
       case WALK_START: case WALK_STEP: case WALK_NODE_DONE:

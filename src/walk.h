@@ -43,8 +43,10 @@ enum {
 #define ST_KIND(st)     ((st) >> 5)
 #define ST_PHASE(st)    ((st) & 31)
 
-/* The phases of exec come after those of the frame's own kind: a node
-** runs them inline, an item's frame (PF_K_EXEC) starts with them. */
+/* Every kind but an item's starts with prep. The phases of exec come
+** after those of the frame's own kind: a node runs them inline, an
+** item's frame (PF_K_EXEC) starts with them. */
+enum { P_PREP, P_PREPPED };
 enum { P_ATTEMPT = 16, P_EXECUTED, P_FELL_BACK, P_END };
 
 /*
@@ -54,7 +56,8 @@ enum { P_ATTEMPT = 16, P_EXECUTED, P_FELL_BACK, P_END };
 **
 ** state            top               does
 ** ---------------- ----------------- ------------------------------------
-** NODE_PREP        -                 call prep(self, shared)
+** *_PREP           -                 call prep(self, shared) (every kind
+**                                    but EXEC); -> the kind's *_PREPPED
 ** NODE_PREPPED     prep_res          keep it in F_PREP; -> NODE_ATTEMPT
 ** *_ATTEMPT        -                 set cur_retry; pcall exec(self, F_PREP)
 ** *_EXECUTED       exec_res | error  ok: -> post (item: EXEC_END); error:
@@ -63,7 +66,6 @@ enum { P_ATTEMPT = 16, P_EXECUTED, P_FELL_BACK, P_END };
 ** *_FELL_BACK      result | error    ok: -> post (item: EXEC_END); raise
 ** POSTED           post_res          end the frame with it (every kind)
 ** EXEC_END         exec_res          end the item's frame with it
-** BATCH_PREP etc.  -                 call prep(self, shared)
 ** BATCH_PREPPED    prep_res          check items; F_RES = {}; F_INDEX = 1
 ** BATCH_NEXT       -                 past the end: call post(.., F_RES);
 **                                    else push an item frame (EXEC_ATTEMPT)
@@ -79,9 +81,10 @@ enum { P_ATTEMPT = 16, P_EXECUTED, P_FELL_BACK, P_END };
 ** PBFLOW_PREPPED   prep_res          check param tables; start the group
 ** PBFLOW_GATHERED  -                 call post(.., nil) or raise
 ** WALK_START       -                 F_NODE = start_node
-** WALK_STEP        -                 no F_NODE: end with F_ACTION; else
-**                                    push F_NODE's run frame (its PREP)
+** WALK_STEP        -                 no F_NODE: -> WALK_END with F_ACTION;
+**                                    else push F_NODE's run frame (PREP)
 ** WALK_NODE_DONE   post_res          F_ACTION = it; F_NODE = successor
+** WALK_END         last action       end the walk's frame with it
 */
 enum walk_state {
   NODE_PREP = ST(PF_K_NODE, 0), NODE_PREPPED, POSTED = ST(PF_K_NODE, 3),
@@ -93,7 +96,7 @@ enum walk_state {
   FLOW_PREP = ST(PF_K_FLOW, 0), FLOW_PREPPED, FLOW_WALKED,
   BFLOW_PREP = ST(PF_K_BFLOW, 0), BFLOW_PREPPED, BFLOW_NEXT, BFLOW_WALKED,
   PBFLOW_PREP = ST(PF_K_PBFLOW, 0), PBFLOW_PREPPED, PBFLOW_GATHERED,
-  WALK_START = ST(PF_K_WALK, 0), WALK_STEP, WALK_NODE_DONE
+  WALK_START = ST(PF_K_WALK, 0), WALK_STEP, WALK_NODE_DONE, WALK_END
 };
 
 /* walk.c, for where.c */
