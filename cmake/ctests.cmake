@@ -13,6 +13,12 @@ target_link_libraries(embed_test PRIVATE PkgConfig::LUA)
 add_test(NAME c.embed COMMAND embed_test)
 set_tests_properties(c.embed PROPERTIES LABELS c TIMEOUT 60)
 
+# the chunking of transfers over 4 GiB (src/io.h), without the memory
+add_executable(io_chunk_test tests/io_chunk_test.c)
+target_link_libraries(io_chunk_test PRIVATE PkgConfig::LUA PkgConfig::UV)
+add_test(NAME c.io_chunk COMMAND io_chunk_test)
+set_tests_properties(c.io_chunk PROPERTIES LABELS c TIMEOUT 60)
+
 # pf.deserialize against truncated, altered and random blobs (serial.c);
 # with PF_ASAN_DIR the same sweep runs on the sanitizer build's binary
 add_executable(serial_test tests/serial_test.c src/serial.c)

@@ -57,9 +57,21 @@ function Combine:post(shared, list, summary)
   print("overall: " .. summary)
 end
 
+-- the regular files of dir, in name order; subfolders and the like are
+-- skipped, and a folder that cannot be read is an error
+local ok, names = pcall(pf.list_dir, dir)
+if not ok then
+  io.stderr:write("map_reduce: ", names, "\n")
+  os.exit(1)
+end
 local files = {}
-for name in pf.exec({ "ls", "-1", dir }).stdout:gmatch("[^\n]+") do
-  files[#files + 1] = dir .. "/" .. name
+for _, name in ipairs(names) do
+  local path = dir .. "/" .. name
+  if pf.stat(path).type == "file" then files[#files + 1] = path end
+end
+if #files == 0 then
+  io.stderr:write("map_reduce: no files to summarize in ", dir, "\n")
+  os.exit(1)
 end
 
 local map = MapFiles{ start = SummarizeFile{ max_retries = 3, wait = 0.5 },

@@ -59,3 +59,57 @@ describe("pf.json", function()
     assert.has_error(function() json.decode(1) end)
   end)
 end)
+
+describe("pf.json is exact and strict", function()
+  it("decodes integers exactly, or raises", function()
+    assert.equal(9007199254740993, json.decode("9007199254740993"))
+    assert.equal("integer", math.type(json.decode("9007199254740993")))
+    for _, n in ipairs({ math.maxinteger, math.mininteger, 2^53 + 1 // 1,
+                         -(2^53 // 1) - 1, 1234567890123456789 }) do
+      local n = math.tointeger(n)
+      assert.equal(n, json.decode(json.encode(n)))
+      assert.same({ a = { n, "x" } }, json.decode(json.encode({ a = { n, "x" } })))
+    end
+    -- digits inside strings are left alone, escaped quotes included
+    assert.same({ 's"9007199254740993', 9007199254740993 },
+                json.decode('["s\\"9007199254740993", 9007199254740993]'))
+    -- floats stay floats
+    assert.equal(12345678901234567.5, json.decode("12345678901234567.5"))
+    assert.equal(1e300, json.decode("1e300"))
+    local ok, err = pcall(json.decode, "[12345678901234567890]")
+    assert.is_false(ok)
+    assert.truthy(err:find("pf.json.decode: integer 12345678901234567890 is out of "
+                           .. "range (Lua integers are 64-bit)", 1, true), err)
+    ok, err = pcall(json.decode, "-9223372036854775809")
+    assert.is_false(ok)
+    ok, err = pcall(json.decode, '["\\u0001", 9007199254740993]')
+    assert.is_false(ok)
+    assert.truthy(err:find("cannot be decoded exactly", 1, true))
+    assert.same({ "\1", 90071992547409 }, json.decode('["\\u0001", 90071992547409]'))
+  end)
+
+  it("rejects NaN and Infinity both ways", function()
+    for _, text in ipairs({ "NaN", "[nan]", "Infinity", "-inf", "0x10" }) do
+      local ok, err = pcall(json.decode, text)
+      assert.is_false(ok, text)
+      assert.truthy(err:find("^pf.json.decode: "), err)
+    end
+    assert.has_error(function() json.encode(0 / 0) end)
+    assert.has_error(function() json.encode({ x = math.huge }) end)
+  end)
+
+  it("rejects invalid UTF-8 both ways", function()
+    local ok, err = pcall(json.decode, '"ok \xff"')
+    assert.is_false(ok)
+    assert.truthy(err:find("pf.json.decode: invalid UTF-8 at byte 5", 1, true), err)
+    ok, err = pcall(json.decode, '"\xed\xa0\x80"')   -- a surrogate's bytes
+    assert.is_false(ok)
+    ok, err = pcall(json.encode, { msg = "a\xc0\x80" })
+    assert.is_false(ok)
+    assert.truthy(err:find("pf.json.encode: invalid UTF-8 in a string (byte 2)", 1, true), err)
+    ok, err = pcall(json.encode, { ["k\xff"] = 1 })
+    assert.truthy(err:find("pf.json.encode: invalid UTF-8 in a key (byte 2)", 1, true), err)
+    assert.equal("é ✓ 😀", json.decode(json.encode("é ✓ 😀")))
+    assert.equal("😀", json.decode('"\\ud83d\\ude00"'))
+  end)
+end)

@@ -5,6 +5,7 @@
 #define PF_IO_H
 
 #include <stddef.h>
+#include <string.h>
 
 #include "pf.h"
 
@@ -19,6 +20,24 @@ int pf_buf_add(pf_buf *b, const void *p, size_t n);
 void pf_buf_free(pf_buf *b);
 
 void pf_close_free_cb(uv_handle_t *h);         /* uv_close cb: free(h) */
+
+/* The most one libuv read or write request moves: uv_buf_t lengths are
+** unsigned int, so bigger transfers go in chunks of at most this. */
+#define PF_IO_MAX ((size_t)1 << 30)
+
+/* the length of the next chunk of a transfer with 'left' bytes to go */
+static inline unsigned pf_io_chunk(size_t left) {
+  return (unsigned)(left < PF_IO_MAX ? left : PF_IO_MAX);
+}
+
+/* True if s[0..len) holds a NUL byte: C would silently cut it there. */
+static inline int pf_has_nul(const char *s, size_t len) {
+  return memchr(s, '\0', len) != NULL;
+}
+
+/* The binary only: SIGINT and SIGTERM end pf.exec's children, then the
+** process (exit 130 / 143). */
+void pf_exec_signals(lua_State *L);
 
 void pf_open_exec(lua_State *L);
 void pf_open_fs(lua_State *L);

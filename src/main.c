@@ -14,6 +14,7 @@
 #include <editline/readline.h>
 
 #include "embed.h"
+#include "io.h"
 #include "pf.h"
 
 LUALIB_API int luaopen_pocketflow_core(lua_State *L);
@@ -316,6 +317,7 @@ static void openpocketflow(lua_State *L) {
   lua_pushliteral(L, "pocketflow");
   lua_call(L, 1, 1);
   lua_setglobal(L, "pf");
+  pf_exec_signals(L);   /* SIGINT/SIGTERM end pf.exec's children (exec.c) */
 }
 
 static int pmain(lua_State *L) {

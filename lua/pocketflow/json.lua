@@ -1,7 +1,10 @@
 -- pocketflow.json: JSON on lua-cjson, with Lua 5.4 integers kept as
 -- integers both ways, pf.json.null for JSON null, and pf.json.array(t)
 -- to mark a table that must encode as an array even when empty.
+-- Strict: text and strings must be valid UTF-8, NaN and Infinity are
+-- not JSON, and an integer decodes exactly or raises.
 local cjson = require("cjson").new()   -- settings of our own
+cjson.decode_invalid_numbers(false)    -- no NaN, Infinity, hex
 
 local json = {}
 
@@ -59,6 +62,10 @@ local function encode_table(t, out, depth)
     if tk ~= "string" and tk ~= "number" then
       error(("pf.json.encode: cannot encode a %s key"):format(tk), 0)
     end
+    if tk == "string" and not utf8.len(k) then
+      error(("pf.json.encode: invalid UTF-8 in a key (byte %d)")
+        :format(select(2, utf8.len(k))), 0)
+    end
     if not first then out[#out + 1] = "," end
     first = false
     out[#out + 1] = cjson.encode(tostring(k))
@@ -74,6 +81,9 @@ function encode_value(v, out, depth)
     encode_table(v, out, depth)
   elseif math.type(v) == "integer" then
     out[#out + 1] = tostring(v)
+  elseif tv == "string" and not utf8.len(v) then
+    error(("pf.json.encode: invalid UTF-8 in a string (byte %d)")
+      :format(select(2, utf8.len(v))), 0)
   elseif tv == "string" or tv == "number" or tv == "boolean" or v == nil
       or v == cjson.null then
     local ok, s = pcall(cjson.encode, v)
@@ -92,16 +102,74 @@ function json.encode(v)
   return table.concat(out)
 end
 
--- numbers with an integral value come back as integers
-local function integers(v, depth)
+-- Integer literals a double cannot hold exactly (more than 15 digits)
+-- are swapped for marked strings before cjson sees the text; the walk
+-- below turns them into Lua integers. The mark starts with a \u0001
+-- escape, so only a text holding that escape could forge one: such a
+-- text is decoded without the swap, and a long integer in it raises.
+local MARK = "\1pf.json.int:"
+
+-- the text with its long integer literals swapped, and the literals;
+-- nil if there is none
+local function swap_long_integers(s)
+  local parts, ints, pos, from = {}, {}, 1, 1
+  while true do
+    local i = s:find('["%-%d]', pos)
+    if not i then break end
+    if s:byte(i) == 34 then            -- a string: to its closing quote
+      local j = i + 1
+      repeat
+        local q = s:find('["\\]', j)
+        if not q then return nil end   -- cjson reports it
+        j = q + 2
+      until s:byte(q) == 34
+      pos = j - 1
+    else
+      local a, b = s:find("^%-?%d+", i)
+      if not a then return nil end     -- a lone '-': cjson reports it
+      local after = s:find("^[%.eE]", b + 1)
+      if after then
+        pos = select(2, s:find("^[%d%.eE+%-]*", b + 1)) + 1
+      else
+        if b - a + 1 - (s:byte(a) == 45 and 1 or 0) > 15 then
+          ints[#ints + 1] = s:sub(a, b)
+          parts[#parts + 1] = s:sub(from, a - 1)
+          parts[#parts + 1] = '"\\u0001pf.json.int:' .. #ints .. '"'
+          from = b + 1
+        end
+        pos = b + 1
+      end
+    end
+  end
+  if #ints == 0 then return nil end
+  parts[#parts + 1] = s:sub(from)
+  return table.concat(parts), ints
+end
+
+local function exact_integer(lit)
+  local n = tonumber(lit)
+  if math.type(n) ~= "integer" then
+    error(("pf.json.decode: integer %s is out of range (Lua integers "
+      .. "are 64-bit)"):format(lit), 0)
+  end
+  return n
+end
+
+-- numbers with an integral value come back as integers, marked strings
+-- as the integers they stand for
+local function integers(v, depth, ints)
   if type(v) == "table" then
     if depth > MAX_DEPTH then return v end
     for k, x in pairs(v) do
-      if type(x) == "number" or type(x) == "table" then
-        v[k] = integers(x, depth + 1)
+      local tx = type(x)
+      if tx == "number" or tx == "table" or (ints and tx == "string") then
+        v[k] = integers(x, depth + 1, ints)
       end
     end
     return v
+  end
+  if ints and type(v) == "string" and v:sub(1, #MARK) == MARK then
+    return exact_integer(ints[tonumber(v:sub(#MARK + 1))])
   end
   if math.type(v) == "float" and v == math.floor(v) and v >= -2^53 and v <= 2^53 then
     return math.tointeger(v)
@@ -109,14 +177,35 @@ local function integers(v, depth)
   return v
 end
 
+local function decode(s)
+  local ints
+  if not s:find("\\u0001", 1, true) then
+    local swapped, found = swap_long_integers(s)
+    if swapped then s, ints = swapped, found end
+  end
+  local ok, v = pcall(cjson.decode, s)
+  if not ok then error("pf.json.decode: " .. tostring(v), 0) end
+  if not ints and s:find("%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d") then
+    -- a long integer left in: in a text with \u0001, or not an integer
+    local t = swap_long_integers((s:gsub("\\u0001", "\\u0002")))
+    if t then error("pf.json.decode: a long integer in a text with a \\u0001 "
+                    .. "escape cannot be decoded exactly", 0) end
+  end
+  return integers(v, 0, ints)
+end
+
 -- json.decode(string) -> value; JSON null is json.null
 function json.decode(s)
   if type(s) ~= "string" then
     error(("pf.json.decode: expected a string (got %s)"):format(type(s)), 2)
   end
-  local ok, v = pcall(cjson.decode, s)
-  if not ok then error("pf.json.decode: " .. tostring(v), 2) end
-  return integers(v, 0)
+  local len, bad = utf8.len(s)
+  if not len then
+    error(("pf.json.decode: invalid UTF-8 at byte %d"):format(bad), 2)
+  end
+  local ok, v = pcall(decode, s)
+  if not ok then error(v, 2) end
+  return v
 end
 
 return json
