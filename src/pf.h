@@ -110,14 +110,14 @@ void pf_group_cancel(pf_task *owner, void *data);
 pf_group_body pf_group_owner(pf_group *g, pf_task **owner, int *ctx);
 
 /* walk.c: nodes, flows and batches; where.c: the where line of errors */
-int pf_walk_body(lua_State *L);
 int pf_noop(lua_State *L);
 int pf_reraise(lua_State *L);
 int pf_run_node(lua_State *L);
 void pf_add_where(lua_State *L, pf_task *t, lua_State *co);
 
+/* node kinds: a node class's __pfkind */
 enum pf_kind { PF_K_NODE = 1, PF_K_BATCH, PF_K_PBATCH, PF_K_FLOW,
-               PF_K_BFLOW, PF_K_PBFLOW, PF_K_WALK, PF_K_EXEC };
+               PF_K_BFLOW, PF_K_PBFLOW };
 
 /* api.c: the runtime functions */
 void pf_open_runtime(lua_State *L);

@@ -7,6 +7,10 @@
 
 #include "pf.h"
 
+/* A frame runs a node of one of the kinds of pf.h, or one of these: the
+** walk along a flow's actions, or an item's exec. */
+enum { PF_K_WALK = PF_K_PBFLOW + 1, PF_K_EXEC };
+
 /* A frame is FS consecutive slots on the task's stack; the top frame is
 ** the one running. Slots 0-4 and 7 mean the same in every kind; 5 and 6
 ** have a name per kind. */
@@ -100,6 +104,7 @@ enum walk_state {
 };
 
 /* walk.c, for where.c */
+int pf_walk_body(lua_State *L);
 lua_Integer pf_retries(lua_State *L, int idx);
 int pf_item_kind(pf_group_body body, int *direct);
 
