@@ -32,7 +32,7 @@
 #include <string.h>
 
 #include "pf.h"
-#include "sched.h"
+#include "pf_sched.h"
 #include "walk.h"
 
 /* Field names, interned once in a table kept below the first frame: a
@@ -129,7 +129,11 @@ static int first_state(int kind) {
 ** caller sets the state, first_state(kind). */
 static int push_frame(lua_State *L, int self, int shared, int prep) {
   int b;
-  luaL_checkstack(L, FS + LUA_MINSTACK, "flow nesting too deep");
+  /* lua_checkstack also fails when the stack cannot grow for memory */
+  if (!lua_checkstack(L, FS + LUA_MINSTACK))
+    luaL_error(L, lua_gettop(L) < LUAI_MAXSTACK - 2 * (FS + LUA_MINSTACK)
+                  ? "not enough memory (flow frames)"
+                  : "stack overflow (flow nesting too deep)");
   if (self) lua_pushvalue(L, self);
   b = lua_gettop(L);
   lua_pushinteger(L, 0);
@@ -162,7 +166,8 @@ static int node_kind(lua_State *L, int idx, int in_walk) {
     if (type == LUA_TNUMBER) kind = (int)lua_tointeger(L, -1);
     lua_pop(L, 2);
   }
-  return kind;
+  /* the walk's own frame kinds (WALK, EXEC) are not classes */
+  return kind >= PF_K_NODE && kind <= PF_K_PBFLOW ? kind : 0;
 }
 
 /* A run's own table: reads fall through to the node, writes stay here,
@@ -284,17 +289,29 @@ static lua_Number checked_wait(lua_State *L, int b, int st) {
   return w;
 }
 
-/* Replaces the prep result on top with an array of items: nil gives an
-** empty one; anything but a table is an error naming the node. */
+/* Replaces the prep result on top with a copy of its array of items:
+** nil gives an empty one; anything but a table is an error naming the
+** node. The run reads the copy, so user code that changes prep's array
+** while items run (replacing a param table, appending) changes nothing
+** and cannot break what check_param_sets found. */
 static void checked_items(lua_State *L, int b, int st, const char *what) {
+  lua_Integer i, n;
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_newtable(L);
-  } else if (!lua_istable(L, -1)) {
+    return;
+  }
+  if (!lua_istable(L, -1))
     pf_walk_error(L, b, st, 0, NULL, "%s: prep must return an array of %s "
                   "(got %s)", pf_node_name(L, b + F_SELF), what,
                   luaL_typename(L, -1));
+  n = (lua_Integer)lua_rawlen(L, -1);
+  lua_createtable(L, n < (1 << 24) ? (int)n : 0, 0);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, -2, i);
+    lua_rawseti(L, -2, i);
   }
+  lua_remove(L, -2);
 }
 
 static void check_param_sets(lua_State *L, int b, int st, int items) {
@@ -447,12 +464,12 @@ static int attempt(lua_State *L, Pc *pc) {
 
 /* hook: retry wait. Sleeps w seconds, then goes on in st. */
 static int retry_wait(lua_State *L, int b, int st, lua_Number w) {
-  pf_task *t = pf_check_task(L, "retry wait");
-  pf_check_yield(L, "retry wait");
-  if (pf_heap_push(t->S, t, pf_ms_from_seconds(w)) < 0)
+  pf_task *t = pf_wait_begin(L, "retry wait");
+  if (t == NULL) return pf_wait_outside(L, NULL, "retry wait");
+  if (pf_wait_deadline(t, w) < 0)
     return luaL_error(L, "retry wait: out of memory");
-  pf_park(t, NULL, NULL);
-  return pf_yield(L, t, CTX(b, st), walk_k);
+  pf_wait_park(t, NULL, NULL);
+  return pf_wait_yield(L, t, CTX(b, st), walk_k);
 }
 
 /* hook: fallback. exec failed for the last time, with the error in
@@ -784,11 +801,11 @@ static lua_Integer parallel_items(lua_State *L, int b, int st, int flow) {
 ** they end (back in the state set), unless there are none. */
 static int group_wait(lua_State *L, Pc *pc, lua_Integer maxc, int flow) {
   int b = pc->b, wait;
-  pf_check_task(L, "parallel batch");
-  pf_check_yield(L, "parallel batch");
+  pf_task *t = pf_wait_begin(L, "parallel batch");
+  if (t == NULL) pf_wait_outside(L, NULL, "parallel batch");
   wait = start_group(L, b, maxc, flow);
   lua_replace(L, b + F_GROUP);
-  return wait ? pf_yield(L, NULL, CTX(b, pc->st), walk_k) : GO;
+  return wait ? pf_wait_yield(L, t, CTX(b, pc->st), walk_k) : GO;
 }
 
 /* A parallel batch node or flow: the items (item frames or walks) as
@@ -880,13 +897,16 @@ static int walk_begin(lua_State *L, int kind, int from_node) {
   return walk(L, LUA_OK, b, first_state(kind));
 }
 
-/* (kind, self, shared, x): the body of item and walk tasks (the group
-** bodies above). x is the item (exec) or the params (walk). */
+/* core.machine(kind, self, shared, x): the body of item and walk tasks
+** (the group bodies above). x is the item (exec) or the params (walk). */
 int pf_walk_body(lua_State *L) {
-  int kind = (int)luaL_checkinteger(L, 1);
+  lua_Integer kind = luaL_checkinteger(L, 1);
   if (kind < PF_K_NODE || kind > PF_K_EXEC)
-    return luaL_error(L, "pocketflow: bad node kind %d", kind);
-  return walk_begin(L, kind, 0);
+    return luaL_error(L, "pocketflow: bad node kind %I", kind);
+  /* the frames write into self and merge the params: both raw */
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (kind == PF_K_WALK) luaL_checktype(L, 4, LUA_TTABLE);
+  return walk_begin(L, (int)kind, 0);
 }
 
 /* The run options (API.md section 5): every key run accepts, and
@@ -929,7 +949,7 @@ int pf_run_node(lua_State *L) {
     return luaL_error(L, "run: expected a pocketflow node (got %s)",
                       luaL_typename(L, 1));
   if (!lua_isnoneornil(L, 3)) check_run_options(L, 3);
-  if (pf_current(L) == NULL) return pf_run_implicit(L, pf_run_node, "run");
+  if (pf_current(L) == NULL) return pf_wait_outside(L, pf_run_node, "run");
   lua_settop(L, 2);
   if (lua_getfield(L, 1, "successors") == LUA_TTABLE) {
     lua_pushnil(L);

@@ -104,7 +104,6 @@ enum walk_state {
 };
 
 /* walk.c, for where.c */
-int pf_walk_body(lua_State *L);
 lua_Integer pf_retries(lua_State *L, int idx);
 int pf_item_kind(pf_group_body body, int *direct);
 

@@ -5,7 +5,7 @@
 #include <stdarg.h>
 
 #include "pf.h"
-#include "sched.h"
+#include "pf_sched.h"
 #include "walk.h"
 
 /* ---------------------------------------------------------------- names */
