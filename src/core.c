@@ -34,7 +34,7 @@ static const pf_open_fn opens[] = {
 /* walk.c: the node and flow machine */
 static const luaL_Reg walk_funcs[] = {
   {"run_node", pf_run_node},
-  {"machine", pf_machine},
+  {"machine", pf_walk_body},
   {"noop", pf_noop},
   {"reraise", pf_reraise},
   {NULL, NULL}
