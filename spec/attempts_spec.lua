@@ -292,3 +292,81 @@ describe("pf.http.check", function()
     assert.equal("HTTP 503 from " .. srv.url .. "/status?code=503", tostring(err))
   end)
 end)
+
+-- ------------------------------------------------ examples/resilient.lua
+
+local flaky = require "support.flaky_llm"
+local BIN, SRC = os.getenv("PF_BIN"), os.getenv("PF_SRC")
+
+local function run_resilient(srv, question)
+  return pf.exec({ BIN, SRC .. "/examples/resilient.lua", question }, { timeout = 120, env = {
+    PATH = os.getenv("PATH"), OPENAI_BASE_URL = srv.base_url,
+    OPENAI_API_KEY = "test-key", OPENAI_MODEL = "fake-model",
+    -- a sanitizer build's binary needs its runtime options too
+    ASAN_OPTIONS = os.getenv("ASAN_OPTIONS"), LSAN_OPTIONS = os.getenv("LSAN_OPTIONS"),
+    UBSAN_OPTIONS = os.getenv("UBSAN_OPTIONS"),
+  } })
+end
+
+local function answer(messages)
+  return "an answer to: " .. messages[#messages].content
+end
+
+-- Does the walk end an attempt at its timeout yet? (issue 11: the walk's
+-- part lands separately; until then the example hangs on its 2nd attempt)
+local function walk_has_timeouts()
+  local shared = {}
+  local n = pf.Node{ timeout = 0.05,
+    exec = function() pf.sleep(5) return "slept" end,
+    exec_fallback = function() return "timed out" end,
+    post = function(_, sh, _, res) sh.res = res end }
+  local ok = pcall(pf.timeout, 1, function() return n:run(shared) end)
+  return ok and shared.res == "timed out"
+end
+
+describe("examples/resilient.lua", function()
+  local srv
+  after_each(function() if srv then srv:close() end srv = nil end)
+
+  it("falls back after its 4 attempts when the API keeps failing", function()
+    srv = flaky.start(answer, { script = { "fail", "fail", "fail", "fail", "fail" } })
+    local r = run_resilient(srv, "anyone there?")
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("Sorry, the model is not available right now.\n", r.stdout)
+    assert.equal("resilient: no answer: HTTP 503 from " .. srv.base_url .. "/chat/completions\n",
+      r.stderr)
+    assert.equal(4, #srv.calls)
+    assert.equal("anyone there?", srv.calls[4].messages[1].content)
+  end)
+
+  it("waits out a 429's Retry-After, ends a hung attempt, then answers; no retry of a 401", function()
+    if not walk_has_timeouts() then
+      pending("needs per-attempt timeouts in the walk (issue 11)")
+    end
+    srv = flaky.start(answer)   -- 429 with Retry-After: 1, a hang, then answers
+    local t0 = pf.now()
+    local r = run_resilient(srv, "why jitter?")
+    local elapsed = pf.now() - t0
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("", r.stderr)
+    assert.equal("an answer to: why jitter?\n", r.stdout)
+    assert.same({ "limit", "hang", "answer" }, srv.steps)
+    assert.equal(0, srv:hung_open())   -- the timed-out attempt closed its request
+    assert.is_true(elapsed >= 5.9, elapsed)   -- 1 s as asked, then the 5 s timeout
+    srv:close()
+
+    -- a Retry-After as an HTTP date, 2 s ahead: honoured as well
+    srv = flaky.start(answer, { script = { "limit" },
+      retry_after = os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + 2) })
+    local limited = run_resilient(srv, "x")
+    assert.equal("an answer to: x\n", limited.stdout)
+    assert.equal(2, #srv.calls)
+
+    -- a 401 is not retried: retry_on says false, the fallback answers at once
+    srv:close()
+    srv = flaky.start(answer, { script = { "unauthorized" } })
+    local denied = run_resilient(srv, "x")
+    assert.equal("Sorry, the model is not available right now.\n", denied.stdout)
+    assert.equal(1, #srv.calls)
+  end)
+end)
