@@ -324,6 +324,29 @@ local function walk_has_timeouts()
   return ok and shared.res == "timed out"
 end
 
+describe("spec/support/flaky_llm.lua", function()
+  it("answers 429 with Retry-After, then hangs until the client gives up, then answers", function()
+    local srv = flaky.start(answer)
+    local ok, err = pcall(function()
+      local url = srv.base_url .. "/chat/completions"
+      local body = pf.json.encode{ model = "m", messages = { { role = "user", content = "q" } } }
+      local e429 = select(2, pcall(pf.http.check, pf.http.post(url, body)))
+      assert.equal(429, e429.status)
+      assert.equal(1, e429.retry_after)
+      local hung, herr = pcall(pf.http.post, url, body, { timeout = 0.3 })
+      assert.is_false(hung)
+      assert.truthy(tostring(herr):find("timeout", 1, true), tostring(herr))
+      pf.sleep(0.2)   -- the server sees the close
+      assert.equal(0, srv:hung_open())
+      local res = pf.http.check(pf.http.post(url, body))
+      assert.equal("an answer to: q", pf.json.decode(res.body).choices[1].message.content)
+      assert.same({ "limit", "hang", "answer" }, srv.steps)
+    end)
+    srv:close()
+    assert(ok, err)
+  end)
+end)
+
 describe("examples/resilient.lua", function()
   local srv
   after_each(function() if srv then srv:close() end srv = nil end)
