@@ -31,3 +31,10 @@ double pf_retry_delay(double wait, double backoff, double max_wait,
   u = clamp(u, 0, 1);
   return d * (1 - jitter * u);
 }
+
+double pf_next_wait(double computed, double asked, double left) {
+  double w = asked >= 0 ? asked : clamp(computed, 0, HUGE_VAL);
+  if (w > PF_RETRY_DELAY_MAX) w = PF_RETRY_DELAY_MAX;
+  if (left >= 0 && w >= left) return -1;
+  return w;
+}

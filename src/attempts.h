@@ -14,4 +14,11 @@
 double pf_retry_delay(double wait, double backoff, double max_wait,
                       double jitter, int n_failed, double u);
 
+/* The wait to take before the next attempt: 'asked' when it is a number
+** >= 0 (retry_on's number, else a table error's retry_after; < 0 or NaN:
+** none), else 'computed' (pf_retry_delay), at most PF_RETRY_DELAY_MAX;
+** -1 when it would end at or past the deadline, 'left' seconds away
+** (< 0 or NaN: no deadline): then the last error goes to the fallback. */
+double pf_next_wait(double computed, double asked, double left);
+
 #endif

@@ -88,8 +88,26 @@ static void hostile(void) {
   near(pf_retry_delay(1, 2, NONE, 2, 3, 0.5), 2, "jitter 2 taken as 1");
 }
 
+/* which wait is taken, and when the deadline forbids it */
+static void next_wait(void) {
+  const double inf = HUGE_VAL, nan = NAN;
+  near(pf_next_wait(2, NONE, NONE), 2, "computed");
+  near(pf_next_wait(2, 7, NONE), 7, "asked wins");
+  near(pf_next_wait(2, 0, NONE), 0, "asked 0");
+  near(pf_next_wait(2, nan, NONE), 2, "asked NaN: none");
+  near(pf_next_wait(2, inf, NONE), PF_RETRY_DELAY_MAX, "asked inf: ceiling");
+  near(pf_next_wait(nan, NONE, NONE), 0, "computed NaN");
+  near(pf_next_wait(2, NONE, 10), 2, "within the deadline");
+  near(pf_next_wait(2, 12, 10), -1, "asked past the deadline");
+  near(pf_next_wait(10, NONE, 10), -1, "ends at the deadline");
+  near(pf_next_wait(0, NONE, 0), -1, "no time left");
+  near(pf_next_wait(2, NONE, nan), 2, "NaN left: no deadline");
+  near(pf_next_wait(2, inf, 1e12), PF_RETRY_DELAY_MAX, "inf asked, far deadline");
+}
+
 int main(void) {
   formula();
+  next_wait();
   caps();
   jitter();
   hostile();
