@@ -219,10 +219,13 @@ describe("pf.http.check", function()
     assert.equal(0, after("Sun, 06 Nov 1994 08:49:37 GMT"))
     assert.equal(0, after("Sunday, 06-Nov-94 08:49:37 GMT"))
     assert.equal(0, after("Sun Nov  6 08:49:37 1994"))
-    -- a fixed instant: 9999-12-31T23:59:59Z is 253402300799 s after the epoch
-    local far = after("Fri, 31 Dec 9999 23:59:59 GMT")
-    local want = 253402300799 - os.time()
+    -- fixed instants: 2050-01-01T00:00:00Z is 2524608000 s after the epoch
+    local far = after("Sat, 01 Jan 2050 00:00:00 GMT")
+    local want = math.max(0, math.min(1e9, 2524608000 - os.time()))
     assert(far >= want - 10 and far <= want, far .. " vs " .. want)
+    assert.equal(0, after("Thu, 01 Jan 1970 00:00:00 GMT"))
+    -- at most 10^9 s, like any wait (9999-12-31 is further)
+    assert.equal(1e9, after("Fri, 31 Dec 9999 23:59:59 GMT"))
   end)
 
   it("gives no retry_after for an absent or invalid Retry-After", function()
@@ -241,6 +244,8 @@ describe("pf.http.check", function()
       assert.is_nil(ra(bad), type(bad) == "string" and bad or type(bad))
     end
     assert.equal(7, ra(" 7\t"))
+    assert.equal(1e9, ra(("9"):rep(400)))   -- not inf
+    assert.equal(1e9, ra("1000000001"))
     assert.equal(0, ra("Thu, 29 Feb 2024 00:00:00 GMT"))   -- a leap day
     local ok, err = pcall(pf.http.check, { status = 500 })
     assert.is_false(ok)

@@ -168,14 +168,20 @@ local function http_date(v, now)
   return nil
 end
 
+-- no wait is longer (src/attempts.h: PF_RETRY_DELAY_MAX): 400 digits
+-- give this, not inf
+local MAX_RETRY_AFTER = 1000000000
+
 local function retry_after(v)
   if type(v) ~= "string" then return nil end
   v = v:match("^[ \t]*(.-)[ \t]*$")
-  if v:find("^%d+$") or v:find("^%d+%.%d+$") then return tonumber(v) end
+  if v:find("^%d+$") or v:find("^%d+%.%d+$") then
+    return math.min(tonumber(v), MAX_RETRY_AFTER)
+  end
   local now = os.time()
   local t = http_date(v, now)
   if not t then return nil end
-  return t > now and t - now or 0
+  return math.min(t > now and t - now or 0, MAX_RETRY_AFTER)
 end
 
 -- The error pf.http.check raises: a plain table; its text names the
