@@ -10,6 +10,7 @@
 #include "pf_sched.h"
 #include "embed.h"
 #include "serial.h"
+#include "attempts.h"
 #include "events.h"
 #include "io/io.h"
 
@@ -37,6 +38,23 @@ static const luaL_Reg walk_funcs[] = {
   {"machine", pf_walk_body},
   {"noop", pf_noop},
   {"reraise", pf_reraise},
+  {NULL, NULL}
+};
+
+/* core.retry_delay(wait, backoff, max_wait|nil, jitter, n_failed, u): the
+** walk's wait between attempts (attempts.c, layer 0), for specs and docs */
+static int l_retry_delay(lua_State *L) {
+  double max_wait = luaL_opt(L, luaL_checknumber, 3, -1);
+  lua_Integer n = luaL_checkinteger(L, 5);
+  luaL_argcheck(L, n >= 1 && n <= 0x7fffffff, 5, "must be a positive int");
+  lua_pushnumber(L, pf_retry_delay(luaL_checknumber(L, 1), luaL_checknumber(L, 2),
+                                   max_wait, luaL_checknumber(L, 4), (int)n,
+                                   luaL_checknumber(L, 6)));
+  return 1;
+}
+
+static const luaL_Reg attempt_funcs[] = {
+  {"retry_delay", l_retry_delay},
   {NULL, NULL}
 };
 
@@ -87,6 +105,7 @@ LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
   lua_newtable(L);
   for (open = opens; *open; open++) (*open)(L);
   luaL_setfuncs(L, walk_funcs, 0);
+  luaL_setfuncs(L, attempt_funcs, 0);
   open_kinds(L);
   lua_pushliteral(L, PF_VERSION);
   lua_setfield(L, -2, "version");
