@@ -31,6 +31,17 @@ if(PF_ASAN_DIR)
     ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1;UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
 endif()
 
+# pf_retry_delay: the wait between exec attempts (src/attempts.c)
+add_executable(attempts_test tests/attempts_test.c src/attempts.c)
+target_link_libraries(attempts_test PRIVATE m)
+add_test(NAME c.attempts COMMAND attempts_test)
+set_tests_properties(c.attempts PROPERTIES LABELS c TIMEOUT 60)
+if(PF_ASAN_DIR)
+  add_test(NAME asan.c.attempts COMMAND ${PF_ASAN_DIR}/attempts_test)
+  set_tests_properties(asan.c.attempts PROPERTIES LABELS asan TIMEOUT 120
+    ENVIRONMENT "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
+endif()
+
 # allocation-failure injection: the module and the built-in init.lua as
 # the binary has them, under a Lua allocator that fails the N-th allocation,
 # for every N (tests/alloc_test.c). c.alloc.load sweeps loading the module

@@ -7,7 +7,9 @@
 -- messages: an array of { role =, content = } (a string is taken as one
 -- user message). opts: model, temperature, timeout (seconds, default 120),
 -- stream = function(delta) ... end to get the reply as it is generated
--- (runs in the task: it may wait). Returns the whole reply text.
+-- (runs in the task: it may wait), check = a function given the response
+-- first (pf.http.check raises a non-2xx one as a table error with status
+-- and retry_after). Returns the whole reply text.
 local pf = require "pocketflow"
 
 local llm = {}
@@ -51,6 +53,7 @@ function llm.call_llm(messages, opts)
   local res = pf.http.request{ method = "POST", url = base .. "/chat/completions",
     headers = headers, body = pf.json.encode(req), timeout = opts.timeout or 120,
     stream = stream }
+  if opts.check then opts.check(res) end
   if res.status ~= 200 then fail(res) end
   if on_delta then return table.concat(parts) end
   local reply = pf.json.decode(res.body)

@@ -10,10 +10,13 @@
 #include "pf_sched.h"
 #include "embed.h"
 #include "serial.h"
+#include "attempts.h"
+#include "events.h"
 #include "io/io.h"
 
 /* the Lua modules built in (tools/embed.c) */
-extern const pf_chunk pf_http_lua, pf_json_lua, pf_diagram_lua;
+extern const pf_chunk pf_http_lua, pf_json_lua, pf_diagram_lua,
+                      pf_events_lua, pf_trace_lua, pf_progress_lua;
 
 typedef void (*pf_open_fn)(lua_State *L);
 
@@ -25,15 +28,33 @@ static const pf_open_fn opens[] = {
   pf_open_http,      /* io/http.c: http_start, http_request */
   pf_open_serial,    /* serial.c: serialize, deserialize */
   pf_open_store,     /* store.c: the SQLite connection of pf.sqlite */
+  pf_open_events,    /* events.c: the event bus's C half */
   NULL
 };
 
 /* walk.c: the node and flow machine */
 static const luaL_Reg walk_funcs[] = {
   {"run_node", pf_run_node},
-  {"machine", pf_machine},
+  {"machine", pf_walk_body},
   {"noop", pf_noop},
   {"reraise", pf_reraise},
+  {NULL, NULL}
+};
+
+/* core.retry_delay(wait, backoff, max_wait|nil, jitter, n_failed, u): the
+** walk's wait between attempts (attempts.c, layer 0), for specs and docs */
+static int l_retry_delay(lua_State *L) {
+  double max_wait = luaL_opt(L, luaL_checknumber, 3, -1);
+  lua_Integer n = luaL_checkinteger(L, 5);
+  luaL_argcheck(L, n >= 1 && n <= 0x7fffffff, 5, "must be a positive int");
+  lua_pushnumber(L, pf_retry_delay(luaL_checknumber(L, 1), luaL_checknumber(L, 2),
+                                   max_wait, luaL_checknumber(L, 4), (int)n,
+                                   luaL_checknumber(L, 6)));
+  return 1;
+}
+
+static const luaL_Reg attempt_funcs[] = {
+  {"retry_delay", l_retry_delay},
   {NULL, NULL}
 };
 
@@ -73,13 +94,18 @@ LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
   S = pf_sched_open(L);
   S->child_done = pf_group_child_done;   /* the upward calls, as data */
   S->add_where = pf_add_where;
+  S->in_handler = pf_in_handler;
   ignore_sigpipe();
   pf_preload(L, "pocketflow.http", &pf_http_lua);
   pf_preload(L, "pocketflow.json", &pf_json_lua);
   pf_preload(L, "pocketflow.diagram", &pf_diagram_lua);
+  pf_preload(L, "pocketflow.events", &pf_events_lua);
+  pf_preload(L, "pocketflow.trace", &pf_trace_lua);
+  pf_preload(L, "pocketflow.progress", &pf_progress_lua);
   lua_newtable(L);
   for (open = opens; *open; open++) (*open)(L);
   luaL_setfuncs(L, walk_funcs, 0);
+  luaL_setfuncs(L, attempt_funcs, 0);
   open_kinds(L);
   lua_pushliteral(L, PF_VERSION);
   lua_setfield(L, -2, "version");

@@ -1,8 +1,9 @@
 /*
-** Groups: the items of a parallel batch node, the walks of a parallel
-** batch flow, the functions of pf.gather. The owner task parks until
-** every item has ended or one has failed; at most 'maxc' items run at
-** once; the first failure cancels the items still running.
+** Groups: N tasks over the items of an array, for an owner task that
+** parks until every item has ended or one has failed. At most 'maxc'
+** items run at once; the first failure cancels the items still running;
+** the results come back in the items' order. What an item runs is the
+** starter's: the walk's items and walks (walk.c), pf.gather's functions.
 */
 #include <string.h>
 
@@ -11,94 +12,31 @@
 
 struct pf_group {
   pf_task *owner;
-  int kind;
+  pf_group_body body;   /* pushes item i's function and arguments */
+  int ctx;              /* the starter's, for pf_group_owner */
   int ref;              /* registry ref while items run */
   int failed;
-  int direct;           /* items run exec itself (see plain_exec) */
-  int frame;            /* base of the owner's walk frame, or 0 */
   lua_Integer n, next, running, done, maxc;
 };
 
-/* user values of a group userdata */
-enum { G_ITEMS = 1, G_RESULTS, G_SELF, G_SHARED, G_PARAMS, G_ERROR, G_EXEC,
-       G_NUV };
+/* user values of a group userdata; the starter's from PF_G_CTX on */
+enum { G_ITEMS = 1, G_RESULTS, G_ERROR, G_NUV = PF_G_CTX + 2 };
 
 static void push_group(lua_State *L, pf_group *g) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->ref);
 }
 
 /* items[i] */
-static void push_item(lua_State *L, int gidx, lua_Integer i) {
+void pf_group_push_item(lua_State *L, int gidx, lua_Integer i) {
   lua_getiuservalue(L, gidx, G_ITEMS);
   lua_rawgeti(L, -1, i);
   lua_remove(L, -2);
 }
 
-/* An item's own self: writes stay there, reads fall through to self. */
-static void push_item_self(lua_State *L, int gidx) {
-  lua_newtable(L);
-  lua_getiuservalue(L, gidx, G_SELF);
-  lua_setmetatable(L, -2);
-}
-
-/* {params..., batch params...}: a new table for walk i */
-static void push_walk_params(lua_State *L, int gidx, lua_Integer i) {
-  int top;
-  lua_getiuservalue(L, gidx, G_PARAMS);
-  push_item(L, gidx, i);
-  top = lua_gettop(L);
-  pf_push_merged(L, top - 1, top);
-  lua_replace(L, top - 1);
-  lua_pop(L, 1);
-}
-
-/* Pushes item i's body and arguments; returns the argument count. */
-static int push_body(lua_State *L, pf_group *g, int gidx, lua_Integer i) {
-  switch (g->kind) {
-    case PF_G_ITEMS:
-      if (g->direct) {
-        lua_getiuservalue(L, gidx, G_EXEC);
-        push_item_self(L, gidx);
-        push_item(L, gidx, i);
-        return 2;
-      }
-      lua_pushcfunction(L, pf_machine);
-      lua_pushinteger(L, PF_K_EXEC);
-      push_item_self(L, gidx);
-      lua_pushnil(L);
-      push_item(L, gidx, i);
-      return 4;
-    case PF_G_WALKS:
-      lua_pushcfunction(L, pf_machine);
-      lua_pushinteger(L, PF_K_ORCH);
-      lua_getiuservalue(L, gidx, G_SELF);
-      lua_getiuservalue(L, gidx, G_SHARED);
-      push_walk_params(L, gidx, i);
-      return 4;
-    default:
-      push_item(L, gidx, i);
-      return 0;
-  }
-}
-
-/* An item whose exec makes one attempt and whose fallback is the default
-** needs no machine: the task runs exec(item_self, item) itself, and an
-** error ends it unchanged, as the default fallback would. This saves a
-** frame, a pcall and the stack growth they cause, per item. Decided once
-** per group; exec is fetched once. */
-static int plain_exec(lua_State *L, int self, int gidx) {
-  int isnum = 0, plain;
-  lua_Integer n;
-  lua_getfield(L, self, "max_retries");
-  n = lua_isnil(L, -1) ? 1 : lua_tointegerx(L, -1, &isnum);
-  plain = (lua_isnil(L, -1) || isnum) && n == 1;
-  lua_getfield(L, self, "exec_fallback");
-  plain = plain && lua_tocfunction(L, -1) == pf_reraise;
-  lua_pop(L, 2);
-  if (!plain) return 0;
-  lua_getfield(L, self, "exec");
-  lua_setiuservalue(L, gidx, G_EXEC);
-  return 1;
+/* A body for items that are the functions to run, without arguments. */
+int pf_group_call_item(lua_State *L, int gidx, lua_Integer i) {
+  pf_group_push_item(L, gidx, i);
+  return 0;
 }
 
 /* The owner still waits on g: cancelling it releases g (user code the
@@ -107,14 +45,14 @@ static int owner_waits(pf_group *g) {
   return g->ref != LUA_NOREF;
 }
 
-static void launch(lua_State *L, pf_group *g, int gidx) {
+static void group_launch(lua_State *L, pf_group *g, int gidx) {
   while (owner_waits(g) && !g->failed && g->running < g->maxc &&
          g->next <= g->n) {
     lua_Integer i = g->next;
     pf_task *c;
     int nargs;
     luaL_checkstack(L, 8, "launching items");
-    nargs = push_body(L, g, gidx, i);
+    nargs = g->body(L, gidx, i);
     c = pf_spawn_task(L, g->owner, nargs);   /* may raise: nothing done */
     c->group = g;
     c->group_idx = i;
@@ -125,15 +63,15 @@ static void launch(lua_State *L, pf_group *g, int gidx) {
 }
 
 static int launch_f(lua_State *L) {
-  launch(L, (pf_group *)lua_touserdata(L, 1), 2);
+  group_launch(L, (pf_group *)lua_touserdata(L, 1), 2);
   return 0;
 }
 
-static void release(lua_State *L, pf_group *g);
+static void group_release(lua_State *L, pf_group *g);
 
 /* Launching the first items failed (out of memory): those launched have
 ** not run, have no children and run no user code when cancelled. */
-static void abandon(lua_State *L, pf_group *g) {
+static void group_abandon(lua_State *L, pf_group *g) {
   pf_list *l, *next;
   for (l = g->owner->children.next; l != &g->owner->children; l = next) {
     pf_task *c = pf_list_entry(l, pf_task, sibling);
@@ -143,77 +81,69 @@ static void abandon(lua_State *L, pf_group *g) {
       pf_cancel(c);
     }
   }
-  release(L, g);
+  group_release(L, g);
 }
 
-/* Starts the items of the array at 'items'. Leaves the group userdata
-** on L. Returns 1 when the caller must yield until they end, 0 when
-** there was nothing to run. */
-int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
-                   int params, lua_Integer maxc) {
+/* Pushes a group over the array at 'items' for the running task, whose
+** items run body; ctx is the starter's (0 for none). The starter may set
+** the user values from PF_G_CTX on, then calls pf_group_run. */
+void pf_group_new(lua_State *L, int items, lua_Integer maxc,
+                  pf_group_body body, int ctx) {
   pf_group *g;
   int gidx;
-  pf_task *owner = pf_current(L);
-  luaL_checkstack(L, 6, "starting items");
+  luaL_checkstack(L, 4, "starting items");
   g = (pf_group *)lua_newuserdatauv(L, sizeof(pf_group), G_NUV);
   memset(g, 0, sizeof *g);
   gidx = lua_gettop(L);
-  g->owner = owner;
-  g->kind = kind;
+  g->owner = pf_current(L);
+  g->body = body;
+  g->ctx = ctx;
   g->ref = LUA_NOREF;
   g->n = (lua_Integer)lua_rawlen(L, items);
   g->next = 1;
   g->maxc = maxc > 0 ? maxc : g->n;
-  g->frame = self;
   lua_pushvalue(L, items);
   lua_setiuservalue(L, gidx, G_ITEMS);
   lua_createtable(L, (int)(g->n < 1 << 24 ? g->n : 0), 0);
   lua_setiuservalue(L, gidx, G_RESULTS);
-  if (self) {
-    lua_pushvalue(L, self);
-    if (kind == PF_G_ITEMS) {   /* items read self's fields through it */
-      lua_pushliteral(L, "__index");
-      lua_pushvalue(L, -2);
-      lua_rawset(L, -3);
-    }
-    lua_setiuservalue(L, gidx, G_SELF);
-    if (kind == PF_G_ITEMS) g->direct = plain_exec(L, self, gidx);
-  }
-  if (shared) {
-    lua_pushvalue(L, shared);
-    lua_setiuservalue(L, gidx, G_SHARED);
-  }
-  if (params) {
-    lua_pushvalue(L, params);
-    lua_setiuservalue(L, gidx, G_PARAMS);
-  }
+}
+
+/* Starts the items of the group at gidx (on top). Returns 1 when the
+** caller must yield until they end, 0 when there was nothing to run. */
+int pf_group_run(lua_State *L, int gidx) {
+  pf_group *g = (pf_group *)lua_touserdata(L, gidx);
   if (g->n == 0) return 0;
+  luaL_checkstack(L, 3, "starting items");
   lua_pushvalue(L, gidx);
   g->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushcfunction(L, launch_f);
   lua_pushlightuserdata(L, g);
   lua_pushvalue(L, gidx);
   if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-    abandon(L, g);
+    group_abandon(L, g);
     return lua_error(L);
   }
-  pf_wait_park(owner, pf_group_cancel, g);
+  pf_wait_park(g->owner, pf_group_cancel, g);
   return 1;
 }
 
-/* For the where line of an item's error (walk.c): the owner, parked in
-** the walk that started g, and that walk's frame. Returns the frame's
-** kind, or 0 for a gather. */
-int pf_group_frame(pf_group *g, pf_task **owner, int *frame, int *direct) {
-  if (g->kind == PF_G_GATHER || g->frame == 0 || g->owner->co == NULL)
-    return 0;
-  *owner = g->owner;
-  *frame = g->frame;
-  *direct = g->direct;
-  return g->kind == PF_G_ITEMS ? PF_K_PBATCH : PF_K_PBFLOW;
+/* pf_group_new and pf_group_run, for a starter without user values. */
+int pf_group_start(lua_State *L, int items, lua_Integer maxc,
+                   pf_group_body body, int ctx) {
+  pf_group_new(L, items, maxc, body, ctx);
+  return pf_group_run(L, lua_gettop(L));
 }
 
-static void release(lua_State *L, pf_group *g) {
+/* The body of g's items, its owner and the starter's ctx, while the
+** owner still lives (for the where line of an item's error); else NULL. */
+pf_group_body pf_group_owner(pf_group *g, pf_task **owner, int *ctx) {
+  if (g->owner->co == NULL) return NULL;
+  *owner = g->owner;
+  *ctx = g->ctx;
+  return g->body;
+}
+
+static void group_release(lua_State *L, pf_group *g) {
   luaL_unref(L, LUA_REGISTRYINDEX, g->ref);
   g->ref = LUA_NOREF;
 }
@@ -221,14 +151,14 @@ static void release(lua_State *L, pf_group *g) {
 /* The owner was cancelled: its items were cancelled first, as its
 ** children; only the anchor is left. */
 void pf_group_cancel(pf_task *owner, void *data) {
-  release(owner->S->L, (pf_group *)data);
+  group_release(owner->S->L, (pf_group *)data);
 }
 
 /* The first failure cancels the other items still running. Their
 ** __close may end tasks or cancel the owner: they are listed, pinned,
 ** before any is cancelled. */
-static void fail(lua_State *L, pf_group *g, pf_task *child, lua_State *co,
-                 int gidx) {
+static void group_fail(lua_State *L, pf_group *g, pf_task *child,
+                       lua_State *co, int gidx) {
   pf_list *l, *kids = &g->owner->children;
   lua_Integer n = 0, i;
   for (l = kids->next; l != kids; l = l->next) {
@@ -258,8 +188,9 @@ static void fail(lua_State *L, pf_group *g, pf_task *child, lua_State *co,
   g->running = 0;
 }
 
-/* An item ended: nres >= 0 results on co's top, or -1 for an error on
-** co's top. Runs on the driver, with 'from' its scratch state. */
+/* hook: item end (parallel). An item ended: nres >= 0 results on co's
+** top, or -1 for an error on co's top. Runs on the driver, with 'from'
+** its scratch state. */
 void pf_group_child_done(pf_group *g, pf_task *child, int nres,
                          lua_State *from) {
   pf_sched *S = child->S;
@@ -276,7 +207,7 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
   /* an error here (out of memory) leaves child in g: sched.c's recover
   ** ends it failed, and g fails, whatever was done for its result */
   if (nres < 0) {
-    fail(L, g, child, co, gidx);
+    group_fail(L, g, child, co, gidx);
   } else {
     lua_getiuservalue(L, gidx, G_RESULTS);
     if (nres > 0) {
@@ -289,11 +220,11 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
     lua_pop(L, 1);
     g->running--;
     g->done++;
-    launch(L, g, gidx);
+    group_launch(L, g, gidx);
   }
   child->group = NULL;
   if (owner_waits(g) && g->running == 0 && (g->failed || g->done == g->n)) {
-    release(L, g);
+    group_release(L, g);
     pf_wait_wake(g->owner, 0);
   }
   lua_settop(L, gidx - 1);

@@ -65,26 +65,36 @@ struct pf_task {
   int ktop;                     /* stack top when it yielded without k */
 };
 
-/* group.c: N tasks, max concurrency, first failure cancels the rest */
-int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
-                   int params, lua_Integer maxc);
+/* group.c: N tasks over the items of an array, at most maxc at once, the
+** first failure cancelling the others, the results in order. The
+** starter says what each task runs: a body pushes item i's function and
+** its arguments (returning their count), from the group userdata at
+** gidx, whose user values from PF_G_CTX on are the starter's. */
+typedef int (*pf_group_body)(lua_State *L, int gidx, lua_Integer i);
+#define PF_G_CTX 4      /* the starter's user values: PF_G_CTX.. +2 */
+void pf_group_new(lua_State *L, int items, lua_Integer maxc,
+                  pf_group_body body, int ctx);
+int pf_group_run(lua_State *L, int gidx);
+int pf_group_start(lua_State *L, int items, lua_Integer maxc,
+                   pf_group_body body, int ctx);
+void pf_group_push_item(lua_State *L, int gidx, lua_Integer i);
+int pf_group_call_item(lua_State *L, int gidx, lua_Integer i);
 void pf_group_child_done(pf_group *g, pf_task *child, int ok, lua_State *from);
 int pf_group_finish(lua_State *L, int gidx);
 void pf_group_cancel(pf_task *owner, void *data);
-int pf_group_frame(pf_group *g, pf_task **owner, int *frame, int *direct);
+pf_group_body pf_group_owner(pf_group *g, pf_task **owner, int *ctx);
 
-enum { PF_G_ITEMS, PF_G_WALKS, PF_G_GATHER };
-
-/* walk.c: the node/flow machine (its functions are registered by core.c) */
-int pf_machine(lua_State *L);
+/* walk.c: nodes, flows and batches (its functions are registered by
+** core.c); where.c: the where line of errors */
+int pf_walk_body(lua_State *L);
 int pf_noop(lua_State *L);
 int pf_reraise(lua_State *L);
-void pf_push_merged(lua_State *L, int base, int over);
 int pf_run_node(lua_State *L);
 void pf_add_where(lua_State *L, pf_task *t, lua_State *co);
 
+/* node kinds: a node class's __pfkind */
 enum pf_kind { PF_K_NODE = 1, PF_K_BATCH, PF_K_PBATCH, PF_K_FLOW,
-               PF_K_BFLOW, PF_K_PBFLOW, PF_K_ORCH, PF_K_EXEC };
+               PF_K_BFLOW, PF_K_PBFLOW };
 
 /* runtime.c: pf.sleep, await, spawn and the task handle, timeout, gather, now */
 void pf_open_runtime(lua_State *L);

@@ -4,6 +4,7 @@
 ** task runs itself as the main task of an implicit pf.run.
 */
 
+#include "events.h"
 #include "pf.h"
 #include "pf_sched.h"
 
@@ -229,7 +230,7 @@ static int l_gather(lua_State *L) {
   me = pf_wait_begin(L, "pf.gather");
   if (me == NULL) return pf_wait_outside(L, l_gather, "pf.gather");
   lua_settop(L, 1);
-  if (pf_group_start(L, PF_G_GATHER, 1, 0, 0, 0, 0))
+  if (pf_group_start(L, 1, 0, pf_group_call_item, 0))
     return pf_wait_yield(L, me, 0, gather_k);
   return gather_k(L, LUA_OK, 0);
 }

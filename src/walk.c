@@ -1,25 +1,39 @@
 /*
-** The walk: running nodes, flows and batches. One C function drives an
-** explicit stack of frames kept on the task's Lua stack, so nesting costs
-** stack slots, not C stack, and every call into user code is a
-** lua_callk/lua_pcallk whose continuation re-enters the same loop: user
-** code may wait anywhere.
+** The walk: running nodes, flows and batches. In PocketFlow's terms, a
+** run of node n over the shared store s is (p: prep's result):
 **
-** A frame is FS consecutive slots; the top frame is the one running. A
-** phase that waits for a call's result finds it on top, above the frame.
+**   node    p = n:prep(s); return n:post(s, p, exec(n, p))
+**   exec    for a = 0, max_retries - 1: n.cur_retry = a
+**             ok, r = pcall(n.exec, n, p); if ok: return r
+**             if a < max_retries - 1: sleep(n.wait)
+**           return n:exec_fallback(p, err)   -- default: raise err
+**   batch   p = prep; r[i] = exec(n, p[i]) for each i, in order;
+**           return n:post(s, p, r)
+**   pbatch  the same, the exec(n, p[i]) as tasks, max_concurrency at once
+**   flow    p = prep; a = walk(n, n.params); return n:post(s, p, a)
+**   walk    m = start_node; repeat: a = run(m with params, s);
+**           m = m.successors[a or "default"] until no m; return a
+**   bflow   p = prep; walk(n, {n.params..., p[i]...}) for each i, in
+**           order; return n:post(s, p, nil)
+**   pbflow  the same, the walks as tasks, max_concurrency at once
+**
+** One C function drives an explicit stack of frames kept on the task's
+** Lua stack (walk.h), so nesting costs stack slots, not C stack, and
+** every call into user code is a lua_callk/lua_pcallk whose continuation
+** re-enters the same loop: user code may wait anywhere. The loop
+** dispatches on the named states of walk.h to one step function per
+** kind. The parallel kinds hand their items to a group (group.c) with a
+** body that runs an item's exec frame or a walk.
+**
+** Transitions where tracing and checkpoints will hook in are marked
+** "hook:": node start, attempt start, attempt fail, retry wait,
+** fallback, item start, item end, after post, node end.
 */
-#include <stdarg.h>
 #include <string.h>
 
 #include "pf.h"
 #include "pf_sched.h"
-
-#define FS 8
-enum { F_SELF, F_STATE, F_SHARED, F_PREP, F_RES, F_I, F_AUX, F_PARAMS };
-
-#define MSGH 5      /* the message handler, below the first frame */
-#define KEYS 6      /* the keys table */
-#define ROOT 7      /* base of the first frame */
+#include "walk.h"
 
 /* Field names, interned once in a table kept below the first frame: a
 ** lua_getfield with a C string pays a string-cache lookup (strcmp) on
@@ -65,16 +79,10 @@ int pf_reraise(lua_State *L) {
   return lua_error(L);
 }
 
-#define ST(kind, phase) ((kind) << 5 | (phase))
-
-/* Phases of exec, after those of the frame's own kind: a node runs them
-** inline, an item's EXEC frame starts with them. */
-enum { EX_ATTEMPT = 16, EX_RESULT };
-
 /* The running frame's state is a C variable, carried through calls and
 ** yields in the continuation context with the frame's base; the F_STATE
 ** slot keeps the state of frames below the top only. */
-#define ST_BITS 10   /* ST() values stay below 1 << ST_BITS */
+#define ST_BITS 10   /* states stay below 1 << ST_BITS */
 #define CTX(b, st) ((lua_KContext)(b) << ST_BITS | (st))
 
 static int walk(lua_State *L, int status, int b, int st);
@@ -83,6 +91,14 @@ static int walk_k(lua_State *L, int status, lua_KContext ctx) {
   return walk(L, status, (int)(ctx >> ST_BITS),
               (int)(ctx & ((1 << ST_BITS) - 1)));
 }
+
+/* The walk's registers: the running frame's base and state (its program
+** counter), and the status of the pcall a state waited for. A step returns GO for the loop
+** to go on with them, or the value the walk returns. */
+typedef struct Pc {
+  int b, st, status;
+} Pc;
+#define GO (-1)
 
 /* --------------------------------------------------------------- frames */
 
@@ -105,7 +121,7 @@ static lua_Integer get_int(lua_State *L, int b, int slot) {
 }
 
 static int first_state(int kind) {
-  return ST(kind, kind == PF_K_EXEC ? EX_ATTEMPT : 0);
+  return kind == PF_K_EXEC ? EXEC_ATTEMPT : ST(kind, 0);
 }
 
 /* Pushes a frame running self (a run's own table; 0 = the value on top)
@@ -150,57 +166,8 @@ static int node_kind(lua_State *L, int idx, int in_walk) {
     if (type == LUA_TNUMBER) kind = (int)lua_tointeger(L, -1);
     lua_pop(L, 2);
   }
-  /* the walk's own frame kinds (ORCH, EXEC) are not classes */
+  /* the walk's own frame kinds (WALK, EXEC) are not classes */
   return kind >= PF_K_NODE && kind <= PF_K_PBFLOW ? kind : 0;
-}
-
-/* Replaces the table on top by t[k], t's first field k along its
-** __index chain, or nil. Raw reads only: no user code runs. */
-static int raw_lookup(lua_State *L, const char *k) {
-  int hops;
-  for (hops = 0; hops < 100 && lua_istable(L, -1); hops++) {
-    lua_pushstring(L, k);
-    if (lua_rawget(L, -2) != LUA_TNIL) {
-      lua_remove(L, -2);
-      return lua_type(L, -1);
-    }
-    lua_pop(L, 1);
-    if (!lua_getmetatable(L, -1)) break;
-    lua_pushliteral(L, "__index");
-    lua_rawget(L, -2);
-    lua_remove(L, -2);
-    lua_remove(L, -2);
-  }
-  lua_pop(L, 1);
-  lua_pushnil(L);
-  return LUA_TNIL;
-}
-
-/* Pushes the name of the node at idx (API.md section 5): its 'name' (the
-** option, else its class's), else its class's __name, else "node".
-** Returns 0 for "node". */
-static int push_name(lua_State *L, int idx) {
-  int found = 1;
-  lua_pushvalue(L, idx);
-  lua_pushvalue(L, -1);
-  if (raw_lookup(L, "name") != LUA_TSTRING) {
-    lua_pop(L, 1);
-    lua_pushvalue(L, -1);
-    if (raw_lookup(L, "__name") != LUA_TSTRING) {
-      lua_pop(L, 1);
-      lua_pushliteral(L, "node");
-      found = 0;
-    }
-  }
-  lua_remove(L, -2);
-  return found;
-}
-
-/* The node's name, for messages: the string lives in the node's tables. */
-static const char *node_name(lua_State *L, int idx) {
-  const char *name = push_name(L, idx) ? lua_tostring(L, -1) : "node";
-  lua_pop(L, 1);
-  return name;
 }
 
 /* A run's own table: reads fall through to the node, writes stay here,
@@ -241,7 +208,7 @@ static int push_method(lua_State *L, int b, int key) {
 
 /* Calls the method pushed with its nargs arguments; its result comes
 ** back to state st of the frame at b. An error goes on unprotected: the
-** where line of a prep or post error is read off the stack (see where). */
+** where line of a prep or post error is read off the stack (where.c). */
 static void call(lua_State *L, int b, int st, int nargs) {
   lua_callk(L, nargs + 1, 1, CTX(b, st), walk_k);
 }
@@ -253,380 +220,59 @@ static int pcall(lua_State *L, int b, int st, int nargs) {
 }
 
 /* Calls post(self, shared, prep_res, exec_res) with exec_res on top; the
-** frame ends with post's result. Returns the frame's new state. */
+** frame ends with post's result (POSTED). Returns the frame's new state. */
 static int call_post(lua_State *L, int b) {
   lua_replace(L, b + F_RES);
   if (push_method(L, b, K_POST)) {
     lua_pushvalue(L, b + F_SHARED);
     lua_pushvalue(L, b + F_PREP);
     lua_pushvalue(L, b + F_RES);
-    call(L, b, ST(PF_K_NODE, 3), 3);
+    call(L, b, POSTED, 3);
   }
-  return ST(PF_K_NODE, 3);
+  return POSTED;
 }
 
-/* ---------------------------------------------------------------- where */
-
-/* An error that leaves a node names where it happened (API.md section
-** 5): "in Main > Research > Fetch (exec, attempt 3 of 3, item 7)". The
-** line is made while the stack is as it was at the raise: by the
-** message handler of exec and exec_fallback, by walk_error, or by
-** sched.c when an error leaves its task (prep and post run unprotected,
-** at no cost). It goes into the task's error record, a table in its
-** PF_UV_TRACE user value, {error, "where\ntraceback", kept}, which
-** sched.c prints after the message. Frames are read through the debug
-** interface, so the walk may be on another thread, suspended or dead:
-** an item's path goes on in the walk that started the items. */
-
-/* The phase of a frame in state st, for errors of the walk itself. */
-static const char *phase_of(int st) {
-  int kind = st >> 5, p = st & 31;
-  if (p >= EX_ATTEMPT) return "exec";
-  if (kind == PF_K_ORCH) return "walk";
-  if (p <= 1) return "prep";
-  return kind == PF_K_BATCH || kind == PF_K_PBATCH ? "exec" : "walk";
+/* hook: node start. A frame's first state (*_PREP) calls prep(self,
+** shared), whose result comes back in the kind's *_PREPPED. */
+static int node_begin(lua_State *L, Pc *pc) {
+  pc->st = ST(ST_KIND(pc->st), P_PREPPED);
+  if (push_method(L, pc->b, K_PREP)) {
+    lua_pushvalue(L, pc->b + F_SHARED);
+    call(L, pc->b, pc->st, 1);
+  }
+  return GO;
 }
 
-typedef struct Walk {
-  lua_State *co;   /* the thread the walk runs on */
-  lua_Debug ar;    /* its C function's record */
-  pf_task *t;      /* co's task */
-} Walk;
-
-/* Pushes onto L slot i of the walk (nil if there is none). */
-static void walk_slot(lua_State *L, Walk *w, int i) {
-  if (!lua_checkstack(w->co, 1) || lua_getlocal(w->co, &w->ar, i) == NULL) {
-    lua_pushnil(L);
-    return;
-  }
-  lua_xmove(w->co, L, 1);
-}
-
-static lua_Integer walk_int(lua_State *L, Walk *w, int i) {
-  lua_Integer v;
-  walk_slot(L, w, i);
-  v = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  return v;
-}
-
-/* The kind of the walk's frame f. A frame below the top keeps its state;
-** the top one is the first (the walk's kind is slot 1) or its parent's
-** child: a batch's item, a flow's walk, a walk's node. */
-static int frame_kind(lua_State *L, Walk *w, int f, int top, int st) {
-  int parent;
-  if (f < top) return (int)walk_int(L, w, f + F_STATE) >> 5;
-  if (st >= 0) return st >> 5;
-  if (f == ROOT) return (int)walk_int(L, w, 1);
-  parent = (int)walk_int(L, w, f - FS + F_STATE) >> 5;
-  if (parent == PF_K_BATCH) return PF_K_EXEC;
-  return parent == PF_K_ORCH ? PF_K_NODE : PF_K_ORCH;
-}
-
-/* Fills w with the innermost walk on co's stack; returns its level, or
-** -1. Each lua_getstack walks the levels above its own, so the search
-** stops at MAX_LEVEL: a stack overflow deep in user code gets no line. */
-#define MAX_LEVEL 200
-static int find_walk(lua_State *co, pf_task *t, Walk *w, int from) {
-  int level;
-  w->co = co;
-  w->t = t;
-  for (level = from; level < MAX_LEVEL && lua_getstack(co, level, &w->ar);
-       level++) {
-    lua_CFunction f;
-    if (!lua_checkstack(co, 1)) break;
-    lua_getinfo(co, "f", &w->ar);
-    f = lua_tocfunction(co, -1);
-    lua_pop(co, 1);
-    if (f == pf_run_node || f == pf_machine) return level;
-  }
-  return -1;
-}
-
-/* The walk that started t as an item of a parallel batch: its top frame
-** is the group's. Returns that frame's kind, or 0. */
-static int owner_walk(pf_task *t, Walk *w, int *frame, int *direct) {
-  pf_task *owner;
-  int kind;
-  if (t == NULL || t->group == NULL) return 0;
-  kind = pf_group_frame(t->group, &owner, frame, direct);
-  if (kind == 0 || !lua_getstack(owner->co, 0, &w->ar)) return 0;
-  w->co = owner->co;
-  w->t = owner;
-  return kind;
-}
-
-/* Pushes onto L the path of the frames ROOT..top of w (top in state st,
-** or -1 if not known): their nodes' names joined by " > ", after the
-** path of the parallel batch that started the walk as an item. An ORCH
-** frame repeats its flow's node and an EXEC frame its batch's. Sets
-** *item to the innermost batch item. */
-static void push_path(lua_State *L, Walk *w, int top, int st,
-                      lua_Integer *item) {
-  Walk ow;
-  int f, frame, direct, kind, n = 0;
-  luaL_checkstack(L, 4, "where");
-  kind = frame_kind(L, w, ROOT, top, st);
-  if ((kind == PF_K_ORCH || kind == PF_K_EXEC) &&
-      (kind = owner_walk(w->t, &ow, &frame, &direct)) != 0) {
-    push_path(L, &ow, frame, ST(kind, 2), item);
-    *item = w->t->group_idx;
-    n = 1;
-  } else {
-    lua_pushliteral(L, "");
-  }
-  for (f = ROOT; f <= top; f += FS) {
-    kind = frame_kind(L, w, f, top, st);
-    if (f < top && (kind == PF_K_BATCH || kind == PF_K_BFLOW))
-      *item = walk_int(L, w, f + F_I);
-    if (kind == PF_K_ORCH || kind == PF_K_EXEC) continue;
-    walk_slot(L, w, f + F_SELF);
-    push_name(L, -1);
-    lua_remove(L, -2);
-    if (n++ > 0) {
-      lua_pushliteral(L, " > ");
-      lua_insert(L, -2);
-    }
-    lua_concat(L, n > 1 ? 3 : 2);
-  }
-}
-
-/* Pushes "in PATH (PHASE[, attempt A of M][, item I])" for frame top of
-** w; child, if not 0, is an index on L of a node past the path's end.
-** attempt 0 leaves the attempt out. */
-static void push_where(lua_State *L, Walk *w, int top, int st, int child,
-                       const char *phase, lua_Integer attempt) {
-  lua_Integer item = 0;
-  int n = 1;
-  if (child) child = lua_absindex(L, child);
-  push_path(L, w, top, st, &item);
-  if (child) {
-    lua_pushliteral(L, " > ");
-    push_name(L, child);
-    lua_concat(L, 3);
-  }
-  lua_pushfstring(L, "in %s (%s", lua_tostring(L, -1), phase);
-  lua_remove(L, -2);
-  if (attempt > 0) {
-    lua_Integer max;
-    walk_slot(L, w, top + F_SELF);
-    max = raw_lookup(L, "max_retries") == LUA_TNIL ? 1 : lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    if (max > 0) lua_pushfstring(L, ", attempt %I of %I", (LUAI_UACINT)attempt,
-                                 (LUAI_UACINT)max);
-    else lua_pushfstring(L, ", attempt %I", (LUAI_UACINT)attempt);
-    n++;
-  }
-  if (item > 0) {
-    lua_pushfstring(L, ", item %I", (LUAI_UACINT)item);
-    n++;
-  }
-  lua_pushliteral(L, ")");
-  lua_concat(L, n + 1);
-}
-
-/* The phase of the method f (on L's top, popped) that frame top of w was
-** calling; sets *attempt for exec and exec_fallback. */
-static const char *call_phase(lua_State *L, Walk *w, int top, int kind,
-                              lua_Integer *attempt) {
-  static const char *const names[] = {"prep", "exec", "exec_fallback",
-                                      "post"};
-  int i, first = kind == PF_K_EXEC ? 1 : 0, last = kind == PF_K_EXEC ? 2 : 3;
-  walk_slot(L, w, top + F_SELF);
-  for (i = first; i < last; i++) {
-    lua_pushvalue(L, -1);
-    raw_lookup(L, names[i]);
-    if (lua_rawequal(L, -1, -3)) break;
-    lua_pop(L, 1);
-  }
-  lua_pop(L, i < last ? 3 : 2);
-  *attempt = 0;
-  if (i == 1 || i == 2)
-    *attempt = walk_int(L, w, top + F_I) + (i == 1);  /* exec: not yet counted */
-  return names[i];
-}
-
-/* The number of the walk's slots: they end below the method it calls,
-** so the top frame ends there. */
-static int count_slots(Walk *w) {
-  int lo = 0, hi = 1;
-  while (hi < (1 << 24) && lua_getlocal(w->co, &w->ar, hi) != NULL) {
-    lua_pop(w->co, 1);
-    lo = hi;
-    hi *= 2;
-  }
-  while (hi - lo > 1) {
-    int mid = lo + (hi - lo) / 2;
-    if (lua_getlocal(w->co, &w->ar, mid) != NULL) {
-      lua_pop(w->co, 1);
-      lo = mid;
-    } else {
-      hi = mid;
-    }
-  }
-  return lo;
-}
-
-/* Pushes the where line of an error being raised on co, the thread of
-** task t, whose stack is as it was at the raise (level 'first' raised
-** it): the innermost walk on it was calling a method of its top frame,
-** or t is an item that ran exec as its body (group.c). An error a walk
-** raised itself (a run's bad argument) is its caller's: the walk above.
-** Returns 0 if there is none. */
-static int push_raise_where(lua_State *L, lua_State *co, pf_task *t,
-                            int first) {
-  Walk w;
-  lua_Debug mar;
-  lua_Integer attempt;
-  const char *phase;
-  int level, top, kind, frame, direct;
-  level = find_walk(co, t, &w, first);
-  if (level == first) level = find_walk(co, t, &w, first + 1);
-  if (level < 0) {
-    lua_Integer item = 0;
-    if (owner_walk(t, &w, &frame, &direct) != PF_K_PBATCH || !direct)
-      return 0;
-    push_path(L, &w, frame, ST(PF_K_PBATCH, 2), &item);
-    lua_pushfstring(L, "in %s (exec, attempt 1 of 1, item %I)",
-                    lua_tostring(L, -1), (LUAI_UACINT)t->group_idx);
-    lua_remove(L, -2);
-    return 1;
-  }
-  if (!lua_checkstack(co, 1)) return 0;
-  top = count_slots(&w) - FS + 1;
-  if (top < ROOT || (top - ROOT) % FS != 0) return 0;
-  kind = frame_kind(L, &w, top, top, -1);
-  if (kind == PF_K_ORCH || !lua_getstack(co, level - 1, &mar)) return 0;
-  lua_getinfo(co, "f", &mar);
-  lua_xmove(co, L, 1);
-  phase = call_phase(L, &w, top, kind, &attempt);
-  push_where(L, &w, top, -1, 0, phase, attempt);
-  return 1;
-}
-
-/* An error on co's top leaves task t, unrecorded: the message gains the
-** where line (sched.c calls this before adding the traceback). */
-void pf_add_where(lua_State *L, pf_task *t, lua_State *co) {
-  if (lua_type(co, -1) != LUA_TSTRING || !lua_checkstack(co, 1) ||
-      !push_raise_where(L, co, t, 0))
-    return;
-  lua_pushfstring(L, "%s\n%s", lua_tostring(co, -1), lua_tostring(L, -1));
-  lua_xmove(L, co, 1);
-  lua_replace(co, -2);
-  lua_pop(L, 1);
-}
-
-/* Pushes t's record if it is the one of the value at idx; returns 1 if
-** it did. */
-static int push_record(lua_State *L, pf_task *t, int idx) {
-  idx = lua_absindex(L, idx);
-  pf_push_task(L, t);
-  if (lua_getiuservalue(L, -1, PF_UV_TRACE) == LUA_TTABLE) {
-    lua_rawgeti(L, -1, 1);
-    if (lua_rawequal(L, -1, idx)) {
-      lua_pop(L, 1);
-      lua_remove(L, -2);
-      return 1;
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 2);
-  return 0;
-}
-
-/* Makes the value at idx t's recorded error: the where line on top
-** (popped), or none if nil, and L's traceback from level on. */
-static void new_record(lua_State *L, pf_task *t, int idx, int level) {
-  int where = lua_gettop(L);
-  idx = lua_absindex(L, idx);
-  pf_push_task(L, t);
-  lua_createtable(L, 3, 0);
-  lua_pushvalue(L, idx);
-  lua_rawseti(L, -2, 1);
-  if (lua_isstring(L, where)) {
-    lua_pushvalue(L, where);
-    lua_pushliteral(L, "\n");
-    luaL_traceback(L, L, NULL, level);
-    lua_concat(L, 3);
-  } else {
-    luaL_traceback(L, L, NULL, level);
-  }
-  lua_rawseti(L, -2, 2);
-  lua_setiuservalue(L, -2, PF_UV_TRACE);
-  lua_settop(L, where - 1);
-}
-
-/* True when the error being handled was raised by a walk: passed on
-** from an inner run, or raised by walk_error, not raised anew. */
-static int raised_by_walk(lua_State *L) {
-  lua_Debug ar;
-  lua_CFunction f = NULL;
-  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "f", &ar)) {
-    f = lua_tocfunction(L, -1);
-    lua_pop(L, 1);
-  }
-  return f == pf_run_node || f == pf_machine;
-}
-
-/* The message handler of exec and exec_fallback: a string error gets a
-** record with where it was raised, so that it reports the user's line
-** when it leaves the task. The record of an error a walk passes on, or
-** a fallback re-raises, is kept. The value is left unchanged. */
-static int walk_msgh(lua_State *L) {
-  pf_task *t = pf_current(L);
-  if (t && lua_type(L, 1) == LUA_TSTRING && !pf_has_traceback(L, 1)) {
-    int by_walk = raised_by_walk(L), kept = 0;
-    if (push_record(L, t, 1))
-      kept = lua_rawgeti(L, -1, 3) != LUA_TNIL || by_walk;
-    if (!kept) {
-      if (!push_raise_where(L, L, t, 1)) lua_pushnil(L);
-      new_record(L, t, 1, 1);
-    }
-  }
-  lua_settop(L, 1);
-  return 1;
-}
-
-/* Raises an error of the walk itself, at the caller's position, as one
-** leaving the node of frame b in state st and phase (NULL: st's);
-** child: see push_where. */
-static int walk_error(lua_State *L, int b, int st, int child,
-                      const char *phase, const char *fmt, ...) {
-  va_list ap;
-  pf_task *t = pf_current(L);
-  int p = st & 31;
-  luaL_where(L, 1);
-  va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
-  lua_concat(L, 2);
-  if (t != NULL) {
-    Walk w;
-    w.co = L;
-    w.t = t;
-    if (child) child = lua_absindex(L, child);
-    if (phase == NULL) phase = phase_of(st);
-    if (lua_getstack(L, 0, &w.ar)) {
-      push_where(L, &w, b, st, child, phase,
-                 p >= EX_ATTEMPT ? get_int(L, b, F_I) : 0);
-      new_record(L, t, -2, 0);
-    }
-  }
-  return lua_error(L);
+/* hook: node end (also an item frame's or a walk's end). The frame is
+** done, its result on top: the parent goes on in its own state with it,
+** or the walk returns it. */
+static int end_frame(lua_State *L, Pc *pc) {
+  pc->b = pop_frame(L, pc->b);
+  if (pc->b == 0) return 1;
+  pc->st = get_state(L, pc->b);
+  return GO;
 }
 
 /* ---------------------------------------------------------------- checks */
 
-static lua_Integer checked_retries(lua_State *L, int b, int st) {
+/* max_retries, the value at idx: nil is 1; 0 if not a positive integer.
+** The one decoder of it (the walk, its where line, plain_exec). */
+lua_Integer pf_retries(lua_State *L, int idx) {
   int isnum;
   lua_Integer n;
+  if (lua_isnil(L, idx)) return 1;
+  n = lua_tointegerx(L, idx, &isnum);
+  return isnum && n >= 1 ? n : 0;
+}
+
+static lua_Integer checked_retries(lua_State *L, int b, int st) {
+  lua_Integer n;
   get_key(L, b + F_SELF, K_RETRIES);
-  if (lua_isnil(L, -1)) n = 1, isnum = 1;
-  else n = lua_tointegerx(L, -1, &isnum);
+  n = pf_retries(L, -1);
   lua_pop(L, 1);
-  if (!isnum || n < 1)
-    walk_error(L, b, st, 0, NULL, "%s: max_retries must be a positive "
-               "integer", node_name(L, b + F_SELF));
+  if (n == 0)
+    pf_walk_error(L, b, st, 0, NULL, "%s: max_retries must be a positive "
+                  "integer", pf_node_name(L, b + F_SELF));
   return n;
 }
 
@@ -638,8 +284,8 @@ static lua_Number checked_wait(lua_State *L, int b, int st) {
   else w = lua_tonumberx(L, -1, &isnum);
   lua_pop(L, 1);
   if (!isnum || !(w >= 0))
-    walk_error(L, b, st, 0, NULL, "%s: wait must be a non-negative number",
-               node_name(L, b + F_SELF));
+    pf_walk_error(L, b, st, 0, NULL, "%s: wait must be a non-negative "
+                  "number", pf_node_name(L, b + F_SELF));
   return w;
 }
 
@@ -656,9 +302,9 @@ static void checked_items(lua_State *L, int b, int st, const char *what) {
     return;
   }
   if (!lua_istable(L, -1))
-    walk_error(L, b, st, 0, NULL, "%s: prep must return an array of %s "
-               "(got %s)", node_name(L, b + F_SELF), what,
-               luaL_typename(L, -1));
+    pf_walk_error(L, b, st, 0, NULL, "%s: prep must return an array of %s "
+                  "(got %s)", pf_node_name(L, b + F_SELF), what,
+                  luaL_typename(L, -1));
   n = (lua_Integer)lua_rawlen(L, -1);
   lua_createtable(L, n < (1 << 24) ? (int)n : 0, 0);
   for (i = 1; i <= n; i++) {
@@ -672,9 +318,9 @@ static void check_param_sets(lua_State *L, int b, int st, int items) {
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, items);
   for (i = 1; i <= n; i++) {
     if (lua_rawgeti(L, items, i) != LUA_TTABLE)
-      walk_error(L, b, st, 0, NULL, "%s: prep must return an array of "
-                 "param tables (item %d is a %s)", node_name(L, b + F_SELF),
-                 (int)i, luaL_typename(L, -1));
+      pf_walk_error(L, b, st, 0, NULL, "%s: prep must return an array of "
+                    "param tables (item %d is a %s)",
+                    pf_node_name(L, b + F_SELF), (int)i, luaL_typename(L, -1));
     lua_pop(L, 1);
   }
 }
@@ -716,33 +362,35 @@ static void push_actions(lua_State *L, int succ) {
 
 /* A node with successors returned a value that cannot be an action. */
 static void bad_action(lua_State *L, int b) {
-  int res = b + F_RES, t = lua_type(L, res);
-  const char *name = node_name(L, b + F_AUX);
+  int res = b + F_ACTION, t = lua_type(L, res);
+  const char *name = pf_node_name(L, b + F_NODE);
   if (t == LUA_TNUMBER || t == LUA_TBOOLEAN) {
     luaL_tolstring(L, res, NULL);
-    walk_error(L, b, ST(PF_K_ORCH, 2), b + F_AUX, "post", "%s: post "
-               "returned a %s (%s); actions are strings", name,
-               lua_typename(L, t), lua_tostring(L, -1));
+    pf_walk_error(L, b, WALK_NODE_DONE, b + F_NODE, "post", "%s: post "
+                  "returned a %s (%s); actions are strings", name,
+                  lua_typename(L, t), lua_tostring(L, -1));
   }
-  walk_error(L, b, ST(PF_K_ORCH, 2), b + F_AUX, "post", "%s: post "
-             "returned a %s; actions are strings", name, luaL_typename(L, res));
+  pf_walk_error(L, b, WALK_NODE_DONE, b + F_NODE, "post", "%s: post "
+                "returned a %s; actions are strings", name,
+                luaL_typename(L, res));
 }
 
-/* Replaces the node at b+F_AUX with its successor for the action in
-** b+F_RES (nil means "default"), warning when the walk ends although the
+/* Replaces the node at b+F_NODE with its successor for the action in
+** b+F_ACTION (nil means "default"), warning when the walk ends although the
 ** node has successors, and raising if the action was not a string. */
 static void next_node(lua_State *L, int b) {
-  int succ;
-  if (get_key(L, b + F_AUX, K_SUCCESSORS) != LUA_TTABLE) {
+  int succ, action = b + F_ACTION;
+  if (get_key(L, b + F_NODE, K_SUCCESSORS) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_pushnil(L);
-    lua_replace(L, b + F_AUX);
+    lua_replace(L, b + F_NODE);
     return;
   }
   succ = lua_gettop(L);
-  if (lua_isnil(L, b + F_RES)) lua_rawgeti(L, KEYS, K_DEFAULT);
-  else lua_pushvalue(L, b + F_RES);
-  if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1))
+  if (lua_isnil(L, action)) lua_rawgeti(L, KEYS, K_DEFAULT);
+  else lua_pushvalue(L, action);
+  if (lua_type(L, -1) == LUA_TNUMBER &&
+      lua_tonumber(L, -1) != lua_tonumber(L, -1))
     lua_pushnil(L);  /* NaN cannot be a key */
   else
     lua_rawget(L, succ);
@@ -750,20 +398,20 @@ static void next_node(lua_State *L, int b) {
     lua_pushnil(L);
     if (lua_next(L, succ)) {
       lua_pop(L, 2);
-      if (!lua_isnil(L, b + F_RES) && lua_type(L, b + F_RES) != LUA_TSTRING)
+      if (!lua_isnil(L, action) && lua_type(L, action) != LUA_TSTRING)
         bad_action(L, b);
-      if (lua_isnil(L, b + F_RES)) lua_pushliteral(L, "default");
-      else lua_pushvalue(L, b + F_RES);
+      if (lua_isnil(L, action)) lua_pushliteral(L, "default");
+      else lua_pushvalue(L, action);
       push_actions(L, succ);
       luaL_tolstring(L, -2, NULL);
       lua_pushfstring(L, "%s: flow ends: '%s' not found in %s",
-                      node_name(L, b + F_AUX), lua_tostring(L, -1),
+                      pf_node_name(L, b + F_NODE), lua_tostring(L, -1),
                       lua_tostring(L, -2));
       pf_warn(L, lua_tostring(L, -1));
       lua_pop(L, 4);
     }
   }
-  lua_replace(L, b + F_AUX);
+  lua_replace(L, b + F_NODE);
   lua_settop(L, succ - 1);
 }
 
@@ -778,7 +426,7 @@ static void copy_fields(lua_State *L, int from, int to) {
 
 /* Pushes {base..., over...}: a batch walk's params, the flow's merged
 ** under the batch's (base may be nil). Indices are absolute. */
-void pf_push_merged(lua_State *L, int base, int over) {
+static void push_merged(lua_State *L, int base, int over) {
   int t;
   lua_newtable(L);
   t = lua_gettop(L);
@@ -786,72 +434,35 @@ void pf_push_merged(lua_State *L, int base, int over) {
   copy_fields(L, over, t);
 }
 
-/* ----------------------------------------------------------------- walk */
+/* ----------------------------------------------------------------- exec */
 
-/* Starts the run of the node at b+F_AUX with the walk's params; the
-** walk's own frame goes on at ORCH 2. Returns the new frame's base and
-** sets *st to its state. */
-static int start_child(lua_State *L, int b, int *st) {
-  int kind = node_kind(L, b + F_AUX, 1);
-  if (kind == 0)
-    return walk_error(L, b, ST(PF_K_ORCH, 1), 0, NULL, "flow step: successor "
-                      "is a %s, not a pocketflow node",
-                      luaL_typename(L, b + F_AUX));
-  set_state(L, b, ST(PF_K_ORCH, 2));
-  push_run_self(L, b + F_AUX, b + F_PARAMS);
-  *st = first_state(kind);
-  return push_frame(L, 0, b + F_SHARED, 0);
+/* exec's result is on top: a node calls post, an item's frame ends. */
+static int exec_done(lua_State *L, Pc *pc) {
+  pc->st = ST_KIND(pc->st) == PF_K_NODE ? call_post(L, pc->b) : EXEC_END;
+  return GO;
 }
 
-/* exec's result is on top: a node calls post, an item's frame goes to
-** its end phase. Returns the new state. */
-static int exec_done(lua_State *L, int b, int st) {
-  if (st >> 5 == PF_K_NODE) return call_post(L, b);
-  return ST(PF_K_EXEC, EX_RESULT + 2);
-}
-
-/* Calls the frame's prep(self, shared), whose result comes back in st. */
-static void call_prep(lua_State *L, int b, int st) {
-  if (push_method(L, b, K_PREP)) {
-    lua_pushvalue(L, b + F_SHARED);
-    call(L, b, st, 1);
+/* hook: attempt start. Sets cur_retry and calls exec(self, prep_res);
+** a node's first attempt reads the class's 0 through its fresh self,
+** batch items share one self, so theirs is reset. */
+static int attempt(lua_State *L, Pc *pc) {
+  int b = pc->b;
+  lua_Integer fails = get_int(L, b, F_FAILS);
+  if (fails > 0 || pc->st == EXEC_ATTEMPT) {
+    lua_rawgeti(L, KEYS, K_CUR_RETRY);
+    lua_pushinteger(L, fails);
+    lua_rawset(L, b + F_SELF);
   }
+  pc->st = ST(ST_KIND(pc->st), P_EXECUTED);
+  pc->status = LUA_OK;
+  if (push_method(L, b, K_EXEC)) {
+    lua_pushvalue(L, b + F_PREP);
+    pc->status = pcall(L, b, pc->st, 1);
+  }
+  return GO;
 }
 
-/* exec failed for the last time, with the error in F_AUX: calls the
-** fallback, whose result comes back in st; the default one re-raises
-** the error unchanged, so the node is left without calling it. */
-static int call_fallback(lua_State *L, int b, int st) {
-  get_key(L, b + F_SELF, K_FALLBACK);
-  if (lua_tocfunction(L, -1) == pf_reraise) {
-    lua_pushvalue(L, b + F_AUX);
-    return lua_error(L);
-  }
-  if (lua_type(L, b + F_AUX) == LUA_TSTRING) {
-    pf_task *t = pf_current(L);
-    if (t && push_record(L, t, b + F_AUX)) {  /* kept if re-raised */
-      lua_pushboolean(L, 1);
-      lua_rawseti(L, -2, 3);
-      lua_pop(L, 1);
-    }
-  }
-  lua_pushvalue(L, b + F_SELF);
-  lua_pushvalue(L, b + F_PREP);
-  lua_pushvalue(L, b + F_AUX);
-  return pcall(L, b, st, 2);
-}
-
-/* The fallback took the error: its record is stale. */
-static void drop_record(lua_State *L) {
-  pf_task *t = pf_current(L);
-  if (t) {
-    pf_push_task(L, t);
-    lua_pushnil(L);
-    lua_setiuservalue(L, -2, PF_UV_TRACE);
-    lua_pop(L, 1);
-  }
-}
-
+/* hook: retry wait. Sleeps w seconds, then goes on in st. */
 static int retry_wait(lua_State *L, int b, int st, lua_Number w) {
   pf_task *t = pf_wait_begin(L, "retry wait");
   if (t == NULL) return pf_wait_outside(L, NULL, "retry wait");
@@ -861,271 +472,441 @@ static int retry_wait(lua_State *L, int b, int st, lua_Number w) {
   return pf_wait_yield(L, t, CTX(b, st), walk_k);
 }
 
-static int walk(lua_State *L, int status, int b, int st) {
-  for (;;) {
-    switch (st) {
-
-    /* -------- a plain node: prep, exec with retries, post */
-    case ST(PF_K_NODE, 0):
-      st = ST(PF_K_NODE, 1);
-      call_prep(L, b, st);
-      break;
-    case ST(PF_K_NODE, 1):
-      lua_replace(L, b + F_PREP);
-      st = ST(PF_K_NODE, EX_ATTEMPT);
-      break;
-    case ST(PF_K_NODE, 3):   /* post's result ends the frame */
-    case ST(PF_K_EXEC, EX_RESULT + 2):
-      b = pop_frame(L, b);
-      if (b == 0) return 1;
-      st = get_state(L, b);
-      break;
-
-    /* -------- exec: attempts, waits between, fallback. For an item
-    ** (EXEC frame) the result ends the frame; for a node, post follows. */
-    case ST(PF_K_NODE, EX_ATTEMPT):
-    case ST(PF_K_EXEC, EX_ATTEMPT): {
-      lua_Integer attempt = get_int(L, b, F_I);
-      /* a node's first attempt reads the class's 0 through its fresh
-      ** self; batch items share one self, so theirs is reset */
-      if (attempt > 0 || st >> 5 == PF_K_EXEC) {
-        lua_rawgeti(L, KEYS, K_CUR_RETRY);
-        lua_pushinteger(L, attempt);
-        lua_rawset(L, b + F_SELF);
-      }
-      st++;
-      status = LUA_OK;
-      if (push_method(L, b, K_EXEC)) {
-        lua_pushvalue(L, b + F_PREP);
-        status = pcall(L, b, st, 1);
-      }
-      break;
+/* hook: fallback. exec failed for the last time, with the error in
+** F_ERROR: calls the fallback, whose result comes back in st; the
+** default one re-raises the error unchanged, so the node is left
+** without calling it. */
+static int call_fallback(lua_State *L, int b, int st) {
+  get_key(L, b + F_SELF, K_FALLBACK);
+  if (lua_tocfunction(L, -1) == pf_reraise) {
+    lua_pushvalue(L, b + F_ERROR);
+    return lua_error(L);
+  }
+  if (lua_type(L, b + F_ERROR) == LUA_TSTRING) {
+    pf_task *t = pf_current(L);
+    if (t && pf_push_record(L, t, b + F_ERROR)) {  /* kept if re-raised */
+      lua_pushboolean(L, 1);
+      lua_rawseti(L, -2, 3);
+      lua_pop(L, 1);
     }
-    case ST(PF_K_NODE, EX_RESULT):
-    case ST(PF_K_EXEC, EX_RESULT):
-      if (status == LUA_OK || status == LUA_YIELD) {
-        st = exec_done(L, b, st);
-        break;
-      }
-      lua_replace(L, b + F_AUX);
-      set_int(L, b, F_I, get_int(L, b, F_I) + 1);
-      if (get_int(L, b, F_I) < checked_retries(L, b, st)) {
-        lua_Number w = checked_wait(L, b, st);
-        st--;
-        status = LUA_OK;
-        if (w > 0) return retry_wait(L, b, st, w);
-        break;
-      }
-      st++;
-      status = call_fallback(L, b, st);
-      break;
-    case ST(PF_K_NODE, EX_RESULT + 1):
-    case ST(PF_K_EXEC, EX_RESULT + 1):
-      if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
-      if (lua_type(L, b + F_AUX) == LUA_TSTRING) drop_record(L);
-      st = exec_done(L, b, st);
-      break;
+  }
+  lua_pushvalue(L, b + F_SELF);
+  lua_pushvalue(L, b + F_PREP);
+  lua_pushvalue(L, b + F_ERROR);
+  return pcall(L, b, st, 2);
+}
 
-    /* -------- a batch node: exec per item, in order */
-    case ST(PF_K_BATCH, 0):
-    case ST(PF_K_PBATCH, 0):
-    case ST(PF_K_FLOW, 0):
-    case ST(PF_K_BFLOW, 0):
-    case ST(PF_K_PBFLOW, 0):
-      st++;
-      call_prep(L, b, st);
-      break;
-    case ST(PF_K_BATCH, 1):
-      lua_pushvalue(L, -1);
-      lua_replace(L, b + F_PREP);
-      checked_items(L, b, st, "items");
-      lua_replace(L, b + F_AUX);
+/* hook: attempt fail. The error on top is kept; another attempt follows,
+** after the wait, or the fallback. */
+static int attempt_failed(lua_State *L, Pc *pc) {
+  int b = pc->b, kind = ST_KIND(pc->st);
+  lua_replace(L, b + F_ERROR);
+  set_int(L, b, F_FAILS, get_int(L, b, F_FAILS) + 1);
+  if (get_int(L, b, F_FAILS) < checked_retries(L, b, pc->st)) {
+    lua_Number w = checked_wait(L, b, pc->st);
+    pc->st = ST(kind, P_ATTEMPT);
+    pc->status = LUA_OK;
+    return w > 0 ? retry_wait(L, b, pc->st, w) : GO;
+  }
+  pc->st = ST(kind, P_FELL_BACK);
+  pc->status = call_fallback(L, b, pc->st);
+  return GO;
+}
+
+/* exec with retries: a node's (after its prep) and an item's frame. */
+static int exec_step(lua_State *L, Pc *pc) {
+  int ok = pc->status == LUA_OK || pc->status == LUA_YIELD;
+  switch (pc->st) {
+    case NODE_ATTEMPT: case EXEC_ATTEMPT:
+      return attempt(L, pc);
+    case NODE_EXECUTED: case EXEC_EXECUTED:
+      return ok ? exec_done(L, pc) : attempt_failed(L, pc);
+    default:   /* NODE_FELL_BACK, EXEC_FELL_BACK */
+      if (!ok) return lua_error(L);
+      if (lua_type(L, pc->b + F_ERROR) == LUA_TSTRING) pf_drop_record(L);
+      return exec_done(L, pc);
+  }
+}
+
+/* ---------------------------------------------------------------- kinds */
+
+/* A node: after prep, exec_step, then post. */
+static int node_step(lua_State *L, Pc *pc) {
+  lua_replace(L, pc->b + F_PREP);   /* NODE_PREPPED */
+  pc->st = NODE_ATTEMPT;
+  return GO;
+}
+
+/* prep's result on top is kept, and replaced by the array of items it
+** must be (what: of what, for the error). */
+static void keep_items(lua_State *L, int b, int st, const char *what) {
+  lua_pushvalue(L, -1);
+  lua_replace(L, b + F_PREP);
+  checked_items(L, b, st, what);
+  lua_replace(L, b + F_ITEMS);
+}
+
+/* A batch node: an item frame (exec) per item, in order, then post. */
+static int batch_step(lua_State *L, Pc *pc) {
+  int b = pc->b;
+  lua_Integer i = get_int(L, b, F_INDEX);
+  switch (pc->st) {
+    case BATCH_PREPPED:
+      keep_items(L, b, pc->st, "items");
       lua_newtable(L);
       lua_replace(L, b + F_RES);
-      set_int(L, b, F_I, 1);
-      st = ST(PF_K_BATCH, 2);
-      break;
-    case ST(PF_K_BATCH, 2): {
-      lua_Integer i = get_int(L, b, F_I);
-      if (i > (lua_Integer)lua_rawlen(L, b + F_AUX)) {
+      set_int(L, b, F_INDEX, 1);
+      pc->st = BATCH_NEXT;
+      return GO;
+    case BATCH_NEXT:
+      if (i > (lua_Integer)lua_rawlen(L, b + F_ITEMS)) {
         lua_pushvalue(L, b + F_RES);
-        st = call_post(L, b);
-        break;
+        pc->st = call_post(L, b);
+        return GO;
       }
-      set_state(L, b, ST(PF_K_BATCH, 3));
-      b = push_frame(L, b + F_SELF, 0, 0);
-      st = first_state(PF_K_EXEC);
-      lua_rawgeti(L, b - FS + F_AUX, i);
-      lua_replace(L, b + F_PREP);
-      break;
-    }
-    case ST(PF_K_BATCH, 3): {
-      lua_Integer i = get_int(L, b, F_I);
+      set_state(L, b, BATCH_ITEM_DONE);   /* hook: item start */
+      pc->b = push_frame(L, b + F_SELF, 0, 0);
+      pc->st = EXEC_ATTEMPT;
+      lua_rawgeti(L, b + F_ITEMS, i);
+      lua_replace(L, pc->b + F_PREP);
+      return GO;
+    default:   /* BATCH_ITEM_DONE; hook: item end */
       lua_rawseti(L, b + F_RES, i);
-      set_int(L, b, F_I, i + 1);
-      st = ST(PF_K_BATCH, 2);
-      break;
-    }
+      set_int(L, b, F_INDEX, i + 1);
+      pc->st = BATCH_NEXT;
+      return GO;
+  }
+}
 
-    /* -------- a parallel batch node: items as tasks, then post */
-    case ST(PF_K_PBATCH, 1):
-    case ST(PF_K_PBFLOW, 1): {
-      int isnum, parallel_flow = st == ST(PF_K_PBFLOW, 1);
-      lua_Integer maxc = 0;
-      pf_task *t;
-      lua_pushvalue(L, -1);
+/* A flow: prep, a walk frame over its params, then post. */
+static int flow_step(lua_State *L, Pc *pc) {
+  int b = pc->b;
+  switch (pc->st) {
+    case FLOW_PREPPED:
       lua_replace(L, b + F_PREP);
-      checked_items(L, b, st, parallel_flow ? "param tables" : "items");
-      lua_replace(L, b + F_AUX);
-      if (parallel_flow) check_param_sets(L, b, st, b + F_AUX);
-      if (get_key(L, b + F_SELF, K_MAXC) != LUA_TNIL) {
-        maxc = lua_tointegerx(L, -1, &isnum);
-        if (!isnum || maxc < 1)
-          return walk_error(L, b, st, 0, parallel_flow ? "walk" : "exec",
-                            "%s: max_concurrency must be a positive integer "
-                            "or nil", node_name(L, b + F_SELF));
-      }
-      lua_pop(L, 1);
-      if (parallel_flow && get_key(L, b + F_SELF, K_PARAMS) != LUA_TTABLE) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-      }
-      if (parallel_flow) lua_replace(L, b + F_PARAMS);
-      t = pf_wait_begin(L, "parallel batch");
-      if (t == NULL) pf_wait_outside(L, NULL, "parallel batch");
-      st++;
-      if (pf_group_start(L, parallel_flow ? PF_G_WALKS : PF_G_ITEMS,
-                         b + F_AUX, b + F_SELF, b + F_SHARED,
-                         parallel_flow ? b + F_PARAMS : 0, maxc)) {
-        lua_replace(L, b + F_I);
-        return pf_wait_yield(L, t, CTX(b, st), walk_k);
-      }
-      lua_replace(L, b + F_I);
-      break;
-    }
-    case ST(PF_K_PBATCH, 2):
-    case ST(PF_K_PBFLOW, 2):
-      pf_group_finish(L, b + F_I);
-      if (st == ST(PF_K_PBFLOW, 2)) {
-        lua_pop(L, 1);
-        lua_pushnil(L);
-      }
-      set_int(L, b, F_I, 0);
-      st = call_post(L, b);
-      break;
-
-    /* -------- a flow: prep, the walk, post */
-    case ST(PF_K_FLOW, 1):
-      lua_replace(L, b + F_PREP);
-      set_state(L, b, ST(PF_K_FLOW, 2));
+      set_state(L, b, FLOW_WALKED);
       if (get_key(L, b + F_SELF, K_PARAMS) != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
       }
       lua_replace(L, b + F_PARAMS);
-      b = push_frame(L, b + F_SELF, b + F_SHARED, 0);
-      st = first_state(PF_K_ORCH);
-      lua_pushvalue(L, b - FS + F_PARAMS);
-      lua_replace(L, b + F_PARAMS);
-      break;
-    case ST(PF_K_FLOW, 2):
-      st = call_post(L, b);
-      break;
+      pc->b = push_frame(L, b + F_SELF, b + F_SHARED, 0);
+      pc->st = WALK_START;
+      lua_pushvalue(L, b + F_PARAMS);
+      lua_replace(L, pc->b + F_PARAMS);
+      return GO;
+    default:   /* FLOW_WALKED */
+      pc->st = call_post(L, b);
+      return GO;
+  }
+}
 
-    /* -------- a batch flow: the walk once per param table, in order */
-    case ST(PF_K_BFLOW, 1):
-      lua_pushvalue(L, -1);
-      lua_replace(L, b + F_PREP);
-      checked_items(L, b, st, "param tables");
-      lua_replace(L, b + F_AUX);
-      check_param_sets(L, b, st, b + F_AUX);
-      set_int(L, b, F_I, 1);
-      st = ST(PF_K_BFLOW, 2);
-      break;
-    case ST(PF_K_BFLOW, 2): {
-      lua_Integer i = get_int(L, b, F_I);
-      int nb;
-      if (i > (lua_Integer)lua_rawlen(L, b + F_AUX)) {
+/* A batch flow: a walk frame per param table, in order, then post. */
+static int bflow_step(lua_State *L, Pc *pc) {
+  int b = pc->b, top;
+  lua_Integer i = get_int(L, b, F_INDEX);
+  switch (pc->st) {
+    case BFLOW_PREPPED:
+      keep_items(L, b, pc->st, "param tables");
+      check_param_sets(L, b, pc->st, b + F_ITEMS);
+      set_int(L, b, F_INDEX, 1);
+      pc->st = BFLOW_NEXT;
+      return GO;
+    case BFLOW_NEXT:
+      if (i > (lua_Integer)lua_rawlen(L, b + F_ITEMS)) {
         lua_pushnil(L);
-        st = call_post(L, b);
-        break;
+        pc->st = call_post(L, b);
+        return GO;
       }
-      set_state(L, b, ST(PF_K_BFLOW, 3));
-      nb = push_frame(L, b + F_SELF, b + F_SHARED, 0);
+      set_state(L, b, BFLOW_WALKED);   /* hook: item start */
+      pc->b = push_frame(L, b + F_SELF, b + F_SHARED, 0);
       get_key(L, b + F_SELF, K_PARAMS);
-      lua_rawgeti(L, b + F_AUX, i);
-      pf_push_merged(L, lua_gettop(L) - 1, lua_gettop(L));
-      lua_replace(L, nb + F_PARAMS);
+      lua_rawgeti(L, b + F_ITEMS, i);
+      top = lua_gettop(L);
+      push_merged(L, top - 1, top);
+      lua_replace(L, pc->b + F_PARAMS);
       lua_pop(L, 2);
-      b = nb;
-      st = first_state(PF_K_ORCH);
-      break;
-    }
-    case ST(PF_K_BFLOW, 3):
+      pc->st = WALK_START;
+      return GO;
+    default:   /* BFLOW_WALKED; hook: item end */
       lua_pop(L, 1);
-      set_int(L, b, F_I, get_int(L, b, F_I) + 1);
-      st = ST(PF_K_BFLOW, 2);
-      break;
+      set_int(L, b, F_INDEX, i + 1);
+      pc->st = BFLOW_NEXT;
+      return GO;
+  }
+}
 
-    /* -------- the walk: from the start node along the actions */
-    case ST(PF_K_ORCH, 0):
+/* Starts the run of the node at b+F_NODE with the walk's params; the
+** walk goes on at WALK_NODE_DONE. */
+static int start_child(lua_State *L, Pc *pc) {
+  int b = pc->b, kind = node_kind(L, b + F_NODE, 1);
+  if (kind == 0)
+    return pf_walk_error(L, b, WALK_STEP, 0, NULL, "flow step: successor "
+                         "is a %s, not a pocketflow node",
+                         luaL_typename(L, b + F_NODE));
+  set_state(L, b, WALK_NODE_DONE);
+  push_run_self(L, b + F_NODE, b + F_PARAMS);
+  pc->st = first_state(kind);
+  pc->b = push_frame(L, 0, b + F_SHARED, 0);
+  return GO;
+}
+
+/* A walk: from the start node along the actions; ends with the last. */
+static int walk_step(lua_State *L, Pc *pc) {
+  int b = pc->b;
+  switch (pc->st) {
+    case WALK_START:
       if (get_key(L, b + F_SELF, K_START) == LUA_TNIL)
-        return walk_error(L, b, st, 0, NULL, "%s: flow has no start node",
-                          node_name(L, b + F_SELF));
-      lua_replace(L, b + F_AUX);
-      st = ST(PF_K_ORCH, 1);
-      break;
-    case ST(PF_K_ORCH, 1):
-      if (lua_isnil(L, b + F_AUX)) {
-        lua_pushvalue(L, b + F_RES);
-        b = pop_frame(L, b);
-        if (b == 0) return 1;
-        st = get_state(L, b);
-        break;
-      }
-      b = start_child(L, b, &st);
-      break;
-    case ST(PF_K_ORCH, 2):
-      lua_replace(L, b + F_RES);
+        return pf_walk_error(L, b, pc->st, 0, NULL, "%s: flow has no start "
+                             "node", pf_node_name(L, b + F_SELF));
+      lua_replace(L, b + F_NODE);
+      pc->st = WALK_STEP;
+      return GO;
+    case WALK_STEP:
+      if (!lua_isnil(L, b + F_NODE)) return start_child(L, pc);
+      lua_pushvalue(L, b + F_ACTION);
+      pc->st = WALK_END;
+      return GO;
+    default:   /* WALK_NODE_DONE */
+      lua_replace(L, b + F_ACTION);
       next_node(L, b);
-      st = ST(PF_K_ORCH, 1);
-      break;
+      pc->st = WALK_STEP;
+      return GO;
+  }
+}
 
-    default:
-      return luaL_error(L, "pocketflow: bad walk state %d", st);
+/* ------------------------------------------------------- parallel kinds */
+
+/* The group's user values (group.c) for its bodies. */
+enum { C_SELF = PF_G_CTX, C_SHARED, C_PARAMS };
+#define C_EXEC C_SHARED   /* direct items: the exec they run */
+
+/* An item's own self: writes stay there, reads fall through to self. */
+static void push_item_self(lua_State *L, int gidx) {
+  lua_newtable(L);
+  lua_getiuservalue(L, gidx, C_SELF);
+  lua_setmetatable(L, -2);
+}
+
+/* Group bodies. hook: item start. An item of a parallel batch runs an
+** item frame, exec with its retries and fallback ... */
+static int item_body(lua_State *L, int gidx, lua_Integer i) {
+  lua_pushcfunction(L, pf_walk_body);
+  lua_pushinteger(L, PF_K_EXEC);
+  push_item_self(L, gidx);
+  lua_pushnil(L);
+  pf_group_push_item(L, gidx, i);
+  return 4;
+}
+
+/* ... or, with one attempt and the default fallback, exec itself: an
+** error ends it unchanged, as the default fallback would. This saves a
+** frame, a pcall and the stack growth they cause, per item. */
+static int direct_item_body(lua_State *L, int gidx, lua_Integer i) {
+  lua_getiuservalue(L, gidx, C_EXEC);
+  push_item_self(L, gidx);
+  pf_group_push_item(L, gidx, i);
+  return 2;
+}
+
+/* {params..., batch params...}: a new table for walk i */
+static void push_walk_params(lua_State *L, int gidx, lua_Integer i) {
+  int top;
+  lua_getiuservalue(L, gidx, C_PARAMS);
+  pf_group_push_item(L, gidx, i);
+  top = lua_gettop(L);
+  push_merged(L, top - 1, top);
+  lua_replace(L, top - 1);
+  lua_pop(L, 1);
+}
+
+/* A walk of a parallel batch flow runs a walk frame. */
+static int walk_item_body(lua_State *L, int gidx, lua_Integer i) {
+  lua_pushcfunction(L, pf_walk_body);
+  lua_pushinteger(L, PF_K_WALK);
+  lua_getiuservalue(L, gidx, C_SELF);
+  lua_getiuservalue(L, gidx, C_SHARED);
+  push_walk_params(L, gidx, i);
+  return 4;
+}
+
+/* The kind of the frame that started a group with this body (for the
+** where line, where.c), 0 if none; *direct: items run exec itself. */
+int pf_item_kind(pf_group_body body, int *direct) {
+  *direct = body == direct_item_body;
+  if (body == item_body || body == direct_item_body) return PF_K_PBATCH;
+  return body == walk_item_body ? PF_K_PBFLOW : 0;
+}
+
+/* Items may run direct_item_body: decided once per group. */
+static int plain_exec(lua_State *L, int self) {
+  int plain;
+  get_key(L, self, K_RETRIES);
+  plain = pf_retries(L, -1) == 1;
+  get_key(L, self, K_FALLBACK);
+  plain = plain && lua_tocfunction(L, -1) == pf_reraise;
+  lua_pop(L, 2);
+  return plain;
+}
+
+/* Pushes the group of the items in F_ITEMS, started; returns 1 if the
+** walk must wait for them. */
+static int start_group(lua_State *L, int b, lua_Integer maxc, int flow) {
+  int gidx, direct = !flow && plain_exec(L, b + F_SELF);
+  pf_group_new(L, b + F_ITEMS, maxc, flow ? walk_item_body
+               : direct ? direct_item_body : item_body, b);
+  gidx = lua_gettop(L);
+  lua_pushvalue(L, b + F_SELF);
+  if (!flow) {   /* items read self's fields through it */
+    lua_rawgeti(L, KEYS, K_INDEX);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -3);
+  }
+  lua_setiuservalue(L, gidx, C_SELF);
+  if (flow) {
+    lua_pushvalue(L, b + F_SHARED);
+    lua_setiuservalue(L, gidx, C_SHARED);
+    lua_pushvalue(L, b + F_PARAMS);
+    lua_setiuservalue(L, gidx, C_PARAMS);
+  } else if (direct) {
+    get_key(L, b + F_SELF, K_EXEC);
+    lua_setiuservalue(L, gidx, C_EXEC);
+  }
+  return pf_group_run(L, gidx);
+}
+
+/* prep's result on top: checks it and max_concurrency; returns that. */
+static lua_Integer parallel_items(lua_State *L, int b, int st, int flow) {
+  int isnum;
+  lua_Integer maxc = 0;
+  keep_items(L, b, st, flow ? "param tables" : "items");
+  if (flow) check_param_sets(L, b, st, b + F_ITEMS);
+  if (get_key(L, b + F_SELF, K_MAXC) != LUA_TNIL) {
+    maxc = lua_tointegerx(L, -1, &isnum);
+    if (!isnum || maxc < 1)
+      pf_walk_error(L, b, st, 0, flow ? "walk" : "exec", "%s: "
+                    "max_concurrency must be a positive integer or nil",
+                    pf_node_name(L, b + F_SELF));
+  }
+  lua_pop(L, 1);
+  if (flow && get_key(L, b + F_SELF, K_PARAMS) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+  }
+  if (flow) lua_replace(L, b + F_PARAMS);
+  return maxc;
+}
+
+/* The walk's wait for its items: starts the group and yields until
+** they end (back in the state set), unless there are none. */
+static int group_wait(lua_State *L, Pc *pc, lua_Integer maxc, int flow) {
+  int b = pc->b, wait;
+  pf_task *t = pf_wait_begin(L, "parallel batch");
+  if (t == NULL) pf_wait_outside(L, NULL, "parallel batch");
+  wait = start_group(L, b, maxc, flow);
+  lua_replace(L, b + F_GROUP);
+  return wait ? pf_wait_yield(L, t, CTX(b, pc->st), walk_k) : GO;
+}
+
+/* A parallel batch node or flow: the items (item frames or walks) as
+** tasks of a group, then post with the results or nil. */
+static int parallel_step(lua_State *L, Pc *pc) {
+  int b = pc->b, flow = ST_KIND(pc->st) == PF_K_PBFLOW;
+  lua_Integer maxc;
+  switch (pc->st) {
+    case PBATCH_PREPPED: case PBFLOW_PREPPED:
+      maxc = parallel_items(L, b, pc->st, flow);
+      pc->st = flow ? PBFLOW_GATHERED : PBATCH_GATHERED;
+      return group_wait(L, pc, maxc, flow);
+    default:   /* PBATCH_GATHERED, PBFLOW_GATHERED */
+      pf_group_finish(L, b + F_GROUP);
+      if (flow) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+      }
+      set_int(L, b, F_GROUP, 0);
+      pc->st = call_post(L, b);
+      return GO;
+  }
+}
+
+/* ----------------------------------------------------------------- walk */
+
+static int walk(lua_State *L, int status, int b, int st) {
+  Pc pc;
+  int r;
+  pc.b = b;
+  pc.st = st;
+  pc.status = status;
+  for (;;) {
+    switch (pc.st) {
+      case NODE_PREP: case BATCH_PREP: case PBATCH_PREP: case FLOW_PREP:
+      case BFLOW_PREP: case PBFLOW_PREP:
+        r = node_begin(L, &pc);
+        break;
+      case NODE_PREPPED:
+        r = node_step(L, &pc);
+        break;
+      case NODE_ATTEMPT: case NODE_EXECUTED: case NODE_FELL_BACK:
+      case EXEC_ATTEMPT: case EXEC_EXECUTED: case EXEC_FELL_BACK:
+        r = exec_step(L, &pc);
+        break;
+      case POSTED:   /* hook: after post */
+      case EXEC_END: case WALK_END:
+        r = end_frame(L, &pc);
+        break;
+      case BATCH_PREPPED: case BATCH_NEXT: case BATCH_ITEM_DONE:
+        r = batch_step(L, &pc);
+        break;
+      case PBATCH_PREPPED: case PBATCH_GATHERED:
+      case PBFLOW_PREPPED: case PBFLOW_GATHERED:
+        r = parallel_step(L, &pc);
+        break;
+      case FLOW_PREPPED: case FLOW_WALKED:
+        r = flow_step(L, &pc);
+        break;
+      case BFLOW_PREPPED: case BFLOW_NEXT: case BFLOW_WALKED:
+        r = bflow_step(L, &pc);
+        break;
+      case WALK_START: case WALK_STEP: case WALK_NODE_DONE:
+        r = walk_step(L, &pc);
+        break;
+      default:
+        return luaL_error(L, "pocketflow: bad walk state %d", pc.st);
     }
+    if (r != GO) return r;
   }
 }
 
 /* Runs the frame for kind over the arguments (kind, self, shared, x);
 ** with from_node, self is the node object and its run's self is made. */
-static int start(lua_State *L, int kind, int from_node) {
+static int walk_begin(lua_State *L, int kind, int from_node) {
   int b;
   lua_settop(L, 4);
-  lua_pushcfunction(L, walk_msgh);
+  lua_pushcfunction(L, pf_walk_msgh);
   push_keys(L);
   if (from_node) {
     push_run_self(L, 2, 0);
     lua_replace(L, 2);
   }
   b = push_frame(L, 2, 3, kind == PF_K_EXEC ? 4 : 0);
-  if (kind == PF_K_ORCH) {
+  if (kind == PF_K_WALK) {
     lua_pushvalue(L, 4);
     lua_replace(L, b + F_PARAMS);
   }
   return walk(L, LUA_OK, b, first_state(kind));
 }
 
-/* core.machine(kind, self, shared, x): the body of item and walk tasks.
-** x is the item (exec) or the params (walk). */
-int pf_machine(lua_State *L) {
+/* core.machine(kind, self, shared, x): the body of item and walk tasks
+** (the group bodies above). x is the item (exec) or the params (walk). */
+int pf_walk_body(lua_State *L) {
   lua_Integer kind = luaL_checkinteger(L, 1);
   if (kind < PF_K_NODE || kind > PF_K_EXEC)
     return luaL_error(L, "pocketflow: bad node kind %I", kind);
   /* the frames write into self and merge the params: both raw */
   luaL_checktype(L, 2, LUA_TTABLE);
-  if (kind == PF_K_ORCH) luaL_checktype(L, 4, LUA_TTABLE);
-  return start(L, (int)kind, 0);
+  if (kind == PF_K_WALK) luaL_checktype(L, 4, LUA_TTABLE);
+  return walk_begin(L, (int)kind, 0);
 }
 
 /* The run options (API.md section 5): every key run accepts, and
@@ -1175,7 +956,7 @@ int pf_run_node(lua_State *L) {
     if (lua_next(L, -2)) {
       lua_pop(L, 2);
       lua_pushfstring(L, "%s: node won't run successors; use a Flow",
-                      node_name(L, 1));
+                      pf_node_name(L, 1));
       pf_warn(L, lua_tostring(L, -1));
       lua_pop(L, 1);
     }
@@ -1183,5 +964,5 @@ int pf_run_node(lua_State *L) {
   lua_pop(L, 1);
   lua_pushinteger(L, kind);
   lua_insert(L, 1);            /* kind, node, shared */
-  return start(L, kind, 1);
+  return walk_begin(L, kind, 1);
 }

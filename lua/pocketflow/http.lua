@@ -111,6 +111,104 @@ function http.post(url, body, opts)
   return request(o)
 end
 
+-- ------------------------------------------------------------ pf.http.check
+
+-- Retry-After (RFC 9110, 10.2.3): delay-seconds, or an HTTP date in one
+-- of its three forms (5.6.7), as seconds from now, never below 0.
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6,
+  Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
+local DAYS = { Mon = "Monday", Tue = "Tuesday", Wed = "Wednesday",
+  Thu = "Thursday", Fri = "Friday", Sat = "Saturday", Sun = "Sunday" }
+local LONG_DAYS = {}
+for _, long in pairs(DAYS) do LONG_DAYS[long] = true end
+
+-- days from 1970-01-01 to y-m-d (proleptic Gregorian)
+local function days_from_epoch(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = y // 400
+  local yoe = y - era * 400
+  local doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1
+  return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+end
+
+local function month_days(y, m)
+  if m == 2 then
+    return (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) and 29 or 28
+  end
+  return (m == 4 or m == 6 or m == 9 or m == 11) and 30 or 31
+end
+
+-- seconds since the epoch of a valid date and time (UTC), else nil
+local function epoch(y, mon, d, h, mi, sec)
+  local m = MONTHS[mon]
+  y, d, h, mi, sec = tonumber(y), tonumber(d), tonumber(h), tonumber(mi), tonumber(sec)
+  if not m or d < 1 or d > month_days(y, m) or h > 23 or mi > 59 or sec > 60 then
+    return nil
+  end
+  return ((days_from_epoch(y, m, d) * 24 + h) * 60 + mi) * 60 + sec
+end
+
+local function http_date(v, now)
+  local wd, d, mon, y, h, mi, sec =
+    v:match("^(%a%a%a), (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+  if wd then return DAYS[wd] and epoch(y, mon, d, h, mi, sec) end
+  wd, d, mon, y, h, mi, sec =   -- RFC 850: a two-digit year
+    v:match("^(%a+), (%d%d)%-(%a%a%a)%-(%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+  if wd then
+    if not LONG_DAYS[wd] then return nil end
+    -- the year with those digits that is not more than 50 years ahead
+    local this = tonumber(os.date("!%Y", now))
+    local year = this - this % 100 + tonumber(y)
+    if year > this + 50 then year = year - 100 end
+    return epoch(year, mon, d, h, mi, sec)
+  end
+  wd, mon, d, h, mi, sec, y =   -- asctime
+    v:match("^(%a%a%a) (%a%a%a) ([ %d]%d) (%d%d):(%d%d):(%d%d) (%d%d%d%d)$")
+  if wd then return DAYS[wd] and epoch(y, mon, d:gsub(" ", ""), h, mi, sec) end
+  return nil
+end
+
+-- no wait is longer (src/attempts.h: PF_RETRY_DELAY_MAX): 400 digits
+-- give this, not inf
+local MAX_RETRY_AFTER = 1000000000
+
+local function retry_after(v)
+  if type(v) ~= "string" then return nil end
+  v = v:match("^[ \t]*(.-)[ \t]*$")
+  if v:find("^%d+$") or v:find("^%d+%.%d+$") then
+    return math.min(tonumber(v), MAX_RETRY_AFTER)
+  end
+  local now = os.time()
+  local t = http_date(v, now)
+  if not t then return nil end
+  return math.min(t > now and t - now or 0, MAX_RETRY_AFTER)
+end
+
+-- The error pf.http.check raises: a plain table; its text names the
+-- status and the URL, read without any metamethod of the fields.
+local HttpError = { __name = "pf.http error" }
+HttpError.__tostring = function(e)
+  local status, url = rawget(e, "status"), rawget(e, "url")
+  return ("HTTP %s from %s"):format(math.type(status) and status or "?",
+    type(url) == "string" and url or "?")
+end
+
+-- pf.http.check(res): res for a 2xx status; otherwise raises the table
+-- { status =, headers =, body =, url =, retry_after = }.
+function http.check(res)
+  local status = type(res) == "table" and rawget(res, "status")
+  if math.type(status) ~= "integer" then
+    error(("pf.http.check: expected a response (got %s)"):format(
+      type(res) == "table" and "a table without an integer status" or type(res)), 2)
+  end
+  if status >= 200 and status <= 299 then return res end
+  local headers = rawget(res, "headers")
+  error(setmetatable({ status = status, headers = headers, body = rawget(res, "body"),
+    url = rawget(res, "url"),
+    retry_after = type(headers) == "table" and retry_after(rawget(headers, "retry-after")) or nil,
+  }, HttpError))
+end
+
 -- ------------------------------------------------------ Server-Sent Events
 
 -- A parser of the text/event-stream format: parser:feed(chunk) returns

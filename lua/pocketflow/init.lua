@@ -53,26 +53,71 @@ local function name_of(node)
   return type(name) == "string" and name or "node"
 end
 
+-- A bad option value as messages show it: a number as itself (nan, inf,
+-- -inf alike on every platform), anything else by its type, so no
+-- __tostring of the user's runs here.
+local function shown(v)
+  if type(v) ~= "number" then return type(v) end
+  if v ~= v then return "nan" end
+  if v == math.huge then return "inf" end
+  if v == -math.huge then return "-inf" end
+  return tostring(v)
+end
+
+local function finite(v)
+  return type(v) == "number" and v == v and v > -math.huge and v < math.huge
+end
+
+-- The options of section 6 (attempts): each a test and what it wants.
+-- nil means none (timeout, deadline, max_wait, retry_on) or the default.
+local ATTEMPT_OPTIONS = {
+  { "timeout", function(v) return finite(v) and v > 0 end,
+    "a finite number of seconds > 0" },
+  { "deadline", function(v) return finite(v) and v > 0 end,
+    "a finite number of seconds > 0" },
+  { "backoff", function(v) return finite(v) and v >= 1 end,
+    "a finite number >= 1" },
+  { "max_wait", function(v) return finite(v) and v >= 0 end,
+    "a finite number of seconds >= 0" },
+  { "jitter", function(v) return finite(v) and v >= 0 and v <= 1 end,
+    "a number in [0, 1]" },
+  { "retry_on", function(v) return type(v) == "function" end, "a function" },
+}
+
+local function check_attempts(self, name)
+  for i = 1, #ATTEMPT_OPTIONS do
+    local o = ATTEMPT_OPTIONS[i]
+    local v = self[o[1]]
+    if v ~= nil and not o[2](v) then
+      error(("%s: %s must be %s (got %s)"):format(name, o[1], o[3], shown(v)), 4)
+    end
+  end
+end
+
 local function check_options(self)
   local own = rawget(self, "name")
   if own ~= nil and type(own) ~= "string" then
-    error(("%s: name must be a string (got %s)"):format(self.__name, type(own)), 4)
+    error(("%s: name must be a string (got %s)"):format(self.__name, type(own)), 3)
   end
   local name = name_of(self)
   local r = self.max_retries
   if r ~= nil and (math.type(r) == nil or math.tointeger(r) == nil or r < 1) then
-    error(("%s: max_retries must be a positive integer (got %s)"):format(name, tostring(r)), 4)
+    error(("%s: max_retries must be a positive integer (got %s)"):format(name, tostring(r)), 3)
   end
   local w = self.wait
   if w ~= nil and (type(w) ~= "number" or not (w >= 0)) then
-    error(("%s: wait must be a non-negative number (got %s)"):format(name, tostring(w)), 4)
+    error(("%s: wait must be a non-negative number (got %s)"):format(name, tostring(w)), 3)
   end
+  check_attempts(self, name)
 end
 
+-- Options are checked once init is done (whichever init, however deep
+-- its super calls), so errors point at the line that made the node.
 local function new(cls, ...)
   local self = setmetatable({}, cls)
   self:init(...)
   prefer_async(self)
+  check_options(self)
   return self
 end
 
@@ -117,7 +162,6 @@ function BaseNode:init(opts)
       if type(k) == "string" then self[k] = v end
     end
   end
-  check_options(self)
 end
 
 function BaseNode:set_params(params)
@@ -276,9 +320,18 @@ pf.json = require "pocketflow.json"
 local store = require "pocketflow.store"
 pf.sqlite, pf.memory, pf.store_id = store.sqlite, store.memory, store.id
 
-function pf.on_warning(msg)
+local events = require "pocketflow.events"
+pf.on = events.on
+pf.emit = events.emit
+
+-- a progress bar on the terminal is cleared around a warning and redrawn
+local progress = require "pocketflow.progress"
+local function write_warning(msg)
   io.stderr:write("pocketflow: warning: ", tostring(msg), "\n")
 end
-core.set_warn(function(msg) return pf.on_warning(msg) end)
+function pf.on_warning(msg)
+  return progress.around_warning(write_warning, msg)
+end
+core.set_warn(function(msg) return progress.around_warning(pf.on_warning, msg) end)
 
 return pf
