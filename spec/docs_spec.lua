@@ -240,7 +240,7 @@ describe("README.md and docs/", function()
     assert.is_true(ran >= 3, "programs run: " .. ran)
   end)
 
-  it("README's layout table names every file of the top level, src/, lua/, docs/, tools/, tests/, spec/support/", function()
+  it("README's layout table names every file of the top level, src/, lua/, docs/, tools/, spec/c/, spec/support/", function()
     local readme = read("README.md"):gsub("<!%-%-.-%-%->", "")   -- not in comments
     local function named(path)
       return readme:find("`" .. path .. "`", 1, true) or readme:find("`" .. path .. "/", 1, true)
@@ -252,7 +252,7 @@ describe("README.md and docs/", function()
       local top = path:match("^[^/]+")
       local dir = path:match("^(.*)/[^/]+$")
       want[top] = true
-      for _, d in ipairs{ "src", "lua/pocketflow", "docs", "tools", "tests", "spec/support" } do
+      for _, d in ipairs{ "src", "lua/pocketflow", "docs", "tools", "spec/c", "spec/support" } do
         if dir == d then want[path] = true end
       end
     end

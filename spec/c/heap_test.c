@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/pf.h"
-#include "../src/sched.h"
+#include "../../src/pf.h"
+#include "../../src/sched.h"
 
 #define N 200
 
