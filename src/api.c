@@ -295,6 +295,7 @@ static const luaL_Reg runtime[] = {
   {"set_warn", pf_set_warn},
   {"run_node", pf_run_node},
   {"machine", pf_machine},
+  {"debug_counts", pf_debug_counts},
   {NULL, NULL}
 };
 

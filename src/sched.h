@@ -40,6 +40,7 @@ void pf_drain(pf_sched *S);
 void pf_idle_cb(uv_idle_t *h);
 int pf_l_run(lua_State *L);
 int pf_set_warn(lua_State *L);
+int pf_debug_counts(lua_State *L);
 void pf_forget_lost(lua_State *L, pf_sched *S, int tidx);
 
 #endif
