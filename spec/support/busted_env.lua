@@ -1,5 +1,7 @@
--- busted's helper when it runs from the repo root through .busted (see
--- there). spec/run exports what the specs read; without it:
+-- busted's helper, named by spec/run and by .busted (see there). It
+-- installs the after_each that checks every spec leaves no task and no
+-- handle (support/hygiene.lua). spec/run exports what the specs read;
+-- without it:
 -- * PF_BIN, PF_SRC and PF_MODE default to build/pocketflow, this source
 --   tree and the plain mode;
 -- * the lua5.4 processes some specs start find the module in build/ as
@@ -30,3 +32,5 @@ if getenv("LUA_PATH") == nil and getenv("LUA_CPATH") == nil then
     return execute(export .. cmd, ...)
   end
 end
+
+require "support.hygiene"
