@@ -2,7 +2,7 @@
 -- pocketflow binary (LLM calls go to a fake OpenAI-compatible server in
 -- this process, spec/support/fake_llm.lua) and prints what the guide says
 -- it prints; the guide's last program is examples/guide.lua, byte for
--- byte; every ```lua block of README.md and docs/ compiles, and those that
+-- byte (examples_spec runs it); every ```lua block of README.md and docs/ compiles, and those that
 -- are whole programs run; links inside the repo lead to files that exist.
 local pf = require "pocketflow"
 local fake_llm = require "support.fake_llm"
@@ -146,38 +146,6 @@ describe("docs/guide.md", function()
     local last
     for _, b in ipairs(GUIDE) do if b.lang == "lua" then last = b end end
     assert.equal(read("examples/guide.lua"), last.code)
-  end)
-end)
-
-describe("examples/guide.lua", function()
-  local srv
-  after_each(function() srv:close() end)
-
-  it("summarises the documents, two LLM calls at most at once", function()
-    srv = fake_llm.start(reply, { delay = 0.2 })
-    local argv = { BIN, SRC .. "/examples/guide.lua" }
-    local env = child_env(srv)
-    env.LUA_PATH = nil   -- the example finds llm.lua beside itself
-    local r = pf.exec(argv, { timeout = 60, env = env, cwd = "/" })
-    assert.equal(0, r.code, r.stderr)
-    assert.equal("", r.stderr)
-    assert.equal(table.concat({
-      "Coroutines [coroutines]: One sentence about coroutines.",
-      "Event loops [events]: One sentence about events.",
-      "Retries [overs]: One sentence about overs.",
-    }, "\n") .. "\n", r.stdout)
-    assert.equal(6, #srv.calls)     -- a summary and a topic per document
-    assert.equal(2, srv.peak)       -- max_concurrency = 2
-  end)
-
-  it("falls back per document when the API fails", function()
-    srv = fake_llm.start(reply)
-    local env = child_env(srv)
-    env.LUA_PATH, env.OPENAI_API_KEY = nil, "wrong-key"
-    local r = pf.exec({ BIN, SRC .. "/examples/guide.lua" }, { timeout = 60, env = env })
-    -- the summaries fall back; the topics of the fallbacks fail for good
-    assert.equal(1, r.code)
-    assert.truthy(r.stderr:find("call_llm: HTTP 401: bad key", 1, true), r.stderr)
   end)
 end)
 
