@@ -815,7 +815,9 @@ static int always_open(pf_sched *S, void *h) {
 ** process, a poll, a server) and the handles not closed, the always open
 ** ones left out. Every owner's handles count, ours (which uv_walk skips:
 ** pf_handle_internal) and luv's alike, as libuv lists them:
-** uv_print_all_handles writes "[RAI] type address" a handle. */
+** uv_print_all_handles writes "[RAI] type address" a handle, the format
+** its docs give (for debugging; the binary's signal watchers count as
+** active). */
 int pf_debug_counts(lua_State *L) {
   pf_sched *S = pf_sched_get(L);
   char *text = NULL, *p;
