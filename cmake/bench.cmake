@@ -9,3 +9,11 @@ if(PF_LUA54)
                    --build-dir ${CMAKE_BINARY_DIR})
   set_tests_properties(bench.smoke PROPERTIES LABELS bench TIMEOUT 120)
 endif()
+
+# bench/store.lua's floor: the same checkpoints by plain libsqlite3
+add_executable(store_floor bench/store_floor.c)
+target_link_libraries(store_floor PRIVATE PkgConfig::SQLITE)
+add_test(NAME bench.store_smoke
+         COMMAND ${CMAKE_BINARY_DIR}/pocketflow ${CMAKE_SOURCE_DIR}/bench/store.lua
+                 20 1000 $<TARGET_FILE:store_floor>)
+set_tests_properties(bench.store_smoke PROPERTIES LABELS bench TIMEOUT 120)

@@ -273,6 +273,8 @@ pf.serialize = core.serialize
 pf.deserialize = core.deserialize
 pf.http = require "pocketflow.http"
 pf.json = require "pocketflow.json"
+local store = require "pocketflow.store"
+pf.sqlite, pf.memory, pf.store_id = store.sqlite, store.memory, store.id
 
 function pf.on_warning(msg)
   io.stderr:write("pocketflow: warning: ", tostring(msg), "\n")
