@@ -1,19 +1,19 @@
 # C tests of the core's pure parts, registered in CTest.
 
 # the sleep queue (sleep.c: FIFO + heap) on a real libuv loop
-add_executable(heap_test tests/heap_test.c src/sleep.c)
+add_executable(heap_test spec/c/heap_test.c src/sleep.c)
 target_link_libraries(heap_test PRIVATE PkgConfig::LUA PkgConfig::UV m)
 add_test(NAME c.heap COMMAND heap_test)
 set_tests_properties(c.heap PROPERTIES LABELS c TIMEOUT 60)
 
 # pf_load_chunk's choice between the built-in bytecode and text
-add_executable(embed_test tests/embed_test.c src/embed.c)
+add_executable(embed_test spec/c/embed_test.c src/embed.c)
 target_link_libraries(embed_test PRIVATE PkgConfig::LUA)
 add_test(NAME c.embed COMMAND embed_test)
 set_tests_properties(c.embed PROPERTIES LABELS c TIMEOUT 60)
 
 # the chunking of transfers over 4 GiB (src/io/io.h), without the memory
-add_executable(io_chunk_test tests/io_chunk_test.c)
+add_executable(io_chunk_test spec/c/io_chunk_test.c)
 target_include_directories(io_chunk_test PRIVATE src)
 target_link_libraries(io_chunk_test PRIVATE PkgConfig::LUA PkgConfig::UV)
 add_test(NAME c.io_chunk COMMAND io_chunk_test)
@@ -21,7 +21,7 @@ set_tests_properties(c.io_chunk PROPERTIES LABELS c TIMEOUT 60)
 
 # pf.deserialize against truncated, altered and random blobs (serial.c);
 # with PF_ASAN_DIR the same sweep runs on the sanitizer build's binary
-add_executable(serial_test tests/serial_test.c src/serial.c)
+add_executable(serial_test spec/c/serial_test.c src/serial.c)
 target_link_libraries(serial_test PRIVATE PkgConfig::LUA)
 add_test(NAME c.serial COMMAND serial_test)
 set_tests_properties(c.serial PROPERTIES LABELS c TIMEOUT 300)
@@ -32,7 +32,7 @@ if(PF_ASAN_DIR)
 endif()
 
 # pf_retry_delay: the wait between exec attempts (src/attempts.c)
-add_executable(attempts_test tests/attempts_test.c src/attempts.c)
+add_executable(attempts_test spec/c/attempts_test.c src/attempts.c)
 target_link_libraries(attempts_test PRIVATE m)
 add_test(NAME c.attempts COMMAND attempts_test)
 set_tests_properties(c.attempts PROPERTIES LABELS c TIMEOUT 60)
@@ -44,9 +44,9 @@ endif()
 
 # allocation-failure injection: the module and the built-in init.lua as
 # the binary has them, under a Lua allocator that fails the N-th allocation,
-# for every N (tests/alloc_test.c). c.alloc.load sweeps loading the module
+# for every N (spec/c/alloc_test.c). c.alloc.load sweeps loading the module
 # and building a flow; c.alloc sweeps running the representative flows.
-add_executable(alloc_test tests/alloc_test.c ${CMAKE_BINARY_DIR}/pf_init_lua.c
+add_executable(alloc_test spec/c/alloc_test.c ${CMAKE_BINARY_DIR}/pf_init_lua.c
                           $<TARGET_OBJECTS:pfcore>)
 target_link_libraries(alloc_test PRIVATE PkgConfig::LUA PkgConfig::UV PkgConfig::LUV PkgConfig::SQLITE
                                          ${CMAKE_DL_LIBS} m)

@@ -1,4 +1,4 @@
--- The pocketflow binary (API.md §1) and the examples it runs.
+-- The pocketflow binary (API.md §1); examples_spec runs the examples with it.
 local bin = assert(os.getenv("PF_BIN"), "PF_BIN: the built pocketflow binary")
 local src = os.getenv("PF_SRC") or "."
 
@@ -264,42 +264,5 @@ print("ok")
     assert.equal("false\tnot enough memory\nfalse\tnot enough memory\nok\n", out)
     assert.is_nil(err:find("not enough memory", 1, true), err)
     assert.equal(0, code, err)
-  end)
-end)
-
-describe("the examples", function()
-  it("hello.lua runs the seed's weather flow", function()
-    local out, err, code = sh(bin .. " " .. src .. "/examples/hello.lua")
-    assert.equal(0, code, err)
-    assert.equal(table.concat({
-      "Starting weather flow...",
-      "WeatherFetcherNode: Preparing to fetch weather for London.",
-      "WeatherFetcherNode: Calling weather API for London...",
-      "WeatherFetcherNode: Got weather: Sunny in London",
-      "WeatherFetcherNode: Weather report stored in shared.",
-      "Weather flow finished.",
-      'Final shared data: {city_name = "London", weather_report = "Sunny in London"}',
-    }, "\n") .. "\n", out)
-  end)
-
-  it("parallel.lua overlaps its calls", function()
-    local out, err, code = sh(bin .. " " .. src .. "/examples/parallel.lua")
-    assert.equal(0, code, err)
-    assert.matches("fetched 20 items: item%-01 %.%.%. item%-20", out)
-    local elapsed = tonumber(out:match("elapsed ([%d.]+) s"))
-    assert.is_true(elapsed >= 0.39 and elapsed < 1.5, "elapsed " .. tostring(elapsed))
-  end)
-
-  it("agent.lua loops decide/act until it answers", function()
-    local out, err, code = sh(bin .. " " .. src .. "/examples/agent.lua")
-    assert.equal(0, code, err)
-    assert.matches("answer: Lua 5%.4 is 6 years old%.", out)
-    assert.matches("steps: search, calculate, answer\n$", out)
-  end)
-
-  it("hello.lua also runs from plain lua5.4 with the module", function()
-    local out, err, code = sh("lua5.4 " .. src .. "/examples/hello.lua")
-    assert.equal(0, code, err)
-    assert.matches("Weather flow finished%.", out)
   end)
 end)

@@ -586,17 +586,11 @@ flowchart TD
     end
   end)
 
-  it("print the example's diagram, which Graphviz draws", function()
+  -- examples_spec runs examples/diagram.lua; here Graphviz draws it
+  it("draw the example's diagram as docs/img/flow.svg shows it", function()
     local out, err, code = sh(bin .. " " .. src .. "/examples/diagram.lua dot")
     assert.equal(0, code, err)
-    assert.matches('^digraph "Research agent" {\n', out)
-    local texts = svg_texts(render(out))
-    assert.truthy(#texts >= 8)
-    local m, err2, code2 = sh(bin .. " " .. src .. "/examples/diagram.lua mermaid")
-    assert.equal(0, code2, err2)
-    assert.matches("^flowchart LR\n", m)
-    assert.equal(m, (sh(bin .. " " .. src .. "/examples/diagram.lua")))
-    assert.equal(m, (sh("lua5.4 " .. src .. "/examples/diagram.lua mermaid", nil, true)))
+    assert.truthy(#svg_texts(render(out)) >= 8)
     -- docs/img/flow.svg is that output with marks, drawn by dot: the
     -- same labels and colours as drawing it now (the layout may differ
     -- between Graphviz versions)
@@ -610,8 +604,5 @@ flowchart TD
     end
     assert.same(summary(now), summary(committed))
     assert.truthy(committed:find("<title>Research agent</title>", 1, true))
-    local _, err3, code3 = sh(bin .. " " .. src .. "/examples/diagram.lua svg")
-    assert.are_not.equal(0, code3)
-    assert.matches("usage", err3)
   end)
 end)

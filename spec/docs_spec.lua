@@ -2,7 +2,7 @@
 -- pocketflow binary (LLM calls go to a fake OpenAI-compatible server in
 -- this process, spec/support/fake_llm.lua) and prints what the guide says
 -- it prints; the guide's last program is examples/guide.lua, byte for
--- byte; every ```lua block of README.md and docs/ compiles, and those that
+-- byte (examples_spec runs it); every ```lua block of README.md and docs/ compiles, and those that
 -- are whole programs run; links inside the repo lead to files that exist.
 local pf = require "pocketflow"
 local fake_llm = require "support.fake_llm"
@@ -149,38 +149,6 @@ describe("docs/guide.md", function()
   end)
 end)
 
-describe("examples/guide.lua", function()
-  local srv
-  after_each(function() srv:close() end)
-
-  it("summarises the documents, two LLM calls at most at once", function()
-    srv = fake_llm.start(reply, { delay = 0.2 })
-    local argv = { BIN, SRC .. "/examples/guide.lua" }
-    local env = child_env(srv)
-    env.LUA_PATH = nil   -- the example finds llm.lua beside itself
-    local r = pf.exec(argv, { timeout = 60, env = env, cwd = "/" })
-    assert.equal(0, r.code, r.stderr)
-    assert.equal("", r.stderr)
-    assert.equal(table.concat({
-      "Coroutines [coroutines]: One sentence about coroutines.",
-      "Event loops [events]: One sentence about events.",
-      "Retries [overs]: One sentence about overs.",
-    }, "\n") .. "\n", r.stdout)
-    assert.equal(6, #srv.calls)     -- a summary and a topic per document
-    assert.equal(2, srv.peak)       -- max_concurrency = 2
-  end)
-
-  it("falls back per document when the API fails", function()
-    srv = fake_llm.start(reply)
-    local env = child_env(srv)
-    env.LUA_PATH, env.OPENAI_API_KEY = nil, "wrong-key"
-    local r = pf.exec({ BIN, SRC .. "/examples/guide.lua" }, { timeout = 60, env = env })
-    -- the summaries fall back; the topics of the fallbacks fail for good
-    assert.equal(1, r.code)
-    assert.truthy(r.stderr:find("call_llm: HTTP 401: bad key", 1, true), r.stderr)
-  end)
-end)
-
 -- every doc the user has: README.md and docs/*.md (drafts aside)
 local function doc_files()
   local files = { "README.md" }
@@ -240,7 +208,7 @@ describe("README.md and docs/", function()
     assert.is_true(ran >= 3, "programs run: " .. ran)
   end)
 
-  it("README's layout table names every file of the top level, src/, lua/, docs/, tools/, tests/, spec/support/", function()
+  it("README's layout table names every file of the top level, src/, lua/, docs/, tools/, spec/c/, spec/support/", function()
     local readme = read("README.md"):gsub("<!%-%-.-%-%->", "")   -- not in comments
     local function named(path)
       return readme:find("`" .. path .. "`", 1, true) or readme:find("`" .. path .. "/", 1, true)
@@ -252,7 +220,7 @@ describe("README.md and docs/", function()
       local top = path:match("^[^/]+")
       local dir = path:match("^(.*)/[^/]+$")
       want[top] = true
-      for _, d in ipairs{ "src", "lua/pocketflow", "docs", "tools", "tests", "spec/support" } do
+      for _, d in ipairs{ "src", "lua/pocketflow", "docs", "tools", "spec/c", "spec/support" } do
         if dir == d then want[path] = true end
       end
     end

@@ -411,7 +411,7 @@ describe("pf.serialize refuses", function()
     assert.equal("pf.serialize: opts must be a table or a root name (got boolean)",
       err_of(pf.serialize, {}, true))
   end)
-  -- that an error frees the output buffer at once: tests/serial_test.c
+  -- that an error frees the output buffer at once: spec/c/serial_test.c
 end)
 
 describe("pf.serialize skip", function()

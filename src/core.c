@@ -21,7 +21,7 @@ extern const pf_chunk pf_http_lua, pf_json_lua, pf_diagram_lua,
 typedef void (*pf_open_fn)(lua_State *L);
 
 static const pf_open_fn opens[] = {
-  pf_open_sched,     /* sched.c: run, set_warn */
+  pf_open_sched,     /* sched.c: run, set_warn, debug_counts */
   pf_open_runtime,   /* runtime.c: spawn, gather, sleep, await, timeout, now */
   pf_open_exec,      /* io/exec.c: exec */
   pf_open_fs,        /* io/fs.c: read_file, write_file, stat, ... */

@@ -1,11 +1,13 @@
--- busted's helper when it runs from the repo root through .busted (see
--- there). spec/run exports what the specs read; without it:
+-- busted's helper, named by spec/run and by .busted (see there). It
+-- installs the after_each that checks every spec leaves no task and no
+-- handle (support/hygiene.lua). spec/run exports what the specs read;
+-- without it:
 -- * PF_BIN, PF_SRC and PF_MODE default to build/pocketflow, this source
 --   tree and the plain mode;
--- * the lua5.4 processes some specs start find the module in build/ as
---   busted does: io.popen and os.execute export LUA_PATH and LUA_CPATH.
+-- * the processes some specs start find the module in build/ as busted
+--   does: LUA_PATH and LUA_CPATH are set in the environment.
 -- Values set in the environment win.
-local getenv, popen, execute = os.getenv, io.popen, os.execute
+local getenv = os.getenv
 local pwd = getenv("PWD") or "."
 local defaults = {
   PF_BIN = pwd .. "/build/pocketflow",
@@ -19,14 +21,13 @@ os.getenv = function(name)
   return v
 end
 
+-- in the process's environment, so every child (io.popen, os.execute,
+-- pf.exec without env) inherits them
 if getenv("LUA_PATH") == nil and getenv("LUA_CPATH") == nil then
-  local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-  local export = ("export LUA_PATH=%s LUA_CPATH=%s; "):format(
-    q(pwd .. "/build/lua/?.lua;" .. pwd .. "/build/lua/?/init.lua;" .. pwd .. "/spec/?.lua;;"),
-    q(pwd .. "/build/lua/?.so;;"))
-  io.popen = function(cmd, ...) return popen(export .. cmd, ...) end
-  os.execute = function(cmd, ...)
-    if cmd == nil then return execute() end
-    return execute(export .. cmd, ...)
-  end
+  local setenv = require("luv").os_setenv
+  setenv("LUA_PATH", pwd .. "/build/lua/?.lua;" .. pwd .. "/build/lua/?/init.lua;"
+    .. pwd .. "/spec/?.lua;;")
+  setenv("LUA_CPATH", pwd .. "/build/lua/?.so;;")
 end
+
+require "support.hygiene"

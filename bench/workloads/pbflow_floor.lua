@@ -1,7 +1,7 @@
 -- floor for pbflow N: N plain coroutines, each making the same 3 method
 -- calls that read self.params and yield once, driven round-robin by a
 -- plain ready queue (one turn per yield, as pf.sleep(0) gives).
-local B = require "w.lib"
+local B = require "workloads.lib"
 local N = B.n(100000)
 
 local sets = {}

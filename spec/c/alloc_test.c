@@ -22,7 +22,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "../src/embed.h"   /* not -I src: src/sched.h hides <sched.h> */
+#include "../../src/embed.h"   /* not -I src: src/sched.h hides <sched.h> */
 
 LUALIB_API int luaopen_pocketflow_core(lua_State *L);
 extern const pf_chunk pf_init_lua;

@@ -2,7 +2,7 @@
 -- first resume runs to the yield that stands for the sleep, the second
 -- returns x * 2 into a results array). All N are alive at once, as the
 -- engine's items are while they sleep.
-local B = require "w.lib"
+local B = require "workloads.lib"
 local N = B.n(1000000)
 
 local items = {}

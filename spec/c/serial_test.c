@@ -15,7 +15,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "../src/serial.h"
+#include "../../src/serial.h"
 #include "check.h"
 
 static long inputs, decoded;

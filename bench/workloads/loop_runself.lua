@@ -2,10 +2,10 @@
 -- table for the node's run (its params set, reads falling through to the
 -- node), as PocketFlow copies the node per step. Not judged: it shows how
 -- much of the engine's cost the per-run self alone is.
-local B = require "w.lib"
+local B = require "workloads.lib"
 local N = B.n(1000000)
 
-local Step = require("w.step").class()
+local Step = require("workloads.step").class()
 
 local step = setmetatable({ params = {}, successors = {} }, Step)
 step.__index = step

@@ -1,9 +1,9 @@
 -- loop N: one node whose post returns "loop" to itself N times, in a Flow.
 local pf = require "pocketflow"
-local B = require "w.lib"
+local B = require "workloads.lib"
 local N = B.n(1000000)
 
-local methods = require "w.step"
+local methods = require "workloads.step"
 local Step = pf.Node:extend("Step")
 Step.prep, Step.exec, Step.post = methods.prep, methods.exec, methods.post
 

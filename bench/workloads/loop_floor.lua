@@ -1,9 +1,9 @@
 -- floor for loop N: a plain Lua loop doing the same three method calls on a
 -- table object and one successor lookup per step.
-local B = require "w.lib"
+local B = require "workloads.lib"
 local N = B.n(1000000)
 
-local Step = require("w.step").class()
+local Step = require("workloads.step").class()
 
 local step = setmetatable({ params = {}, successors = {} }, Step)
 step.successors.loop = step

@@ -1,7 +1,7 @@
 -- pbflow N: a ParallelBatchFlow over N param sets whose sub-flow is 3
 -- nodes, each reading self.params and yielding once with pf.sleep(0).
 local pf = require "pocketflow"
-local B = require "w.lib"
+local B = require "workloads.lib"
 local N = B.n(100000)
 
 local sets = {}

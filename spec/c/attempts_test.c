@@ -5,7 +5,7 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "../src/attempts.h"
+#include "../../src/attempts.h"
 
 static int failures = 0;
 

@@ -1,7 +1,7 @@
 -- fanout N: a ParallelBatchNode over N items; each exec sleeps 10 ms then
 -- returns x * 2.
 local pf = require "pocketflow"
-local B = require "w.lib"
+local B = require "workloads.lib"
 local N = B.n(1000000)
 
 local items = {}

@@ -8,7 +8,7 @@
 
 #include <lauxlib.h>
 
-#include "../src/embed.h"
+#include "../../src/embed.h"
 #include "check.h"
 
 typedef struct dump {

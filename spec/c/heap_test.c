@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/sleep.h"
+#include "../../src/sleep.h"
 #include "check.h"
 
 #define N 200

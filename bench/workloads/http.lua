@@ -6,7 +6,7 @@
 -- below also accepts pf.http.request{...} or a callable pf.http, and a
 -- response given as the values status, body: the one place to adapt.
 local pf = require "pocketflow"
-local B = require "w.lib"
+local B = require "workloads.lib"
 local N = tonumber(arg[1]) or 20000
 local C = tonumber(arg[2]) or 100
 local URL = arg[3] or "http://127.0.0.1:8080/small.txt"
