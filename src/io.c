@@ -67,4 +67,5 @@ void pf_open_io(lua_State *L) {
   pf_open_exec(L);
   pf_open_fs(L);
   pf_open_http(L);
+  pf_open_redis(L);
 }

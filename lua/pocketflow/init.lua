@@ -273,6 +273,7 @@ pf.serialize = core.serialize
 pf.deserialize = core.deserialize
 pf.http = require "pocketflow.http"
 pf.json = require "pocketflow.json"
+pf.redis = { connect = core.redis_connect, null = pf.json.null }
 
 function pf.on_warning(msg)
   io.stderr:write("pocketflow: warning: ", tostring(msg), "\n")
