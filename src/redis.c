@@ -314,7 +314,7 @@ static void flush(rconn *c) {
 ** declared length over MAX_BULK is refused as soon as it is seen. */
 static const char *over_limit(redisReader *r) {
   size_t left = r->len - r->pos;
-  if (r->rstack[r->ridx].type == REDIS_REPLY_STRING) {
+  if (r->ridx >= 0 && r->rstack[r->ridx].type == REDIS_REPLY_STRING) {
     const char *p = r->buf + r->pos, *end = r->buf + r->len;
     unsigned long long n = 0;
     while (p < end && isdigit((unsigned char)*p) && n <= MAX_BULK)
