@@ -450,23 +450,33 @@ static size_t command_size(int argc, const size_t *lens) {
   return need;
 }
 
+/* appends prefix, n in decimal and CRLF (room was reserved) */
+static void put_header(pf_buf *b, char prefix, size_t n) {
+  char tmp[24], *p = tmp + sizeof tmp;
+  *--p = '\n';
+  *--p = '\r';
+  do { *--p = (char)('0' + n % 10); n /= 10; } while (n > 0);
+  *--p = prefix;
+  memcpy(b->data + b->len, p, (size_t)(tmp + sizeof tmp - p));
+  b->len += (size_t)(tmp + sizeof tmp - p);
+}
+
 /* Queues one command and its FIFO entry, or raises (nothing queued). */
 static void queue_command(lua_State *L, rconn *c, pf_buf *b, int kind,
                           pf_task *t, rbox *box, int argc,
                           const char *const *argv, const size_t *lens) {
-  char head[32];
   rentry *e;
   if (pf_buf_reserve(b, command_size(argc, lens)) < 0
       || (e = push_entry(c, kind, t, box)) == NULL)
     luaL_error(L, "pf.redis: out of memory");
   if (kind == E_HANDSHAKE) e->what = argv[0];   /* a literal */
-  snprintf(head, sizeof head, "*%d\r\n", argc);
-  pf_buf_add(b, head, strlen(head));
+  put_header(b, '*', (size_t)argc);
   for (int i = 0; i < argc; i++) {
-    snprintf(head, sizeof head, "$%zu\r\n", lens[i]);
-    pf_buf_add(b, head, strlen(head));
-    pf_buf_add(b, argv[i], lens[i]);
-    pf_buf_add(b, "\r\n", 2);
+    put_header(b, '$', lens[i]);
+    memcpy(b->data + b->len, argv[i], lens[i]);
+    b->len += lens[i];
+    b->data[b->len++] = '\r';
+    b->data[b->len++] = '\n';
   }
 }
 

@@ -5,6 +5,7 @@
 --   local redisd = require "support.redisd"
 --   local srv = redisd.start()        -- srv.port, srv.url, srv.pid, srv.marker
 --   srv:kill()                        -- SIGKILL, and waits until it is gone
+-- It runs under timeout(1): 600 s at most, even if the spec's process dies.
 --   srv:restart()                     -- again on the same port
 --   redisd.free_port()                -- a port nobody listens on (now)
 local uv = require "luv"
@@ -36,15 +37,31 @@ local function wait_up(url)
   end)
 end
 
+-- the pid of the redis-server holding the marker, or nil
+local function server_pid(marker)
+  local p = assert(io.popen("unset LD_PRELOAD; ls /proc"))
+  local found
+  for pid in p:lines() do
+    local f = pid:match("^%d+$") and io.open("/proc/" .. pid .. "/cmdline", "rb")
+    local s = f and f:read("a")
+    if f then f:close() end
+    if s and s:find(marker, 1, true) and s:find("^redis%-server%z") then found = pid end
+  end
+  p:close()
+  return found
+end
+
 function Server:start()
-  -- set-proc-title no: the argv (and the marker in it) stays visible
-  local cmd = ("exec redis-server --port %d --bind 127.0.0.1 --save '' "
+  -- set-proc-title no: the argv (and the marker in it) stays visible;
+  -- timeout(1) bounds its life if the spec's process dies first
+  local cmd = ("exec timeout -s KILL 600 redis-server --port %d --bind 127.0.0.1 --save '' "
     .. "--appendonly no --daemonize no --set-proc-title no --logfile '' "
     .. "--dbfilename pf-spec-%s.rdb >/dev/null 2>&1 & echo $!"):format(self.port, self.marker)
   local p = assert(io.popen(cmd))
-  self.pid = assert(tonumber(p:read("l")))
+  assert(tonumber(p:read("l")))
   p:close()
   wait_up(self.url)
+  self.pid = assert(server_pid(self.marker), "redis-server not found")
 end
 
 function redisd.start()
