@@ -400,6 +400,20 @@ describe("pf.redis", function()
     end)
   end)
 
+  it("works outside a task, and closes as a to-be-closed variable", function()
+    local r = pf.redis.connect(srv.url)     -- each runs the loop itself
+    assert.equal("OK", r:call("SET", "outside", "1"))
+    assert.equal("1", r:call("GET", "outside"))
+    assert.matches("^pf%.redis client %(redis://127%.0%.0%.1:%d+%)$", tostring(r))
+    pf.run(function()
+      local c <close> = pf.redis.connect(srv.url)
+      assert.equal("PONG", c:call("PING"))
+      r = c
+    end)
+    assert.matches(", closed%)$", tostring(r))
+    assert.matches("the client is closed", select(2, pcall(r.call, r, "PING")))
+  end)
+
   it("is usable from nodes: a parallel batch whose exec calls Redis", function()
     local r
     pf.run(function() r = pf.redis.connect(srv.url .. "/4") end)
