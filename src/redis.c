@@ -67,6 +67,7 @@ typedef struct rclient rclient;
 
 typedef struct rconn {
   uv_tcp_t tcp;
+  uv_prepare_t prep;   /* writes what the tasks of one loop turn queued */
   uv_connect_t creq;
   uv_getaddrinfo_t gai;
   uv_write_t wreq;
@@ -79,7 +80,9 @@ typedef struct rconn {
   rentry *head, *tail;
   size_t pending;    /* entries in the FIFO */
   int state, hs_left;
-  unsigned char writing, tcp_open, gai_active;
+  unsigned char writing, gai_active;
+  unsigned char live;      /* tcp and prep usable (inited, not closing) */
+  unsigned char handles;   /* handles whose close callback has not run */
   char rbuf[READ_CHUNK];
 } rconn;
 
@@ -162,7 +165,7 @@ static redisReplyObjectFunctions REPLY_FNS = {
 /* ---------------------------------------------------------- the FIFO */
 
 static void update_ref(rconn *c) {
-  if (!c->tcp_open) return;
+  if (!c->live) return;
   /* an idle connection does not keep pf.run waiting */
   if (c->pending > 0) uv_ref((uv_handle_t *)&c->tcp);
   else uv_unref((uv_handle_t *)&c->tcp);
@@ -222,12 +225,12 @@ static void conn_free(rconn *c) {
 }
 
 static void maybe_free(rconn *c) {
-  if (c->state == C_DEAD && !c->tcp_open && !c->gai_active) conn_free(c);
+  if (c->state == C_DEAD && c->handles == 0 && !c->gai_active) conn_free(c);
 }
 
-static void on_tcp_close(uv_handle_t *h) {
+static void on_close(uv_handle_t *h) {
   rconn *c = (rconn *)h->data;
-  c->tcp_open = 0;
+  c->handles--;
   maybe_free(c);
 }
 
@@ -241,10 +244,10 @@ static void conn_fail(rconn *c, const char *msg) {
   c->client = NULL;
   while ((e = pop_entry(c)) != NULL) answer(e, NULL, msg);
   if (c->gai_active) uv_cancel((uv_req_t *)&c->gai);
-  if (c->tcp_open) {
-    uv_ref((uv_handle_t *)&c->tcp);   /* the close callback runs */
-    uv_close((uv_handle_t *)&c->tcp, on_tcp_close);
-    c->tcp_open = 2;   /* closing */
+  if (c->live) {
+    c->live = 0;
+    uv_close((uv_handle_t *)&c->tcp, on_close);
+    uv_close((uv_handle_t *)&c->prep, on_close);
   }
   maybe_free(c);
 }
@@ -306,6 +309,19 @@ static void write_next(rconn *c) {
 
 static void flush(rconn *c) {
   if (c->state == C_READY && !c->writing && c->out.len > 0) write_next(c);
+}
+
+static void on_prepare(uv_prepare_t *h) {
+  rconn *c = (rconn *)h->data;
+  uv_prepare_stop(h);
+  flush(c);
+}
+
+/* The commands a loop turn's tasks queue go out in one write, just
+** before the loop polls. */
+static void want_flush(rconn *c) {
+  if (c->state == C_READY && !c->writing && c->out.len > 0)
+    uv_prepare_start(&c->prep, on_prepare);
 }
 
 /* ------------------------------------------------------------ reading */
@@ -541,9 +557,13 @@ static rconn *get_conn(lua_State *L, rclient *cl) {
     conn_free(c);
     luaL_error(L, "pf.redis: out of memory");
   }
-  c->tcp_open = 1;
+  uv_prepare_init(cl->loop, &c->prep);
+  uv_unref((uv_handle_t *)&c->prep);
+  c->live = 1;
+  c->handles = 2;
   pf_handle_internal((uv_handle_t *)&c->tcp);
-  c->tcp.data = c->creq.data = c->gai.data = c->wreq.data = c;
+  pf_handle_internal((uv_handle_t *)&c->prep);
+  c->prep.data = c->tcp.data = c->creq.data = c->gai.data = c->wreq.data = c;
   c->state = C_RESOLVING;
   c->client = cl;
   cl->conn = c;
@@ -758,7 +778,7 @@ static int l_call(lua_State *L) {
   bidx = lua_gettop(L);
   queue_command(L, c, &c->out, E_USER, t, b, argc, argv, lens);
   pf_park(t, call_cancel, b);
-  flush(c);   /* a failure now wakes the task at once */
+  want_flush(c);
   return pf_yield(L, t, (lua_KContext)bidx, call_k);
 }
 
@@ -924,7 +944,7 @@ static int l_connect(lua_State *L) {
   b = new_box(L);
   queue_command(L, c, &c->out, E_CONNECT, t, b, 1, ping, ping_len);
   pf_park(t, call_cancel, b);
-  flush(c);
+  want_flush(c);
   return pf_yield(L, t, 3, connect_k);
 }
 
