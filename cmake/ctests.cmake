@@ -30,3 +30,32 @@ if(PF_ASAN_DIR)
   set_tests_properties(asan.c.serial PROPERTIES LABELS asan TIMEOUT 600
     ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1;UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
 endif()
+
+# allocation-failure injection: the module and the built-in init.lua as
+# the binary has them, under a Lua allocator that fails the N-th allocation,
+# for every N (tests/alloc_test.c). c.alloc.load sweeps loading the module
+# and building a flow; c.alloc sweeps running the representative flows.
+add_executable(alloc_test tests/alloc_test.c ${CMAKE_BINARY_DIR}/pf_init_lua.c
+                          $<TARGET_OBJECTS:pfcore>)
+target_link_libraries(alloc_test PRIVATE PkgConfig::LUA PkgConfig::UV PkgConfig::LUV
+                                         ${CMAKE_DL_LIBS} m)
+add_test(NAME c.alloc.load COMMAND alloc_test --load 1)
+set_tests_properties(c.alloc.load PROPERTIES LABELS c TIMEOUT 600)
+if(PF_ASAN_DIR)
+  add_test(NAME asan.c.alloc.load COMMAND ${PF_ASAN_DIR}/alloc_test --load 1)
+  set_tests_properties(asan.c.alloc.load PROPERTIES LABELS asan TIMEOUT 600
+    ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1;UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
+endif()
+if(PF_VALGRIND)   # every 25th point: each child is a valgrind process
+  add_test(NAME valgrind.c.alloc.load COMMAND valgrind -q --leak-check=full
+    --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect
+    --error-exitcode=1 $<TARGET_FILE:alloc_test> --load 25)
+  set_tests_properties(valgrind.c.alloc.load PROPERTIES LABELS valgrind TIMEOUT 1200)
+endif()
+add_test(NAME c.alloc COMMAND alloc_test 1)
+# Pending (issue 8, the scheduler's part): a memory error raised by the
+# Lua API calls pf_drain makes outside any pcall (keep_outcome, group.c's
+# launch, release_thread) longjmps across uv_run; the loop stays marked
+# running, later pf.run calls fail, and lua_close can crash in cancel_all.
+# Enable once sched.c runs the drain's bookkeeping protected.
+set_tests_properties(c.alloc PROPERTIES LABELS c TIMEOUT 600 DISABLED TRUE)

@@ -113,7 +113,11 @@ static int first_state(int kind) {
 ** caller sets the state, first_state(kind). */
 static int push_frame(lua_State *L, int self, int shared, int prep) {
   int b;
-  luaL_checkstack(L, FS + LUA_MINSTACK, "flow nesting too deep");
+  /* lua_checkstack also fails when the stack cannot grow for memory */
+  if (!lua_checkstack(L, FS + LUA_MINSTACK))
+    luaL_error(L, lua_gettop(L) < LUAI_MAXSTACK - 2 * (FS + LUA_MINSTACK)
+                  ? "not enough memory (flow frames)"
+                  : "stack overflow (flow nesting too deep)");
   if (self) lua_pushvalue(L, self);
   b = lua_gettop(L);
   lua_pushinteger(L, 0);
@@ -146,7 +150,8 @@ static int node_kind(lua_State *L, int idx, int in_walk) {
     if (type == LUA_TNUMBER) kind = (int)lua_tointeger(L, -1);
     lua_pop(L, 2);
   }
-  return kind;
+  /* the walk's own frame kinds (ORCH, EXEC) are not classes */
+  return kind >= PF_K_NODE && kind <= PF_K_PBFLOW ? kind : 0;
 }
 
 /* Replaces the table on top by t[k], t's first field k along its
@@ -638,17 +643,29 @@ static lua_Number checked_wait(lua_State *L, int b, int st) {
   return w;
 }
 
-/* Replaces the prep result on top with an array of items: nil gives an
-** empty one; anything but a table is an error naming the node. */
+/* Replaces the prep result on top with a copy of its array of items:
+** nil gives an empty one; anything but a table is an error naming the
+** node. The run reads the copy, so user code that changes prep's array
+** while items run (replacing a param table, appending) changes nothing
+** and cannot break what check_param_sets found. */
 static void checked_items(lua_State *L, int b, int st, const char *what) {
+  lua_Integer i, n;
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_newtable(L);
-  } else if (!lua_istable(L, -1)) {
+    return;
+  }
+  if (!lua_istable(L, -1))
     walk_error(L, b, st, 0, NULL, "%s: prep must return an array of %s "
                "(got %s)", node_name(L, b + F_SELF), what,
                luaL_typename(L, -1));
+  n = (lua_Integer)lua_rawlen(L, -1);
+  lua_createtable(L, n < (1 << 24) ? (int)n : 0, 0);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, -2, i);
+    lua_rawseti(L, -2, i);
   }
+  lua_remove(L, -2);
 }
 
 static void check_param_sets(lua_State *L, int b, int st, int items) {
@@ -1101,10 +1118,13 @@ static int start(lua_State *L, int kind, int from_node) {
 /* core.machine(kind, self, shared, x): the body of item and walk tasks.
 ** x is the item (exec) or the params (walk). */
 int pf_machine(lua_State *L) {
-  int kind = (int)luaL_checkinteger(L, 1);
+  lua_Integer kind = luaL_checkinteger(L, 1);
   if (kind < PF_K_NODE || kind > PF_K_EXEC)
-    return luaL_error(L, "pocketflow: bad node kind %d", kind);
-  return start(L, kind, 0);
+    return luaL_error(L, "pocketflow: bad node kind %I", kind);
+  /* the frames write into self and merge the params: both raw */
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (kind == PF_K_ORCH) luaL_checktype(L, 4, LUA_TTABLE);
+  return start(L, (int)kind, 0);
 }
 
 /* The run options (API.md section 5): every key run accepts, and
