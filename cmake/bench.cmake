@@ -10,6 +10,14 @@ if(PF_LUA54)
   set_tests_properties(bench.smoke PROPERTIES LABELS bench TIMEOUT 120)
 endif()
 
+# bench/store.lua's floor: the same checkpoints by plain libsqlite3
+add_executable(store_floor bench/store_floor.c)
+target_link_libraries(store_floor PRIVATE PkgConfig::SQLITE)
+add_test(NAME bench.store_smoke
+         COMMAND ${CMAKE_BINARY_DIR}/pocketflow ${CMAKE_SOURCE_DIR}/bench/store.lua
+                 20 1000 $<TARGET_FILE:store_floor>)
+set_tests_properties(bench.store_smoke PROPERTIES LABELS bench TIMEOUT 120)
+
 # bench/redis.lua's floor: the same Redis traffic from plain hiredis in C
 add_executable(redis_floor bench/redis_floor.c)
 target_link_libraries(redis_floor PRIVATE PkgConfig::HIREDIS)

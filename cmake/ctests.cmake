@@ -1,8 +1,7 @@
 # C tests of the core's pure parts, registered in CTest.
 
-# the sleepers (timer.c: FIFO + heap) on a real libuv loop; pf_wake is stubbed.
-# No -I src: src/sched.h would hide the system <sched.h> that uv.h needs.
-add_executable(heap_test tests/heap_test.c src/timer.c)
+# the sleep queue (sleep.c: FIFO + heap) on a real libuv loop
+add_executable(heap_test tests/heap_test.c src/sleep.c)
 target_link_libraries(heap_test PRIVATE PkgConfig::LUA PkgConfig::UV m)
 add_test(NAME c.heap COMMAND heap_test)
 set_tests_properties(c.heap PROPERTIES LABELS c TIMEOUT 60)
@@ -13,8 +12,9 @@ target_link_libraries(embed_test PRIVATE PkgConfig::LUA)
 add_test(NAME c.embed COMMAND embed_test)
 set_tests_properties(c.embed PROPERTIES LABELS c TIMEOUT 60)
 
-# the chunking of transfers over 4 GiB (src/io.h), without the memory
+# the chunking of transfers over 4 GiB (src/io/io.h), without the memory
 add_executable(io_chunk_test tests/io_chunk_test.c)
+target_include_directories(io_chunk_test PRIVATE src)
 target_link_libraries(io_chunk_test PRIVATE PkgConfig::LUA PkgConfig::UV)
 add_test(NAME c.io_chunk COMMAND io_chunk_test)
 set_tests_properties(c.io_chunk PROPERTIES LABELS c TIMEOUT 60)
@@ -37,7 +37,7 @@ endif()
 # and building a flow; c.alloc sweeps running the representative flows.
 add_executable(alloc_test tests/alloc_test.c ${CMAKE_BINARY_DIR}/pf_init_lua.c
                           $<TARGET_OBJECTS:pfcore>)
-target_link_libraries(alloc_test PRIVATE PkgConfig::LUA PkgConfig::UV PkgConfig::LUV PkgConfig::HIREDIS
+target_link_libraries(alloc_test PRIVATE PkgConfig::LUA PkgConfig::UV PkgConfig::LUV PkgConfig::SQLITE PkgConfig::HIREDIS
                                          ${CMAKE_DL_LIBS} m)
 add_test(NAME c.alloc.load COMMAND alloc_test --load 1)
 set_tests_properties(c.alloc.load PROPERTIES LABELS c TIMEOUT 600)

@@ -1,21 +1,49 @@
 /*
-** pocketflow.core: the C half of require "pocketflow".
+** pocketflow.core: the C half of require "pocketflow". The one list of
+** what the core is made of (as Lua's linit.c): each file adds its own
+** functions to the table through its own open function.
 */
+#include <signal.h>
+#include <string.h>
+
 #include "pf.h"
-#include "sched.h"
+#include "pf_sched.h"
+#include "embed.h"
 #include "serial.h"
+#include "io/io.h"
+
+/* the Lua modules built in (tools/embed.c) */
+extern const pf_chunk pf_http_lua, pf_json_lua, pf_diagram_lua;
+
+typedef void (*pf_open_fn)(lua_State *L);
+
+static const pf_open_fn opens[] = {
+  pf_open_sched,     /* sched.c: run, set_warn */
+  pf_open_runtime,   /* runtime.c: spawn, gather, sleep, await, timeout, now */
+  pf_open_exec,      /* io/exec.c: exec */
+  pf_open_fs,        /* io/fs.c: read_file, write_file, stat, ... */
+  pf_open_http,      /* io/http.c: http_start, http_request */
+  pf_open_redis,     /* io/redis.c: redis_connect */
+  pf_open_serial,    /* serial.c: serialize, deserialize */
+  pf_open_store,     /* store.c: the SQLite connection of pf.sqlite */
+  NULL
+};
+
+/* walk.c: the node and flow machine */
+static const luaL_Reg walk_funcs[] = {
+  {"run_node", pf_run_node},
+  {"machine", pf_machine},
+  {"noop", pf_noop},
+  {"reraise", pf_reraise},
+  {NULL, NULL}
+};
 
 static void set_kind(lua_State *L, const char *name, int kind) {
   lua_pushinteger(L, kind);
   lua_setfield(L, -2, name);
 }
 
-LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
-  luaL_checkversion(L);
-  pf_sched_open(L);
-  pf_open_runtime(L);
-  pf_open_io(L);
-  pf_open_serial(L);
+static void open_kinds(lua_State *L) {
   lua_newtable(L);
   set_kind(L, "node", PF_K_NODE);
   set_kind(L, "batch", PF_K_BATCH);
@@ -24,10 +52,36 @@ LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
   set_kind(L, "batch_flow", PF_K_BFLOW);
   set_kind(L, "parallel_batch_flow", PF_K_PBFLOW);
   lua_setfield(L, -2, "kinds");
-  lua_pushcfunction(L, pf_noop);
-  lua_setfield(L, -2, "noop");
-  lua_pushcfunction(L, pf_reraise);
-  lua_setfield(L, -2, "reraise");
+}
+
+/* Writing to a pipe or socket whose reader has gone must fail with EPIPE,
+** not kill the process: libuv leaves SIGPIPE to the program. A handler
+** the program set is kept. */
+static void ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGPIPE, &sa, NULL);
+  }
+}
+
+LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
+  const pf_open_fn *open;
+  pf_sched *S;
+  luaL_checkversion(L);
+  S = pf_sched_open(L);
+  S->child_done = pf_group_child_done;   /* the upward calls, as data */
+  S->add_where = pf_add_where;
+  ignore_sigpipe();
+  pf_preload(L, "pocketflow.http", &pf_http_lua);
+  pf_preload(L, "pocketflow.json", &pf_json_lua);
+  pf_preload(L, "pocketflow.diagram", &pf_diagram_lua);
+  lua_newtable(L);
+  for (open = opens; *open; open++) (*open)(L);
+  luaL_setfuncs(L, walk_funcs, 0);
+  open_kinds(L);
   lua_pushliteral(L, PF_VERSION);
   lua_setfield(L, -2, "version");
   return 1;

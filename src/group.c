@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "pf.h"
-#include "sched.h"
+#include "pf_sched.h"
 
 struct pf_group {
   pf_task *owner;
@@ -168,7 +168,7 @@ int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
   lua_pushvalue(L, gidx);
   g->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   launch(L, g, gidx);
-  pf_park(owner, pf_group_cancel, g);
+  pf_wait_park(owner, pf_group_cancel, g);
   return 1;
 }
 
@@ -200,14 +200,15 @@ void pf_group_cancel(pf_task *owner, void *data) {
 ** before any is cancelled. */
 static void fail(lua_State *L, pf_group *g, pf_task *child, lua_State *co,
                  int gidx) {
-  pf_task *c;
+  pf_list *l;
   lua_Integer n = 0, i;
   g->failed = 1;
   lua_pushvalue(co, -1);
   lua_xmove(co, L, 1);
   lua_setiuservalue(L, gidx, G_ERROR);
   lua_newtable(L);
-  for (c = g->owner->first_child; c; c = c->next_sib) {
+  for (l = g->owner->children.next; l != &g->owner->children; l = l->next) {
+    pf_task *c = pf_list_entry(l, pf_task, sibling);
     if (c->group == g && c != child && c->state != PF_DONE) {
       c->group = NULL;
       pf_push_task(L, c);
@@ -254,7 +255,7 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
   }
   if (owner_waits(g) && g->running == 0 && (g->failed || g->done == g->n)) {
     release(L, g);
-    pf_wake(g->owner, 0);
+    pf_wait_wake(g->owner, 0);
   }
   lua_settop(L, gidx - 1);
 }

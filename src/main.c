@@ -14,7 +14,7 @@
 #include <editline/readline.h>
 
 #include "embed.h"
-#include "io.h"
+#include "io/io.h"
 #include "pf.h"
 
 LUALIB_API int luaopen_pocketflow_core(lua_State *L);

@@ -1,6 +1,7 @@
 /*
-** pocketflow core: shared declarations of the scheduler, the walk and
-** the waits. See sched.c for the task life cycle.
+** pocketflow core: the task record, and the declarations of the files
+** above the scheduler (group.c, walk.c, runtime.c). The scheduler's own,
+** with the wait protocol, are in pf_sched.h; the I/O files' in io/io.h.
 */
 #ifndef PF_H
 #define PF_H
@@ -9,6 +10,9 @@
 #include <lua.h>
 #include <lauxlib.h>
 #include <uv.h>
+
+#include "list.h"
+#include "sleep.h"
 
 #define PF_VERSION "0.1.0"
 
@@ -32,18 +36,18 @@ enum pf_outcome { PF_NONE, PF_OK, PF_ERROR, PF_CANCELLED };
 struct pf_task {
   pf_sched *S;
   lua_State *co;            /* the task's thread; NULL once ended */
-  pf_task *parent, *first_child, *next_sib, *prev_sib;
-  pf_task *rnext, *rprev;   /* ready list */
-  pf_task *waiters;         /* tasks parked in :wait() on this one */
-  pf_task *wnext;           /* link while parked in someone's waiters */
+  pf_task *parent;
+  pf_list children;         /* the tasks it spawned, newest first */
+  pf_list sibling;          /* link in the parent's children */
+  pf_list ready;            /* link in the scheduler's ready list */
+  pf_list waiters;          /* tasks parked in :wait() on this one */
+  pf_list waiter;           /* link while parked in someone's waiters */
   pf_task *waiting_on;      /* the task whose waiters list holds us */
-  pf_group *group;          /* group this task is an item of, or NULL */
+  pf_group *group;          /* group this task is an item of, or NULL:
+                               its end is reported to S->child_done */
   pf_cancel_fn cancel;      /* cleanup of the current wait */
   void *cancel_data;
-  uint64_t deadline;        /* timer heap key: ns on pf.now()'s clock */
-  uint64_t seq;             /* heap tie-break: FIFO among equal deadlines */
-  size_t heap_idx;          /* position + 1 in the heap, PF_IN_FIFO, or 0 */
-  pf_task *fnext, *fprev;   /* sleep FIFO links (timer.c) */
+  pf_sleeper sleep;         /* the deadline of the current wait, if any */
   lua_Integer group_idx;
   unsigned wait_seq;        /* bumps on each park: stale resumes are ignored */
   int nresume;              /* values on co's stack for the next resume */
@@ -51,8 +55,8 @@ struct pf_task {
   unsigned char state, outcome;
   unsigned char keep_results;   /* a handle: results kept for :wait() */
   unsigned char cancel_pending; /* cancelled while running */
-  unsigned char timed_out;      /* woken by the heap, not by the event */
-  unsigned char early;          /* pf.await resumed before it parked */
+  unsigned char timed_out;      /* woken by its deadline, not by the event */
+  unsigned char await_setup;    /* pf.await's setup runs (enum in runtime.c) */
   unsigned char started;        /* resumed once: its thread must be yielded */
   unsigned char hijacked;       /* resumed by user code: ends failed */
   lua_KFunction k;              /* continuation of the current wait */
@@ -60,37 +64,7 @@ struct pf_task {
   int ktop;                     /* stack top when it yielded without k */
 };
 
-/* sched.c */
-pf_sched *pf_sched_get(lua_State *L);
-pf_task *pf_current(lua_State *L);
-pf_task *pf_check_task(lua_State *L, const char *fname);
-int pf_outside(lua_State *L);
-int pf_run_implicit(lua_State *L, lua_CFunction f, const char *fname);
-void pf_park(pf_task *t, pf_cancel_fn fn, void *data);
-void pf_wake(pf_task *t, int nvalues);
-void pf_make_ready(pf_task *t, int nvalues);
-pf_task *pf_spawn_task(lua_State *L, pf_task *parent, int nargs);
-void pf_cancel(pf_task *t);
-void pf_wait_on(pf_task *w, pf_task *target);
-int pf_check_yield(lua_State *L, const char *fname);
-int pf_yield(lua_State *L, pf_task *t, lua_KContext ctx, lua_KFunction k);
-const char *pf_tostring(lua_State *L, int idx);
-void pf_handle_internal(uv_handle_t *h);
-int pf_task_outcome(lua_State *L, pf_task *t, int tidx);
-void pf_warn(lua_State *L, const char *msg);
-int pf_has_traceback(lua_State *L, int idx);
-uv_loop_t *pf_loop(lua_State *L);
-void pf_push_task(lua_State *L, pf_task *t);
-
-/* timer.c: sleeps on one heap and one FIFO behind one uv_timer */
-#define PF_IN_FIFO SIZE_MAX
-int pf_heap_push(pf_sched *S, pf_task *t, uint64_t delay_ms);
-void pf_heap_remove(pf_sched *S, pf_task *t);
-pf_task *pf_sleep_first(pf_sched *S);
-void pf_timer_fire(uv_timer_t *h);
-uint64_t pf_ms_from_seconds(double s);
-
-/* group.c: parallel items, walks and gather */
+/* group.c: N tasks, max concurrency, first failure cancels the rest */
 int pf_group_start(lua_State *L, int kind, int items, int self, int shared,
                    int params, lua_Integer maxc);
 void pf_group_child_done(pf_group *g, pf_task *child, int ok, lua_State *from);
@@ -100,7 +74,7 @@ int pf_group_frame(pf_group *g, pf_task **owner, int *frame, int *direct);
 
 enum { PF_G_ITEMS, PF_G_WALKS, PF_G_GATHER };
 
-/* walk.c: the node/flow machine */
+/* walk.c: the node/flow machine (its functions are registered by core.c) */
 int pf_machine(lua_State *L);
 int pf_noop(lua_State *L);
 int pf_reraise(lua_State *L);
@@ -111,10 +85,10 @@ void pf_add_where(lua_State *L, pf_task *t, lua_State *co);
 enum pf_kind { PF_K_NODE = 1, PF_K_BATCH, PF_K_PBATCH, PF_K_FLOW,
                PF_K_BFLOW, PF_K_PBFLOW, PF_K_ORCH, PF_K_EXEC };
 
-/* api.c: the runtime functions */
+/* runtime.c: pf.sleep, await, spawn and the task handle, timeout, gather, now */
 void pf_open_runtime(lua_State *L);
 
-/* io.c: pf.exec, pf.read_file, pf.write_file, HTTP (exec.c, fs.c, http.c) */
-void pf_open_io(lua_State *L);
+/* store.c: the SQLite connection of pf.sqlite, on a writer thread */
+void pf_open_store(lua_State *L);
 
 #endif

@@ -1,9 +1,10 @@
 /*
 ** The scheduler: one per Lua state. Tasks are Lua threads owned by a
 ** task userdata; every wait parks the task (state WAITING, with one
-** cancel fn) and whatever completes the wait calls pf_wake, which puts it
-** on the ready list. One uv_idle drains the ready list: every task is
-** resumed from this flat driver, never from inside another resume.
+** cancel fn) and whatever completes the wait calls pf_wait_wake, which
+** puts it on the ready list (the protocol: pf_sched.h). One uv_idle
+** drains the ready list: every task is resumed from this flat driver,
+** never from inside another resume.
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +13,8 @@
 #include <luv/luv.h>
 
 #include "pf.h"
-#include "sched.h"
+#include "pf_sched.h"
+#include "io/buf.h"
 
 static const char SCHED_KEY = 'S';
 static const char WARN_KEY = 'W';
@@ -48,7 +50,7 @@ static int loop_busy(pf_sched *S) {
 /* True where a waiting call may start the loop itself: the main thread,
 ** with no loop running (not from a luv callback, not from a coroutine of
 ** the user's). */
-int pf_outside(lua_State *L) {
+static int pf_outside(lua_State *L) {
   pf_sched *S = pf_sched_get(L);
   return L == S->L && !loop_busy(S);
 }
@@ -64,50 +66,102 @@ static int not_in_task(lua_State *L, const char *fname) {
                        "pf.run to start one", fname);
 }
 
-pf_task *pf_check_task(lua_State *L, const char *fname) {
+/* ---------------------------------------------------------------- ready */
+
+static void idle_cb(uv_idle_t *h);
+
+static void ready_push(pf_sched *S, pf_list *n) {
+  pf_list_push_tail(&S->ready, n);
+  if (!uv_is_active((uv_handle_t *)S->idle))
+    uv_idle_start(S->idle, idle_cb);
+}
+
+static void make_ready(pf_task *t, int nvalues) {
+  t->state = PF_READY;
+  t->nresume = nvalues;
+  ready_push(t->S, &t->ready);
+}
+
+/* ---------------------------------------------------------- the wait */
+
+/* The task running on L, its stack checked for a yield; NULL outside
+** any task. Waits need a yieldable stack: checked before anything is
+** registered. */
+pf_task *pf_wait_begin(lua_State *L, const char *fname) {
   pf_task *t = pf_current(L);
-  if (t == NULL) not_in_task(L, fname);
+  if (t != NULL && !lua_isyieldable(L))
+    luaL_error(L, "%s: cannot wait here: a C function that cannot "
+                  "yield is on the stack (table.sort comparator, "
+                  "string.gsub callback, __tostring, require)", fname);
   return t;
 }
 
-/* ---------------------------------------------------------------- ready */
-
-static void ready_push(pf_sched *S, pf_task *t) {
-  t->rnext = NULL;
-  t->rprev = S->rtail;
-  if (S->rtail) S->rtail->rnext = t; else S->rhead = t;
-  S->rtail = t;
-  if (!uv_is_active((uv_handle_t *)S->idle))
-    uv_idle_start(S->idle, pf_idle_cb);
-}
-
-static void ready_unlink(pf_sched *S, pf_task *t) {
-  if (t->rprev) t->rprev->rnext = t->rnext; else S->rhead = t->rnext;
-  if (t->rnext) t->rnext->rprev = t->rprev; else S->rtail = t->rprev;
-  t->rnext = t->rprev = NULL;
-}
-
-void pf_make_ready(pf_task *t, int nvalues) {
-  t->state = PF_READY;
-  t->nresume = nvalues;
-  ready_push(t->S, t);
-}
-
-void pf_park(pf_task *t, pf_cancel_fn fn, void *data) {
+void pf_wait_park(pf_task *t, pf_cancel_fn fn, void *data) {
   t->state = PF_WAITING;
   t->cancel = fn;
   t->cancel_data = data;
   t->timed_out = 0;
 }
 
-void pf_wake(pf_task *t, int nvalues) {
+/* The wait of t also ends after 'seconds' (set before pf_wait_park or
+** pf_wait_on): then its cancel fn runs and t wakes with 'timed_out'. */
+int pf_wait_deadline(pf_task *t, double seconds) {
+  return pf_sleep_push(&t->S->sleeps, &t->sleep, pf_ms_from_seconds(seconds));
+}
+
+/* No wait: the task goes behind the tasks ready now (pf.sleep(0)). */
+void pf_wait_pass(pf_task *t) {
+  make_ready(t, 0);
+}
+
+void pf_wait_wake(pf_task *t, int nvalues) {
   t->cancel = NULL;
   t->cancel_data = NULL;
   t->wait_seq++;
-  pf_make_ready(t, nvalues);
+  make_ready(t, nvalues);
+}
+
+/* the sleep queue's wake-up: the deadline of t's wait has come */
+static void deadline_fire(pf_sleepq *q, pf_sleeper *s) {
+  pf_task *t = pf_list_entry(s, pf_task, sleep);
+  (void)q;
+  t->timed_out = 1;
+  if (t->cancel) {  /* the event's own cleanup goes with the deadline */
+    pf_cancel_fn fn = t->cancel;
+    t->cancel = NULL;
+    fn(t, t->cancel_data);
+  }
+  pf_wait_wake(t, 0);
 }
 
 /* ---------------------------------------------------------- task records */
+
+/* Pushes on L {n = n, the top n values of 'from'} (L itself or another
+** thread), leaving those values where they are. */
+void pf_pack(lua_State *L, lua_State *from, int n) {
+  int i, base = lua_gettop(from) - n;
+  lua_createtable(L, n, 1);
+  luaL_checkstack(L, 2, NULL);
+  for (i = 1; i <= n; i++) {
+    lua_pushvalue(from, base + i);
+    lua_xmove(from, L, 1);
+    lua_rawseti(L, -2, i);
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "n");
+}
+
+/* Pushes the values of the table at idx made by pf_pack; their count. */
+int pf_unpack(lua_State *L, int idx) {
+  int n, i;
+  idx = lua_absindex(L, idx);
+  lua_getfield(L, idx, "n");
+  n = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  luaL_checkstack(L, n, "too many values");
+  for (i = 1; i <= n; i++) lua_rawgeti(L, idx, i);
+  return n;
+}
 
 void pf_push_task(lua_State *L, pf_task *t) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->S->anchors);
@@ -134,9 +188,11 @@ static lua_State *take_thread(lua_State *L, pf_sched *S) {
   return co;  /* left on L's stack */
 }
 
-/* Resets co, closing its pending to-be-closed variables. After an error,
-** 5.4.4's reset returns that error's status again, with the same value
-** unless a __close raised another: only a new value is warned about. */
+/* Resets co, closing its pending to-be-closed variables; an error a
+** __close raises is warned about. After an error, 5.4.4's reset returns
+** that error again (its status, and its value unless a __close raised
+** another): only a new value is warned about, and a memory error, whose
+** value Lua replaces with its own message, never. */
 static void reset_thread(pf_sched *S, pf_task *t, lua_State *co) {
   lua_State *L = S->L;
   int before = lua_gettop(L), died = lua_status(co), status;
@@ -192,7 +248,8 @@ static void release_thread(pf_sched *S, pf_task *t, int reset) {
 }
 
 static void unanchor_if_free(pf_sched *S, pf_task *t) {
-  if (t->state == PF_DONE && t->first_child == NULL && t->anchor != LUA_NOREF) {
+  if (t->state == PF_DONE && pf_list_empty(&t->children) &&
+      t->anchor != LUA_NOREF) {
     lua_rawgeti(S->L, LUA_REGISTRYINDEX, S->anchors);
     luaL_unref(S->L, -1, t->anchor);
     lua_pop(S->L, 1);
@@ -202,19 +259,14 @@ static void unanchor_if_free(pf_sched *S, pf_task *t) {
 
 static void link_child(pf_task *parent, pf_task *t) {
   t->parent = parent;
-  t->prev_sib = NULL;
-  t->next_sib = parent->first_child;
-  if (parent->first_child) parent->first_child->prev_sib = t;
-  parent->first_child = t;
+  pf_list_push_head(&parent->children, &t->sibling);
 }
 
 static void unlink_from_parent(pf_sched *S, pf_task *t) {
   pf_task *p = t->parent;
   if (p == NULL) return;
-  if (t->prev_sib) t->prev_sib->next_sib = t->next_sib;
-  else p->first_child = t->next_sib;
-  if (t->next_sib) t->next_sib->prev_sib = t->prev_sib;
-  t->parent = t->next_sib = t->prev_sib = NULL;
+  pf_list_remove(&t->sibling);
+  t->parent = NULL;
   unanchor_if_free(S, p);
 }
 
@@ -230,6 +282,11 @@ pf_task *pf_spawn_task(lua_State *L, pf_task *parent, int nargs) {
   memset(t, 0, sizeof *t);
   t->S = S;
   t->anchor = LUA_NOREF;
+  pf_list_init(&t->children);
+  pf_list_init(&t->sibling);
+  pf_list_init(&t->ready);
+  pf_list_init(&t->waiters);
+  pf_list_init(&t->waiter);
   luaL_setmetatable(L, PF_TASK_MT);
   co = take_thread(L, S);
   t->co = co;
@@ -246,7 +303,7 @@ pf_task *pf_spawn_task(lua_State *L, pf_task *parent, int nargs) {
   lua_xmove(L, co, nargs + 1);
   if (parent) link_child(parent, t);
   S->live++;
-  pf_make_ready(t, nargs);
+  make_ready(t, nargs);
   return t;
 }
 
@@ -277,7 +334,7 @@ static void add_traceback(lua_State *L, pf_task *t, lua_State *co) {
     lua_pop(L, 2);
   }
   lua_pop(L, 2);
-  pf_add_where(L, t, co);
+  if (t->S->add_where) t->S->add_where(L, t, co);
   luaL_traceback(co, co, lua_tostring(co, -1), 0);
   lua_replace(co, -2);
 }
@@ -330,8 +387,8 @@ void pf_warn(lua_State *L, const char *msg) {
   lua_pop(L, 1);
 }
 
-/* core.set_warn(f): the Lua layer routes engine warnings to pf.on_warning */
-int pf_set_warn(lua_State *L) {
+/* set_warn(f): the Lua layer routes engine warnings to pf.on_warning */
+static int l_set_warn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_settop(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &WARN_KEY);
@@ -341,10 +398,7 @@ int pf_set_warn(lua_State *L) {
 /* -------------------------------------------------------------- finishing */
 
 static void waiters_remove(pf_task *w) {
-  pf_task **pp = &w->waiting_on->waiters;
-  while (*pp && *pp != w) pp = &(*pp)->wnext;
-  if (*pp) *pp = w->wnext;
-  w->wnext = NULL;
+  pf_list_remove(&w->waiter);
   w->waiting_on = NULL;
 }
 
@@ -355,22 +409,18 @@ static void waiter_cancel(pf_task *w, void *data) {
 
 /* Parks w until target ends. */
 void pf_wait_on(pf_task *w, pf_task *target) {
-  w->wnext = target->waiters;
-  target->waiters = w;
+  pf_list_push_head(&target->waiters, &w->waiter);
   w->waiting_on = target;
-  pf_park(w, waiter_cancel, NULL);
+  pf_wait_park(w, waiter_cancel, NULL);
 }
 
+/* newest waiter first */
 static void wake_waiters(pf_task *t) {
-  pf_task *w = t->waiters;
-  t->waiters = NULL;
-  while (w) {
-    pf_task *next = w->wnext;
-    w->wnext = NULL;
-    w->waiting_on = NULL;
-    if (w->heap_idx) pf_heap_remove(t->S, w);
-    pf_wake(w, 0);
-    w = next;
+  while (!pf_list_empty(&t->waiters)) {
+    pf_task *w = pf_list_entry(t->waiters.next, pf_task, waiter);
+    waiters_remove(w);
+    if (pf_sleep_queued(&w->sleep)) pf_sleep_remove(&t->S->sleeps, &w->sleep);
+    pf_wait_wake(w, 0);
   }
 }
 
@@ -379,20 +429,11 @@ static void keep_outcome(pf_sched *S, pf_task *t, int nres) {
   lua_State *L = S->L, *co = t->co;
   pf_push_task(L, t);
   if (t->outcome == PF_OK) {
-    int i;
-    lua_createtable(L, nres, 1);
-    luaL_checkstack(L, 2, NULL);
-    for (i = 1; i <= nres; i++) {
-      lua_pushvalue(co, -nres + i - 1);
-      lua_xmove(co, L, 1);
-      lua_rawseti(L, -2, i);
-    }
-    lua_pushinteger(L, nres);
-    lua_setfield(L, -2, "n");
+    pf_pack(L, co, nres);
   } else {
     lua_pushvalue(co, -1);
     lua_xmove(co, L, 1);
-    if (t->waiters == NULL) {
+    if (pf_list_empty(&t->waiters)) {
       /* nobody waits yet: reported at the end of pf.run unless waited
       ** (pf.run forgets its own main task: it raises that error) */
       lua_rawgeti(L, LUA_REGISTRYINDEX, S->lost);
@@ -417,7 +458,7 @@ static void end_task(pf_sched *S, pf_task *t, int reset) {
   unanchor_if_free(S, t);
 }
 
-static void finish(pf_sched *S, pf_task *t, int status, int nres) {
+static void finish_task(pf_sched *S, pf_task *t, int status, int nres) {
   lua_State *co = t->co;
   if (t->cancel_pending) {
     t->outcome = PF_CANCELLED;
@@ -426,13 +467,13 @@ static void finish(pf_sched *S, pf_task *t, int status, int nres) {
   }
   if (status == LUA_OK) {
     t->outcome = PF_OK;
-    if (t->group) pf_group_child_done(t->group, t, nres, co);
+    if (t->group) S->child_done(t->group, t, nres, co);
     else if (t->keep_results) keep_outcome(S, t, nres);
     end_task(S, t, 0);
   } else {
     t->outcome = PF_ERROR;
     add_traceback(S->L, t, co);
-    if (t->group) pf_group_child_done(t->group, t, -1, co);
+    if (t->group) S->child_done(t->group, t, -1, co);
     else if (t->keep_results) keep_outcome(S, t, 1);
     else {
       lua_pushvalue(co, -1);
@@ -452,7 +493,7 @@ static void unpark(pf_sched *S, pf_task *t) {
     t->cancel = NULL;
     fn(t, t->cancel_data);
   }
-  if (t->heap_idx) pf_heap_remove(S, t);
+  if (pf_sleep_queued(&t->sleep)) pf_sleep_remove(&S->sleeps, &t->sleep);
   if (t->waiting_on) waiters_remove(t);
 }
 
@@ -465,10 +506,16 @@ static void cancel_one(pf_sched *S, pf_task *t) {
     return;
   }
   unpark(S, t);
-  if (t->state == PF_READY) ready_unlink(S, t);
+  if (t->state == PF_READY) pf_list_remove(&t->ready);
   t->cancel_pending = 0;
   t->outcome = PF_CANCELLED;
   end_task(S, t, 1);
+}
+
+static pf_task *deepest_first(pf_task *c) {
+  while (!pf_list_empty(&c->children))
+    c = pf_list_entry(c->children.next, pf_task, sibling);
+  return c;
 }
 
 /* Cancels t and the tasks it spawned, each after its own: whatever each
@@ -481,23 +528,21 @@ static void cancel_tree(pf_task *t, int self) {
   lua_State *L = S->L;
   lua_Integer n = 0, i;
   pf_task *c = t;
-  if (t->first_child == NULL) {
+  if (pf_list_empty(&t->children)) {
     if (self) cancel_one(S, t);
     return;
   }
   luaL_checkstack(L, 3, "cancelling tasks");
   lua_newtable(L);
-  while (c->first_child) c = c->first_child;
+  c = deepest_first(t);
   for (;;) {  /* post-order: children before their parent */
     pf_push_task(L, c);
     lua_rawseti(L, -2, ++n);
     if (c == t) break;
-    if (c->next_sib) {
-      c = c->next_sib;
-      while (c->first_child) c = c->first_child;
-    } else {
+    if (c->sibling.next != &c->parent->children)
+      c = deepest_first(pf_list_entry(c->sibling.next, pf_task, sibling));
+    else
       c = c->parent;
-    }
   }
   for (i = 1; i <= n - !self; i++) {
     lua_rawgeti(L, -1, i);
@@ -561,7 +606,7 @@ static int hijacked(lua_State *L, pf_task *t) {
     t->hijacked = 1;
     if (t->state == PF_WAITING) {
       unpark(t->S, t);
-      pf_wake(t, 0);
+      pf_wait_wake(t, 0);
     }
   }
   return luaL_error(L, HIJACK_MSG);
@@ -575,11 +620,10 @@ static int guard_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L) - t->ktop;
 }
 
-/* Yields the task t (NULL: the one running on L), parked or made ready
-** by the caller, to the scheduler; k(L, status, ctx) continues the call
-** when it resumes; without k, the resume's values are returned. */
-int pf_yield(lua_State *L, pf_task *t, lua_KContext ctx, lua_KFunction k) {
-  if (t == NULL) t = pf_check_task(L, "wait");
+/* Yields the task t, parked or made ready by the caller, to the
+** scheduler; k(L, status, ctx) continues the call when it resumes;
+** without k, the resume's values are returned. */
+int pf_wait_yield(lua_State *L, pf_task *t, lua_KContext ctx, lua_KFunction k) {
   t->k = k;
   t->kctx = ctx;
   t->ktop = lua_gettop(L);
@@ -594,7 +638,7 @@ static void end_broken(pf_sched *S, pf_task *t) {
   cancel_tree(t, 0);
   luaL_checkstack(co, 2, NULL);
   lua_pushstring(co, HIJACK_MSG);
-  finish(S, t, LUA_ERRRUN, 0);
+  finish_task(S, t, LUA_ERRRUN, 0);
 }
 
 static void resume_task(pf_sched *S, pf_task *t) {
@@ -624,7 +668,7 @@ static void resume_task(pf_sched *S, pf_task *t) {
       pf_cancel(t);
     }
   } else {
-    finish(S, t, status, nres);
+    finish_task(S, t, status, nres);
     if (armed && status != LUA_OK) drop_thread(S, co);
   }
 }
@@ -634,23 +678,22 @@ static void resume_task(pf_sched *S, pf_task *t) {
 ** sentinel queued behind them: remembering the last task instead fails
 ** when that task is cancelled meanwhile (it leaves the list), and then
 ** tasks looping on pf.sleep(0) would keep the drain from ever ending. */
-void pf_drain(pf_sched *S) {
-  pf_task mark;
-  if (S->rhead == NULL) {
+static void drain(pf_sched *S) {
+  pf_list mark;
+  if (pf_list_empty(&S->ready)) {
     uv_idle_stop(S->idle);
     return;
   }
-  mark.S = S;
   ready_push(S, &mark);
   S->draining++;
-  while (S->rhead != &mark) {
-    pf_task *t = S->rhead;
-    ready_unlink(S, t);
+  while (S->ready.next != &mark) {
+    pf_task *t = pf_list_entry(S->ready.next, pf_task, ready);
+    pf_list_remove(&t->ready);
     resume_task(S, t);
   }
   S->draining--;
-  ready_unlink(S, &mark);
-  if (S->rhead == NULL) uv_idle_stop(S->idle);
+  pf_list_remove(&mark);
+  if (pf_list_empty(&S->ready)) uv_idle_stop(S->idle);
 }
 
 /* luv's uv.run does not refuse to re-enter the loop: called inside a
@@ -659,7 +702,7 @@ void pf_drain(pf_sched *S) {
 ** user code the scheduler runs between resumes (__close, a warning
 ** handler), a second drain would take the first one's sentinel. Such a
 ** uv.run is stopped instead; the tasks run when the task waits. */
-void pf_idle_cb(uv_idle_t *h) {
+static void idle_cb(uv_idle_t *h) {
   pf_sched *S = (pf_sched *)h->data;
   if (S->current != NULL || S->draining) {
     uv_stop(h->loop);
@@ -667,7 +710,7 @@ void pf_idle_cb(uv_idle_t *h) {
                   "already running; wait with pf.sleep or pf.await");
     return;
   }
-  pf_drain(S);
+  drain(S);
 }
 
 /* ---------------------------------------------------------------- pf.run */
@@ -724,9 +767,10 @@ static int run_loop(pf_sched *S, size_t *stranded) {
   int result = 0;
   S->running++;
   ctx->mode = UV_RUN_DEFAULT;  /* uv.run from a task would re-enter */
-  pf_drain(S);
+  drain(S);
   while (S->live > 0) {
-    if (uv_run(S->loop, UV_RUN_ONCE) == 0 && S->rhead == NULL && S->live > 0) {
+    if (uv_run(S->loop, UV_RUN_ONCE) == 0 && pf_list_empty(&S->ready) &&
+        S->live > 0) {
       *stranded = S->live;
       cancel_all(S);
       result = -1;
@@ -736,6 +780,21 @@ static int run_loop(pf_sched *S, size_t *stranded) {
   ctx->mode = -1;
   S->running--;
   return result;
+}
+
+/* Pushes an ended task's results, or raises its error. */
+int pf_task_outcome(lua_State *L, pf_task *t, int tidx) {
+  switch (t->outcome) {
+    case PF_OK:
+      lua_getiuservalue(L, tidx, PF_UV_AUX);
+      return pf_unpack(L, -1);
+    case PF_ERROR:
+      pf_forget_lost(L, t->S, tidx);
+      lua_getiuservalue(L, tidx, PF_UV_AUX);
+      return lua_error(L);
+    default:
+      return luaL_error(L, "task was cancelled");
+  }
 }
 
 /* Pushes fn's results (kept in the main task's user value) or raises its
@@ -780,7 +839,7 @@ static int call_k(lua_State *L, int status, lua_KContext base) {
 }
 
 /* pf.run(fn, ...) */
-int pf_l_run(lua_State *L) {
+static int l_run(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   if (pf_current(L)) {
     lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, call_k);
@@ -793,10 +852,10 @@ int pf_l_run(lua_State *L) {
   return run_main(L, lua_gettop(L) - 1);
 }
 
-/* A waiting call made outside any task: runs itself as the main task of
-** an implicit pf.run, or says why it cannot. */
-int pf_run_implicit(lua_State *L, lua_CFunction f, const char *fname) {
-  if (!pf_outside(L)) return not_in_task(L, fname);
+/* A waiting call made outside any task: runs itself (f) as the main task
+** of an implicit pf.run, or says why it cannot (always, without f). */
+int pf_wait_outside(lua_State *L, lua_CFunction f, const char *fname) {
+  if (f == NULL || !pf_outside(L)) return not_in_task(L, fname);
   lua_pushcfunction(L, f);
   lua_insert(L, 1);
   return run_main(L, lua_gettop(L) - 1);
@@ -804,19 +863,14 @@ int pf_run_implicit(lua_State *L, lua_CFunction f, const char *fname) {
 
 /* ----------------------------------------------------------- life cycle */
 
-static void free_handle_cb(uv_handle_t *h) {
-  free(h);
-}
-
 static int sched_gc(lua_State *L) {
   pf_sched *S = (pf_sched *)lua_touserdata(L, 1);
   if (S->closed) return 0;
   S->closed = 1;
   cancel_all(S);
-  uv_close((uv_handle_t *)S->idle, free_handle_cb);
-  uv_close((uv_handle_t *)S->timer, free_handle_cb);
-  free(S->heap);
-  S->heap = NULL;
+  uv_close((uv_handle_t *)S->idle, pf_close_free_cb);
+  uv_close((uv_handle_t *)S->sleeps.timer, pf_close_free_cb);
+  pf_sleep_free(&S->sleeps);
   /* one more turn so the close callbacks run before the loop goes */
   uv_run(S->loop, UV_RUN_NOWAIT);
   if (S->own_loop) uv_loop_close(S->loop);
@@ -852,6 +906,7 @@ static uv_loop_t *shared_loop(lua_State *L, lua_State *main, int *own) {
 pf_sched *pf_sched_open(lua_State *L) {
   pf_sched *S = pf_sched_get(L);
   lua_State *main;
+  uv_timer_t *timer;
   if (S) return S;
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   main = lua_tothread(L, -1);
@@ -863,25 +918,35 @@ pf_sched *pf_sched_open(lua_State *L) {
   S->pool = new_ref(L);
   S->lost = new_ref(L);
   S->loop = shared_loop(L, main, &S->own_loop);
+  pf_list_init(&S->ready);
   S->idle = (uv_idle_t *)malloc(sizeof(uv_idle_t));
-  S->timer = (uv_timer_t *)malloc(sizeof(uv_timer_t));
-  if (S->idle == NULL || S->timer == NULL) {
+  timer = (uv_timer_t *)malloc(sizeof(uv_timer_t));
+  if (S->idle == NULL || timer == NULL) {
     free(S->idle);
-    free(S->timer);
+    free(timer);
     S->idle = NULL;
-    S->timer = NULL;
     luaL_error(L, "pocketflow: out of memory");
   }
   uv_idle_init(S->loop, S->idle);
-  uv_timer_init(S->loop, S->timer);
+  uv_timer_init(S->loop, timer);
   pf_handle_internal((uv_handle_t *)S->idle);
-  pf_handle_internal((uv_handle_t *)S->timer);
+  pf_handle_internal((uv_handle_t *)timer);
   S->idle->data = S;
-  S->timer->data = S;
+  pf_sleep_init(&S->sleeps, S->loop, timer, deadline_fire, S);
   lua_newtable(L);
   lua_pushcfunction(L, sched_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SCHED_KEY);
   return S;
+}
+
+static const luaL_Reg sched_funcs[] = {
+  {"run", l_run},
+  {"set_warn", l_set_warn},
+  {NULL, NULL}
+};
+
+void pf_open_sched(lua_State *L) {
+  luaL_setfuncs(L, sched_funcs, 0);
 }

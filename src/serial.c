@@ -292,8 +292,8 @@ static void add_path(Enc *e, luaL_Buffer *B, int n) {
 
 /* "cannot checkpoint <what><path> (<why>)", and the hint for a value that
 ** transient can leave out */
-static _Noreturn void fail(Enc *e, const char *what, int n, const char *why,
-                           int hint) {
+static _Noreturn void enc_fail(Enc *e, const char *what, int n, const char *why,
+                               int hint) {
   luaL_Buffer B;
   luaL_checkstack(e->L, 4, NULL);
   luaL_buffinit(e->L, &B);
@@ -461,7 +461,7 @@ static void enc_table(Enc *e, int t, int depth) {
   size_t at;
   uint32_t m;
   if (seen(e, t)) return;
-  if (depth >= PF_SERIAL_MAXDEPTH) fail(e, "", depth, TOO_DEEP, 0);
+  if (depth >= PF_SERIAL_MAXDEPTH) enc_fail(e, "", depth, TOO_DEEP, 0);
   luaL_checkstack(L, 12, "pf.serialize: too many nested tables");
   n = array_length(e, t, depth);
   put_tagged(e, T_TABLE, (uint64_t)n);
@@ -499,8 +499,8 @@ static void enc_value(Enc *e, int idx, int depth, int iskey) {
       break;
     default: break;
   }
-  if (iskey) fail(e, "a key of ", depth - 1, luaL_typename(L, idx), 1);
-  fail(e, "", depth, luaL_typename(L, idx), 1);
+  if (iskey) enc_fail(e, "a key of ", depth - 1, luaL_typename(L, idx), 1);
+  enc_fail(e, "", depth, luaL_typename(L, idx), 1);
 }
 
 /* opts.skip, a list of keys or a set of keys = true, as a set on top */

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "pf.h"
-#include "sched.h"
+#include "pf_sched.h"
 
 #define FS 8
 enum { F_SELF, F_STATE, F_SHARED, F_PREP, F_RES, F_I, F_AUX, F_PARAMS };
@@ -853,12 +853,12 @@ static void drop_record(lua_State *L) {
 }
 
 static int retry_wait(lua_State *L, int b, int st, lua_Number w) {
-  pf_task *t = pf_check_task(L, "retry wait");
-  pf_check_yield(L, "retry wait");
-  if (pf_heap_push(t->S, t, pf_ms_from_seconds(w)) < 0)
+  pf_task *t = pf_wait_begin(L, "retry wait");
+  if (t == NULL) return pf_wait_outside(L, NULL, "retry wait");
+  if (pf_wait_deadline(t, w) < 0)
     return luaL_error(L, "retry wait: out of memory");
-  pf_park(t, NULL, NULL);
-  return pf_yield(L, t, CTX(b, st), walk_k);
+  pf_wait_park(t, NULL, NULL);
+  return pf_wait_yield(L, t, CTX(b, st), walk_k);
 }
 
 static int walk(lua_State *L, int status, int b, int st) {
@@ -972,6 +972,7 @@ static int walk(lua_State *L, int status, int b, int st) {
     case ST(PF_K_PBFLOW, 1): {
       int isnum, parallel_flow = st == ST(PF_K_PBFLOW, 1);
       lua_Integer maxc = 0;
+      pf_task *t;
       lua_pushvalue(L, -1);
       lua_replace(L, b + F_PREP);
       checked_items(L, b, st, parallel_flow ? "param tables" : "items");
@@ -990,14 +991,14 @@ static int walk(lua_State *L, int status, int b, int st) {
         lua_newtable(L);
       }
       if (parallel_flow) lua_replace(L, b + F_PARAMS);
-      pf_check_task(L, "parallel batch");
-      pf_check_yield(L, "parallel batch");
+      t = pf_wait_begin(L, "parallel batch");
+      if (t == NULL) pf_wait_outside(L, NULL, "parallel batch");
       st++;
       if (pf_group_start(L, parallel_flow ? PF_G_WALKS : PF_G_ITEMS,
                          b + F_AUX, b + F_SELF, b + F_SHARED,
                          parallel_flow ? b + F_PARAMS : 0, maxc)) {
         lua_replace(L, b + F_I);
-        return pf_yield(L, NULL, CTX(b, st), walk_k);
+        return pf_wait_yield(L, t, CTX(b, st), walk_k);
       }
       lua_replace(L, b + F_I);
       break;
@@ -1167,7 +1168,7 @@ int pf_run_node(lua_State *L) {
     return luaL_error(L, "run: expected a pocketflow node (got %s)",
                       luaL_typename(L, 1));
   if (!lua_isnoneornil(L, 3)) check_run_options(L, 3);
-  if (pf_current(L) == NULL) return pf_run_implicit(L, pf_run_node, "run");
+  if (pf_current(L) == NULL) return pf_wait_outside(L, pf_run_node, "run");
   lua_settop(L, 2);
   if (lua_getfield(L, 1, "successors") == LUA_TTABLE) {
     lua_pushnil(L);

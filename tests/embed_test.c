@@ -9,12 +9,7 @@
 #include <lauxlib.h>
 
 #include "../src/embed.h"
-
-static int failures;
-
-#define CHECK(c) do { if (!(c)) { \
-  fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-  failures++; } } while (0)
+#include "check.h"
 
 typedef struct dump {
   unsigned char data[4096];

@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "../src/io.h"
+#include "../src/io/io.h"
 
 static int failures = 0;
 

@@ -16,13 +16,9 @@
 #include <lualib.h>
 
 #include "../src/serial.h"
+#include "check.h"
 
-static int failures;
 static long inputs, decoded;
-
-#define CHECK(c) do { if (!(c)) { \
-  fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-  failures++; } } while (0)
 
 /* values to serialize: each chunk returns one */
 static const char *const samples[] = {

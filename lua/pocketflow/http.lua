@@ -1,5 +1,5 @@
 -- pocketflow.http: HTTP requests that wait in the calling task, on the
--- libcurl transfers of pocketflow.core (src/http.c). Outside any task a
+-- libcurl transfers of pocketflow.core (src/io/http.c). Outside any task a
 -- request runs as the main task of an implicit pf.run.
 local core = require "pocketflow.core"
 

@@ -273,6 +273,8 @@ pf.serialize = core.serialize
 pf.deserialize = core.deserialize
 pf.http = require "pocketflow.http"
 pf.json = require "pocketflow.json"
+local store = require "pocketflow.store"
+pf.sqlite, pf.memory, pf.store_id = store.sqlite, store.memory, store.id
 pf.redis = { connect = core.redis_connect, null = pf.json.null }
 
 function pf.on_warning(msg)

@@ -88,12 +88,12 @@ typedef struct http_ctx {
   CURLM *multi;
   uv_loop_t *loop;
   uv_timer_t *timer;
-  xfer *xfers;          /* transfers not yet released */
-  sock *live;           /* polls curl watches a socket with */
-  sock *closing;        /* polls in uv_close, back to 'spare' when closed */
-  sock *spare;          /* closed polls kept for reuse, up to POOL_MAX */
+  pf_list xfers;        /* transfers not yet released */
+  pf_list live;         /* polls curl watches a socket with */
+  pf_list closing;      /* polls in uv_close, back to 'spare' when closed */
+  pf_list spare;        /* closed polls kept for reuse, up to POOL_MAX */
   int nspare;
-  slot *idle;           /* pooled easy handles, up to POOL_MAX */
+  pf_list idle;         /* pooled easy handles, up to POOL_MAX */
   int nidle;
   struct curl_slist *expect;   /* the headers of a request without any */
   int closed;
@@ -105,7 +105,7 @@ typedef struct http_ctx {
 struct slot {
   CURL *easy;
   pf_buf body, head;
-  slot *next;           /* in the idle list */
+  pf_list link;         /* in the idle list */
   char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -115,7 +115,7 @@ struct slot {
 struct sock {
   uv_poll_t poll;
   http_ctx *h;          /* NULL once the context is gone: the close frees */
-  sock *prev, *next;
+  pf_list link;         /* in live, closing or spare */
   curl_socket_t fd;
   int events;           /* UV_ events the poll is started with */
   int want;             /* UV_ events curl asked for */
@@ -131,7 +131,7 @@ struct xfer {
   slot *s;              /* NULL once released */
   CURL *easy;           /* s->easy */
   struct curl_slist *hdrs;   /* request headers of its own, or NULL */
-  xfer *prev, *next;
+  pf_list link;         /* in h->xfers while it holds a slot */
   pf_task *t;           /* the parked task, or NULL */
   CURLcode result;
   int sys_errno;        /* why on_opensocket could not make a socket */
@@ -148,10 +148,13 @@ static void slot_free(http_ctx *h, slot *s) {
   free(s);
 }
 
+#define ENTRY(l, type) pf_list_entry(l, type, link)
+
 static slot *slot_get(http_ctx *h) {
-  slot *s = h->idle;
-  if (s) {
-    h->idle = s->next;
+  slot *s;
+  if (!pf_list_empty(&h->idle)) {
+    s = ENTRY(h->idle.next, slot);
+    pf_list_remove(&s->link);
     h->nidle--;
     return s;
   }
@@ -179,8 +182,7 @@ static void slot_put(http_ctx *h, slot *s) {
   buf_recycle(&s->body);
   buf_recycle(&s->head);
   s->errbuf[0] = '\0';
-  s->next = h->idle;
-  h->idle = s;
+  pf_list_push_head(&h->idle, &s->link);
   h->nidle++;
 }
 
@@ -196,16 +198,14 @@ static void xfer_release(xfer *x) {
   x->easy = NULL;
   h->c.slist_free_all(x->hdrs);
   x->hdrs = NULL;
-  if (x->prev) x->prev->next = x->next; else h->xfers = x->next;
-  if (x->next) x->next->prev = x->prev;
-  x->prev = x->next = NULL;
+  pf_list_remove(&x->link);
 }
 
 static void xfer_wake(xfer *x) {
   pf_task *t = x->t;
   x->t = NULL;
   x->wait = W_NONE;
-  pf_wake(t, 0);
+  pf_wait_wake(t, 0);
 }
 
 /* A request on a kept-alive connection that the server reset just after
@@ -263,19 +263,6 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
 
 /* --------------------------------------------------- curl <-> the loop */
 
-static void list_add(sock **l, sock *s) {
-  s->prev = NULL;
-  s->next = *l;
-  if (*l) (*l)->prev = s;
-  *l = s;
-}
-
-static void list_remove(sock **l, sock *s) {
-  if (s->prev) s->prev->next = s->next; else *l = s->next;
-  if (s->next) s->next->prev = s->prev;
-  s->prev = s->next = NULL;
-}
-
 static void on_sock_closed(uv_handle_t *p) {
   sock *s = (sock *)p->data;
   http_ctx *h = s->h;
@@ -283,28 +270,28 @@ static void on_sock_closed(uv_handle_t *p) {
     free(s);
     return;
   }
-  list_remove(&h->closing, s);
+  pf_list_remove(&s->link);
   if (h->nspare >= POOL_MAX) {
     free(s);
     return;
   }
-  s->next = h->spare;
-  h->spare = s;
+  pf_list_push_head(&h->spare, &s->link);
   h->nspare++;
 }
 
 /* Closes the poll while its fd is still open (curl closes it after). */
 static void sock_close(http_ctx *h, sock *s) {
-  list_remove(&h->live, s);
-  list_add(&h->closing, s);
+  pf_list_remove(&s->link);
+  pf_list_push_head(&h->closing, &s->link);
   s->closing = 1;
   uv_close((uv_handle_t *)&s->poll, on_sock_closed);
 }
 
 static sock *sock_new(http_ctx *h, curl_socket_t fd) {
-  sock *s = h->spare;
-  if (s) {
-    h->spare = s->next;
+  sock *s = NULL;
+  if (!pf_list_empty(&h->spare)) {
+    s = ENTRY(h->spare.next, sock);
+    pf_list_remove(&s->link);
     h->nspare--;
   } else if ((s = (sock *)malloc(sizeof *s)) == NULL) {
     return NULL;
@@ -318,7 +305,7 @@ static sock *sock_new(http_ctx *h, curl_socket_t fd) {
   s->h = h;
   s->fd = fd;
   s->poll.data = s;
-  list_add(&h->live, s);
+  pf_list_push_head(&h->live, &s->link);
   return s;
 }
 
@@ -510,9 +497,9 @@ static void ctx_load(lua_State *L, http_ctx *h) {
 /* ------------------------------------------------------------- context */
 
 static void pool_free(http_ctx *h) {
-  while (h->idle) {
-    slot *s = h->idle;
-    h->idle = s->next;
+  while (!pf_list_empty(&h->idle)) {
+    slot *s = ENTRY(h->idle.next, slot);
+    pf_list_remove(&s->link);
     slot_free(h, s);
   }
   h->nidle = 0;
@@ -521,18 +508,21 @@ static void pool_free(http_ctx *h) {
 /* Before curl_multi_cleanup closes the sockets: their polls close while
 ** the fds are open. Polls still closing are left to free themselves. */
 static void socks_close(http_ctx *h) {
-  while (h->live) {
-    h->c.multi_assign(h->multi, h->live->fd, NULL);
-    sock_close(h, h->live);
+  while (!pf_list_empty(&h->live)) {
+    sock *s = ENTRY(h->live.next, sock);
+    h->c.multi_assign(h->multi, s->fd, NULL);
+    sock_close(h, s);
   }
 }
 
 static void socks_free(http_ctx *h) {
-  sock *s;
-  for (s = h->closing; s; s = s->next) s->h = NULL;
-  h->closing = NULL;
-  while ((s = h->spare) != NULL) {
-    h->spare = s->next;
+  pf_list *l;
+  for (l = h->closing.next; l != &h->closing; l = l->next)
+    ENTRY(l, sock)->h = NULL;
+  pf_list_init(&h->closing);   /* they free themselves, unlinked */
+  while (!pf_list_empty(&h->spare)) {
+    sock *s = ENTRY(h->spare.next, sock);
+    pf_list_remove(&s->link);
     free(s);
   }
   h->nspare = 0;
@@ -542,7 +532,7 @@ static int ctx_gc(lua_State *L) {
   http_ctx *h = (http_ctx *)lua_touserdata(L, 1);
   h->closed = 1;
   if (h->lib == NULL) return 0;
-  while (h->xfers) xfer_release(h->xfers);
+  while (!pf_list_empty(&h->xfers)) xfer_release(ENTRY(h->xfers.next, xfer));
   socks_close(h);
   h->c.multi_cleanup(h->multi);   /* closes the kept connections */
   h->multi = NULL;
@@ -573,6 +563,11 @@ static void ctx_open(lua_State *L) {
   if (ctx_get(L)) return;
   h = (http_ctx *)lua_newuserdatauv(L, sizeof *h, 0);
   memset(h, 0, sizeof *h);
+  pf_list_init(&h->xfers);
+  pf_list_init(&h->live);
+  pf_list_init(&h->closing);
+  pf_list_init(&h->spare);
+  pf_list_init(&h->idle);
   h->loop = pf_loop(L);
   lua_newtable(L);
   lua_pushcfunction(L, ctx_gc);
@@ -725,9 +720,7 @@ static xfer *xfer_new(lua_State *L, http_ctx *h) {
   lua_setiuservalue(L, -2, 2);
   if ((x->s = slot_get(h)) == NULL) luaL_error(L, "pf.http: out of memory");
   x->easy = x->s->easy;
-  x->next = h->xfers;
-  if (h->xfers) h->xfers->prev = x;
-  h->xfers = x;
+  pf_list_push_head(&h->xfers, &x->link);
   return x;
 }
 
@@ -768,7 +761,7 @@ static const char *push_method(lua_State *L) {
 
 /* Reads opts (index 1) and starts the transfer, pushed at index 5 above
 ** the URL, the method and the body (or nil). */
-static xfer *start(lua_State *L) {
+static xfer *xfer_start(lua_State *L) {
   http_ctx *h = ctx_get(L);
   size_t blen = 0;
   const char *url, *method, *body;
@@ -797,7 +790,7 @@ static xfer *start(lua_State *L) {
 
 /* core.http_start(opts): a transfer, already running */
 static int l_http_start(lua_State *L) {
-  start(L);
+  xfer_start(L);
   return 1;
 }
 
@@ -818,12 +811,12 @@ static xfer *check_xfer(lua_State *L) {
 }
 
 static int park(lua_State *L, xfer *x, int what, lua_KFunction k) {
-  pf_task *t = pf_check_task(L, "pf.http");
-  pf_check_yield(L, "pf.http");
+  pf_task *t = pf_wait_begin(L, "pf.http");
+  if (t == NULL) return pf_wait_outside(L, NULL, "pf.http");
   x->t = t;
   x->wait = what;
-  pf_park(t, xfer_cancel, x);
-  return pf_yield(L, t, 0, k);
+  pf_wait_park(t, xfer_cancel, x);
+  return pf_wait_yield(L, t, 0, k);
 }
 
 /* The transfer at idx failed: raises libcurl's reason, released. */
@@ -918,7 +911,7 @@ static void push_headers(lua_State *L, const char *p, size_t n) {
 }
 
 /* The ended transfer at idx: its result (or its error), released. */
-static int finish(lua_State *L, xfer *x, int idx) {
+static int xfer_result(lua_State *L, xfer *x, int idx) {
   slot *s = x->s;
   long code = 0;
   char *url = NULL;
@@ -951,7 +944,7 @@ static int result_k(lua_State *L, int status, lua_KContext ctx) {
     }
     return park(L, x, W_DONE, result_k);
   }
-  return finish(L, x, 1);
+  return xfer_result(L, x, 1);
 }
 
 static int l_result(lua_State *L) {
@@ -966,14 +959,13 @@ static int request_k(lua_State *L, int status, lua_KContext ctx) {
   xfer *x = (xfer *)lua_touserdata(L, 5);
   (void)status; (void)ctx;
   if (!x->done) return park(L, x, W_DONE, request_k);
-  return finish(L, x, 5);
+  return xfer_result(L, x, 5);
 }
 
 static int l_http_request(lua_State *L) {
-  if (pf_current(L) == NULL)
-    return pf_run_implicit(L, l_http_request, "pf.http.request");
-  pf_check_yield(L, "pf.http");
-  start(L)->stream = 0;   /* nobody takes chunks: never pause */
+  if (pf_wait_begin(L, "pf.http") == NULL)
+    return pf_wait_outside(L, l_http_request, "pf.http.request");
+  xfer_start(L)->stream = 0;   /* nobody takes chunks: never pause */
   return request_k(L, LUA_OK, 0);
 }
 
@@ -983,6 +975,12 @@ static int l_close(lua_State *L) {
   xfer_release(x);
   return 0;
 }
+
+static const luaL_Reg http_funcs[] = {
+  {"http_start", l_http_start},
+  {"http_request", l_http_request},
+  {NULL, NULL}
+};
 
 void pf_open_http(lua_State *L) {
   ctx_open(L);
@@ -998,8 +996,5 @@ void pf_open_http(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_http_start);
-  lua_setfield(L, -2, "http_start");
-  lua_pushcfunction(L, l_http_request);
-  lua_setfield(L, -2, "http_request");
+  luaL_setfuncs(L, http_funcs, 0);
 }

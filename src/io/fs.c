@@ -18,7 +18,6 @@
 
 #include "io.h"
 
-#define READ_CHUNK 65536
 
 typedef struct fs_req {
   uv_fs_t req;
@@ -43,7 +42,7 @@ static void req_free(fs_req *r) {
 
 /* Results onto the task's thread: true and the contents (or nothing), or
 ** false and the message. */
-static void finish(fs_req *r) {
+static void file_wake(fs_req *r) {
   pf_task *t = r->t;
   lua_State *co;
   if (t == NULL) {  /* cancelled meanwhile */
@@ -65,29 +64,30 @@ static void finish(fs_req *r) {
     else lua_pushlstring(co, r->buf.data ? r->buf.data : "", r->buf.len);
   }
   req_free(r);
-  pf_wake(t, 2);
+  pf_wait_wake(t, 2);
 }
 
-static void fail(fs_req *r, int err, const char *step) {
+/* keeps the first error and the step that met it */
+static void file_error(fs_req *r, int err, const char *step) {
   if (r->err == 0) {
     r->err = err;
     r->step = step;
   }
 }
 
-/* Closes the file if open, then finishes. */
+/* Closes the file if open, then wakes the task. */
 static void close_then_finish(fs_req *r) {
   if (r->fd >= 0) {
     uv_file fd = r->fd;
     r->fd = -1;
     if (uv_fs_close(r->req.loop, &r->req, fd, step_cb) == 0) return;
   }
-  finish(r);
+  file_wake(r);
 }
 
 static int next_read(fs_req *r) {
   uv_buf_t b;
-  if (pf_buf_reserve(&r->buf, READ_CHUNK) < 0) return UV_ENOMEM;
+  if (pf_buf_reserve(&r->buf, PF_READ_CHUNK) < 0) return UV_ENOMEM;
   b = uv_buf_init(r->buf.data + r->buf.len,
                   pf_io_chunk(r->buf.cap - r->buf.len));
   return uv_fs_read(r->req.loop, &r->req, r->fd, &b, 1, -1, step_cb);
@@ -138,7 +138,7 @@ static int advance(fs_req *r, uv_fs_type type, ssize_t result) {
   }
   if (err == 1) return 0;
   if (err < 0) {
-    fail(r, err, type == UV_FS_OPEN ? "fstat"
+    file_error(r, err, type == UV_FS_OPEN ? "fstat"
                  : r->writing ? "write" : "read");
     return 0;
   }
@@ -152,13 +152,13 @@ static void step_cb(uv_fs_t *req) {
   if (type == UV_FS_FSTAT) r->mode = req->statbuf.st_mode;
   uv_fs_req_cleanup(req);
   if (type == UV_FS_CLOSE) {
-    if (result < 0) fail(r, (int)result, "close");
-    finish(r);
+    if (result < 0) file_error(r, (int)result, "close");
+    file_wake(r);
     return;
   }
   if (result < 0) {
     if (result != UV_ECANCELED || r->t != NULL)
-      fail(r, (int)result, type == UV_FS_OPEN ? "open"
+      file_error(r, (int)result, type == UV_FS_OPEN ? "open"
                            : type == UV_FS_FSTAT ? "fstat"
                            : r->writing ? "write" : "read");
     close_then_finish(r);
@@ -185,14 +185,14 @@ static int fs_k(lua_State *L, int status, lua_KContext ctx) {
   return 1;
 }
 
-static int start(lua_State *L, int writing, const char *fname) {
+static int file_start(lua_State *L, int writing, const char *fname) {
   size_t plen, dlen = 0;
   const char *path = luaL_checklstring(L, 1, &plen);
   const char *data = writing ? luaL_checklstring(L, 2, &dlen) : NULL;
-  pf_task *t = pf_current(L);  /* the callers checked it is a task */
+  pf_task *t;
   fs_req *r;
   int err;
-  pf_check_yield(L, fname);
+  t = pf_wait_begin(L, fname);  /* the callers checked it is a task */
   if (pf_has_nul(path, plen))
     return luaL_error(L, "%s: the path contains a NUL byte", fname);
   r = (fs_req *)calloc(1, sizeof *r + plen);
@@ -215,25 +215,25 @@ static int start(lua_State *L, int writing, const char *fname) {
     return luaL_error(L, "%s: %s: %s", fname, path, uv_strerror(err));
   }
   r->t = t;
-  pf_park(t, fs_cancel, r);
-  return pf_yield(L, t, (lua_KContext)fname, fs_k);
+  pf_wait_park(t, fs_cancel, r);
+  return pf_wait_yield(L, t, (lua_KContext)fname, fs_k);
 }
 
 static int l_read_file(lua_State *L) {
   if (pf_current(L) == NULL) {
     luaL_checkstring(L, 1);
-    return pf_run_implicit(L, l_read_file, "pf.read_file");
+    return pf_wait_outside(L, l_read_file, "pf.read_file");
   }
-  return start(L, 0, "pf.read_file");
+  return file_start(L, 0, "pf.read_file");
 }
 
 static int l_write_file(lua_State *L) {
   if (pf_current(L) == NULL) {
     luaL_checkstring(L, 1);
     luaL_checkstring(L, 2);
-    return pf_run_implicit(L, l_write_file, "pf.write_file");
+    return pf_wait_outside(L, l_write_file, "pf.write_file");
   }
-  return start(L, 1, "pf.write_file");
+  return file_start(L, 1, "pf.write_file");
 }
 
 /* ------------------------------------------------------------ pf.stat,
@@ -326,7 +326,7 @@ static void op_wake(op_req *r, int result, const uv_fs_t *req) {
     else if (req->fs_type == UV_FS_SCANDIR) push_names(co, (uv_fs_t *)req);
     else lua_pushboolean(co, 1);
   }
-  pf_wake(t, 2);
+  pf_wait_wake(t, 2);
 }
 
 static void op_cb(uv_fs_t *req);
@@ -419,17 +419,17 @@ static int op_park(lua_State *L, op_req *r, int err, const char *fname) {
     return lua_error(L);
   }
   r->t = pf_current(L);
-  pf_park(r->t, op_cancel, r);
-  return pf_yield(L, r->t, (lua_KContext)fname, fs_k);
+  pf_wait_park(r->t, op_cancel, r);
+  return pf_wait_yield(L, r->t, (lua_KContext)fname, fs_k);
 }
 
-/* outside a task, f runs in one that pf_run_implicit starts */
+/* outside a task, f runs in one that pf_wait_outside starts */
 #define OP_ENTRY(f, fname, nstr) \
   if (pf_current(L) == NULL) { \
     for (int i = 1; i <= (nstr); i++) luaL_checkstring(L, i); \
-    return pf_run_implicit(L, f, fname); \
+    return pf_wait_outside(L, f, fname); \
   } \
-  pf_check_yield(L, fname)
+  pf_wait_begin(L, fname)
 
 static int l_stat(lua_State *L) {
   op_req *r;
@@ -493,19 +493,17 @@ static int l_mkdir(lua_State *L) {
                  "pf.mkdir");
 }
 
+static const luaL_Reg fs_funcs[] = {
+  {"read_file", l_read_file},
+  {"write_file", l_write_file},
+  {"stat", l_stat},
+  {"list_dir", l_list_dir},
+  {"mkdir", l_mkdir},
+  {"remove", l_remove},
+  {"rename", l_rename},
+  {NULL, NULL}
+};
+
 void pf_open_fs(lua_State *L) {
-  lua_pushcfunction(L, l_read_file);
-  lua_setfield(L, -2, "read_file");
-  lua_pushcfunction(L, l_write_file);
-  lua_setfield(L, -2, "write_file");
-  lua_pushcfunction(L, l_stat);
-  lua_setfield(L, -2, "stat");
-  lua_pushcfunction(L, l_list_dir);
-  lua_setfield(L, -2, "list_dir");
-  lua_pushcfunction(L, l_mkdir);
-  lua_setfield(L, -2, "mkdir");
-  lua_pushcfunction(L, l_remove);
-  lua_setfield(L, -2, "remove");
-  lua_pushcfunction(L, l_rename);
-  lua_setfield(L, -2, "rename");
+  luaL_setfuncs(L, fs_funcs, 0);
 }

@@ -3,20 +3,9 @@
 ** task:cancel, timeout, gather, now. Each waiting call made outside any
 ** task runs itself as the main task of an implicit pf.run.
 */
-#include <math.h>
-#include <string.h>
 
 #include "pf.h"
-#include "sched.h"
-
-/* Waits need a yieldable stack: checked before anything is registered. */
-int pf_check_yield(lua_State *L, const char *fname) {
-  if (!lua_isyieldable(L))
-    return luaL_error(L, "%s: cannot wait here: a C function that cannot "
-                         "yield is on the stack (table.sort comparator, "
-                         "string.gsub callback, __tostring, require)", fname);
-  return 0;
-}
+#include "pf_sched.h"
 
 static lua_Number check_seconds(lua_State *L, int arg, const char *fname) {
   int isnum;
@@ -39,20 +28,22 @@ static int l_now(lua_State *L) {
 /* pf.sleep(seconds) */
 static int l_sleep(lua_State *L) {
   lua_Number s = check_seconds(L, 1, "pf.sleep");
-  pf_task *t = pf_current(L);
-  if (t == NULL) return pf_run_implicit(L, l_sleep, "pf.sleep");
-  pf_check_yield(L, "pf.sleep");
+  pf_task *t = pf_wait_begin(L, "pf.sleep");
+  if (t == NULL) return pf_wait_outside(L, l_sleep, "pf.sleep");
   if (s == 0) {
-    pf_make_ready(t, 0);
+    pf_wait_pass(t);
   } else {
-    if (pf_heap_push(t->S, t, pf_ms_from_seconds(s)) < 0)
+    if (pf_wait_deadline(t, s) < 0)
       return luaL_error(L, "pf.sleep: out of memory");
-    pf_park(t, NULL, NULL);
+    pf_wait_park(t, NULL, NULL);
   }
-  return pf_yield(L, t, 0, NULL);
+  return pf_wait_yield(L, t, 0, NULL);
 }
 
 /* ------------------------------------------------------------- pf.await */
+
+/* t->await_setup: where pf.await's setup function stands */
+enum { AWAIT_NONE, AWAIT_SETUP, AWAIT_RESUMED };
 
 static void await_cancel(pf_task *t, void *data) {
   (void)t; (void)data;  /* the resume closure checks the task's state */
@@ -72,20 +63,14 @@ static int await_resume(lua_State *L) {
     if (!lua_checkstack(t->co, n + LUA_MINSTACK))
       return luaL_error(L, "resume: too many values");
     lua_xmove(L, t->co, n);
-    pf_wake(t, n);
-  } else if (t->state == PF_RUNNING && t->early == 1) {
+    pf_wait_wake(t, n);
+  } else if (t->state == PF_RUNNING && t->await_setup == AWAIT_SETUP) {
     /* called before pf.await parked: keep the values for it */
-    int i;
+    pf_pack(L, L, n);
     pf_push_task(L, t);
-    lua_createtable(L, n, 1);
-    for (i = 1; i <= n; i++) {
-      lua_pushvalue(L, i);
-      lua_rawseti(L, -2, i);
-    }
-    lua_pushinteger(L, n);
-    lua_setfield(L, -2, "n");
+    lua_insert(L, -2);
     lua_setiuservalue(L, -2, PF_UV_AUX);
-    t->early = 2;
+    t->await_setup = AWAIT_RESUMED;
     t->wait_seq++;
   } else {
     lua_pushboolean(L, 0);
@@ -98,18 +83,17 @@ static int await_resume(lua_State *L) {
 static int l_await(lua_State *L) {
   pf_task *t;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  t = pf_current(L);
-  if (t == NULL) return pf_run_implicit(L, l_await, "pf.await");
-  pf_check_yield(L, "pf.await");
+  t = pf_wait_begin(L, "pf.await");
+  if (t == NULL) return pf_wait_outside(L, l_await, "pf.await");
   lua_settop(L, 1);
   pf_push_task(L, t);
   lua_pushinteger(L, t->wait_seq);
   lua_pushcclosure(L, await_resume, 2);
-  t->early = 1;
+  t->await_setup = AWAIT_SETUP;
   /* the setup function itself cannot wait (no continuation) */
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
     /* its resume must not count for a later wait of this task */
-    t->early = 0;
+    t->await_setup = AWAIT_NONE;
     t->wait_seq++;
     pf_push_task(L, t);
     lua_pushnil(L);
@@ -117,23 +101,17 @@ static int l_await(lua_State *L) {
     lua_pop(L, 1);
     return lua_error(L);
   }
-  if (t->early == 2) {
-    int n, i;
-    t->early = 0;
+  if (t->await_setup == AWAIT_RESUMED) {
+    t->await_setup = AWAIT_NONE;
     pf_push_task(L, t);
     lua_getiuservalue(L, -1, PF_UV_AUX);
     lua_pushnil(L);
     lua_setiuservalue(L, -3, PF_UV_AUX);
-    lua_getfield(L, -1, "n");
-    n = (int)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    luaL_checkstack(L, n, "too many values");
-    for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
-    return n;
+    return pf_unpack(L, -1);
   }
-  t->early = 0;
-  pf_park(t, await_cancel, NULL);
-  return pf_yield(L, t, 0, NULL);
+  t->await_setup = AWAIT_NONE;
+  pf_wait_park(t, await_cancel, NULL);
+  return pf_wait_yield(L, t, 0, NULL);
 }
 
 /* ------------------------------------------------------------ tasks */
@@ -145,27 +123,6 @@ static int l_spawn(lua_State *L) {
   t = pf_spawn_task(L, pf_current(L), lua_gettop(L) - 1);
   t->keep_results = 1;
   return 1;
-}
-
-/* Pushes an ended task's results, or raises its error. */
-int pf_task_outcome(lua_State *L, pf_task *t, int tidx) {
-  int n, i;
-  switch (t->outcome) {
-    case PF_OK:
-      lua_getiuservalue(L, tidx, PF_UV_AUX);
-      lua_getfield(L, -1, "n");
-      n = (int)lua_tointeger(L, -1);
-      lua_pop(L, 1);
-      luaL_checkstack(L, n, "too many results");
-      for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
-      return n;
-    case PF_ERROR:
-      pf_forget_lost(L, t->S, tidx);
-      lua_getiuservalue(L, tidx, PF_UV_AUX);
-      return lua_error(L);
-    default:
-      return luaL_error(L, "task was cancelled");
-  }
 }
 
 static int wait_k(lua_State *L, int status, lua_KContext ctx) {
@@ -180,13 +137,13 @@ static int l_wait(lua_State *L) {
   lua_settop(L, 1);
   if (me == NULL) {
     if (t->state == PF_DONE) return wait_k(L, LUA_OK, 0);
-    return pf_run_implicit(L, l_wait, "task:wait");
+    return pf_wait_outside(L, l_wait, "task:wait");
   }
   if (t == me) return luaL_error(L, "task:wait: a task cannot wait for itself");
   if (t->state != PF_DONE) {
-    pf_check_yield(L, "task:wait");
+    pf_wait_begin(L, "task:wait");
     pf_wait_on(me, t);
-    return pf_yield(L, me, 0, wait_k);
+    return pf_wait_yield(L, me, 0, wait_k);
   }
   return wait_k(L, LUA_OK, 0);
 }
@@ -197,21 +154,23 @@ static int l_cancel(lua_State *L) {
   return 0;
 }
 
-static int l_task_tostring(lua_State *L) {
+/* "running", "done", "failed" or "cancelled" */
+static const char *status_name(const pf_task *t) {
   static const char *const names[] = {"running", "done", "failed",
                                       "cancelled"};
+  return t->state == PF_DONE ? names[t->outcome] : names[0];
+}
+
+static int l_task_tostring(lua_State *L) {
   pf_task *t = (pf_task *)luaL_checkudata(L, 1, PF_TASK_MT);
-  lua_pushfstring(L, "pocketflow.task (%s): %p",
-                  t->state == PF_DONE ? names[t->outcome] : names[0], t);
+  lua_pushfstring(L, "pocketflow.task (%s): %p", status_name(t), t);
   return 1;
 }
 
-/* task:status(): "running", "done", "failed" or "cancelled" */
+/* task:status() */
 static int l_status(lua_State *L) {
-  static const char *const names[] = {"running", "done", "failed",
-                                      "cancelled"};
   pf_task *t = (pf_task *)luaL_checkudata(L, 1, PF_TASK_MT);
-  lua_pushstring(L, t->state == PF_DONE ? names[t->outcome] : names[0]);
+  lua_pushstring(L, status_name(t));
   return 1;
 }
 
@@ -236,17 +195,16 @@ static int l_timeout(lua_State *L) {
   lua_Number s = check_seconds(L, 1, "pf.timeout");
   pf_task *me, *child;
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  me = pf_current(L);
-  if (me == NULL) return pf_run_implicit(L, l_timeout, "pf.timeout");
-  pf_check_yield(L, "pf.timeout");
+  me = pf_wait_begin(L, "pf.timeout");
+  if (me == NULL) return pf_wait_outside(L, l_timeout, "pf.timeout");
   child = pf_spawn_task(L, me, lua_gettop(L) - 2);
   child->keep_results = 1;
-  if (pf_heap_push(me->S, me, pf_ms_from_seconds(s)) < 0) {
+  if (pf_wait_deadline(me, s) < 0) {
     pf_cancel(child);
     return luaL_error(L, "pf.timeout: out of memory");
   }
   pf_wait_on(me, child);
-  return pf_yield(L, me, 0, timeout_k);
+  return pf_wait_yield(L, me, 0, timeout_k);
 }
 
 /* ----------------------------------------------------------- pf.gather */
@@ -259,6 +217,7 @@ static int gather_k(lua_State *L, int status, lua_KContext ctx) {
 /* pf.gather({fn, ...}) */
 static int l_gather(lua_State *L) {
   lua_Integer i, n;
+  pf_task *me;
   luaL_checktype(L, 1, LUA_TTABLE);
   n = (lua_Integer)lua_rawlen(L, 1);
   for (i = 1; i <= n; i++) {
@@ -267,11 +226,11 @@ static int l_gather(lua_State *L) {
                         (int)i, luaL_typename(L, -1));
     lua_pop(L, 1);
   }
-  if (pf_current(L) == NULL) return pf_run_implicit(L, l_gather, "pf.gather");
-  pf_check_yield(L, "pf.gather");
+  me = pf_wait_begin(L, "pf.gather");
+  if (me == NULL) return pf_wait_outside(L, l_gather, "pf.gather");
   lua_settop(L, 1);
   if (pf_group_start(L, PF_G_GATHER, 1, 0, 0, 0, 0))
-    return pf_yield(L, NULL, 0, gather_k);
+    return pf_wait_yield(L, me, 0, gather_k);
   return gather_k(L, LUA_OK, 0);
 }
 
@@ -284,17 +243,13 @@ static const luaL_Reg task_methods[] = {
   {NULL, NULL}
 };
 
-static const luaL_Reg runtime[] = {
-  {"run", pf_l_run},
+static const luaL_Reg runtime_funcs[] = {
   {"spawn", l_spawn},
   {"gather", l_gather},
   {"sleep", l_sleep},
   {"await", l_await},
   {"timeout", l_timeout},
   {"now", l_now},
-  {"set_warn", pf_set_warn},
-  {"run_node", pf_run_node},
-  {"machine", pf_machine},
   {NULL, NULL}
 };
 
@@ -306,5 +261,5 @@ void pf_open_runtime(lua_State *L) {
     lua_setfield(L, -2, "__tostring");
   }
   lua_pop(L, 1);
-  luaL_newlib(L, runtime);
+  luaL_setfuncs(L, runtime_funcs, 0);
 }

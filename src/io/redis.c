@@ -208,7 +208,7 @@ static void answer(rentry *e, rnode *reply, const char *msg) {
       b->reply = reply;
       reply = NULL;
     }
-    pf_wake(e->t, 0);
+    pf_wait_wake(e->t, 0);
   }
   node_free(reply);
   free(e);
@@ -766,20 +766,19 @@ static int l_call(lua_State *L) {
   int argc = lua_gettop(L) - 1, bidx;
   const char **argv;
   size_t *lens;
-  pf_task *t = pf_current(L);
+  pf_task *t = pf_wait_begin(L, "r:call");
   rconn *c;
   rbox *b;
-  if (t == NULL) return pf_run_implicit(L, l_call, "r:call");
-  pf_check_yield(L, "r:call");
+  if (t == NULL) return pf_wait_outside(L, l_call, "r:call");
   check_args(L, argc, &argv, &lens);
   if (cl->closed) return luaL_error(L, "pf.redis: the client is closed");
   c = get_conn(L, cl);
   b = new_box(L);
   bidx = lua_gettop(L);
   queue_command(L, c, &c->out, E_USER, t, b, argc, argv, lens);
-  pf_park(t, call_cancel, b);
+  pf_wait_park(t, call_cancel, b);
   want_flush(c);
-  return pf_yield(L, t, (lua_KContext)bidx, call_k);
+  return pf_wait_yield(L, t, (lua_KContext)bidx, call_k);
 }
 
 /* ------------------------------------------------------------- the URL */
@@ -927,15 +926,14 @@ static rclient *new_client(lua_State *L) {
 static int l_connect(lua_State *L) {
   static const char *const ping[1] = { "PING" };
   static const size_t ping_len[1] = { 4 };
-  pf_task *t = pf_current(L);
+  pf_task *t = pf_wait_begin(L, "pf.redis.connect");
   rclient *cl;
   rconn *c;
   rbox *b;
-  if (t == NULL) return pf_run_implicit(L, l_connect, "pf.redis.connect");
+  if (t == NULL) return pf_wait_outside(L, l_connect, "pf.redis.connect");
   if (lua_type(L, 1) != LUA_TSTRING)
     return luaL_error(L, "pf.redis.connect: the URL must be a string (got %s)",
                       luaL_typename(L, 1));
-  pf_check_yield(L, "pf.redis.connect");
   lua_settop(L, 1);
   cl = new_client(L);
   parse_url(L, cl, lua_tostring(L, 1));
@@ -943,9 +941,9 @@ static int l_connect(lua_State *L) {
   c = get_conn(L, cl);
   b = new_box(L);
   queue_command(L, c, &c->out, E_CONNECT, t, b, 1, ping, ping_len);
-  pf_park(t, call_cancel, b);
+  pf_wait_park(t, call_cancel, b);
   want_flush(c);
-  return pf_yield(L, t, 3, connect_k);
+  return pf_wait_yield(L, t, 3, connect_k);
 }
 
 void pf_open_redis(lua_State *L) {

@@ -13,7 +13,6 @@
 
 #include "io.h"
 
-#define READ_CHUNK 65536
 
 /* the handles of a request, as bits of 'inited' */
 enum { H_PROC = 1, H_IN = 2, H_OUT = 4, H_ERR = 8, H_TIMER = 16 };
@@ -40,20 +39,19 @@ typedef struct exec_req {
   int end;                  /* END_* */
   unsigned char exited, out_done, err_done;
   exec_watch *watch;        /* the binary's list of children, or NULL */
-  struct exec_req *wprev, *wnext;
+  pf_list watch_link;       /* in watch->children */
 } exec_req;
 
 /* The binary's signal handles and its running children (see below). */
 struct exec_watch {
   uv_signal_t *sig[2];
-  exec_req *head;
+  pf_list children;
 };
 
 static void unwatch(exec_req *r) {
   exec_watch *w = r->watch;
   if (w == NULL) return;
-  if (r->wprev) r->wprev->wnext = r->wnext; else w->head = r->wnext;
-  if (r->wnext) r->wnext->wprev = r->wprev;
+  pf_list_remove(&r->watch_link);
   r->watch = NULL;
 }
 
@@ -111,7 +109,7 @@ static void maybe_finish(exec_req *r) {
   pf_buf_free(&r->obuf);
   pf_buf_free(&r->ebuf);
   close_all(r);
-  pf_wake(t, 5);
+  pf_wait_wake(t, 5);
 }
 
 /* Gives up on the run: the group is killed and its output no longer
@@ -137,7 +135,7 @@ static void child_exit(uv_process_t *p, int64_t status, int term_signal) {
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   exec_req *r = (exec_req *)h->data;
   pf_buf *b = h == (uv_handle_t *)&r->out ? &r->obuf : &r->ebuf;
-  size_t room = READ_CHUNK;
+  size_t room = PF_READ_CHUNK;
   (void)hint;
   /* one byte past the limit tells that there was more */
   if (r->max_output && r->max_output + 1 - b->len < room)
@@ -222,7 +220,8 @@ static const char SIGNALS_KEY = 'G';
 
 static void on_signal(uv_signal_t *h, int signum) {
   exec_watch *w = (exec_watch *)h->data;
-  for (exec_req *r = w->head; r != NULL; r = r->wnext) kill_group(r);
+  for (pf_list *l = w->children.next; l != &w->children; l = l->next)
+    kill_group(pf_list_entry(l, exec_req, watch_link));
   fflush(NULL);
   exit(128 + signum);
 }
@@ -233,7 +232,8 @@ static int watch_gc(lua_State *L) {
   exec_watch *w = (exec_watch *)lua_touserdata(L, 1);
   for (int i = 0; i < 2; i++)
     if (w->sig[i] != NULL) uv_close((uv_handle_t *)w->sig[i], pf_close_free_cb);
-  while (w->head != NULL) unwatch(w->head);
+  while (!pf_list_empty(&w->children))
+    unwatch(pf_list_entry(w->children.next, exec_req, watch_link));
   return 0;
 }
 
@@ -250,6 +250,7 @@ static exec_watch *watch_signals(lua_State *L) {
   if (type != LUA_TBOOLEAN) return w;
   w = (exec_watch *)lua_newuserdatauv(L, sizeof *w, 0);
   memset(w, 0, sizeof *w);
+  pf_list_init(&w->children);
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, watch_gc);
   lua_setfield(L, -2, "__gc");
@@ -276,10 +277,7 @@ void pf_exec_signals(lua_State *L) {
 static void watch_child(exec_req *r, exec_watch *w) {
   if (w == NULL) return;
   r->watch = w;
-  r->wprev = NULL;
-  r->wnext = w->head;
-  if (w->head) w->head->wprev = r;
-  w->head = r;
+  pf_list_push_head(&w->children, &r->watch_link);
 }
 
 /* ------------------------------------------------------------ options */
@@ -524,9 +522,8 @@ static int l_exec(lua_State *L) {
   if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  t = pf_current(L);
-  if (t == NULL) return pf_run_implicit(L, l_exec, "pf.exec");
-  pf_check_yield(L, "pf.exec");
+  t = pf_wait_begin(L, "pf.exec");
+  if (t == NULL) return pf_wait_outside(L, l_exec, "pf.exec");
   check_keys(L, 2);
   args = make_args(L, 1);
   env = make_env(L, 2);
@@ -566,11 +563,15 @@ static int l_exec(lua_State *L) {
     uv_timer_start(&r->timer, on_timer, pf_ms_from_seconds(timeout), 0);
   }
   r->t = t;
-  pf_park(t, exec_cancel, r);
-  return pf_yield(L, t, (lua_KContext)pf_ms_from_seconds(timeout), exec_k);
+  pf_wait_park(t, exec_cancel, r);
+  return pf_wait_yield(L, t, (lua_KContext)pf_ms_from_seconds(timeout), exec_k);
 }
 
+static const luaL_Reg exec_funcs[] = {
+  {"exec", l_exec},
+  {NULL, NULL}
+};
+
 void pf_open_exec(lua_State *L) {
-  lua_pushcfunction(L, l_exec);
-  lua_setfield(L, -2, "exec");
+  luaL_setfuncs(L, exec_funcs, 0);
 }

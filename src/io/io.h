@@ -7,19 +7,11 @@
 #include <stddef.h>
 #include <string.h>
 
-#include "pf.h"
+#include "pf_sched.h"
+#include "buf.h"
 
-/* A growing byte buffer. */
-typedef struct pf_buf {
-  char *data;
-  size_t len, cap;
-} pf_buf;
-
-int pf_buf_reserve(pf_buf *b, size_t extra);   /* 0, or -1 out of memory */
-int pf_buf_add(pf_buf *b, const void *p, size_t n);
-void pf_buf_free(pf_buf *b);
-
-void pf_close_free_cb(uv_handle_t *h);         /* uv_close cb: free(h) */
+/* The bytes one read asks for (a pipe read, a file read). */
+#define PF_READ_CHUNK 65536
 
 /* The most one libuv read or write request moves: uv_buf_t lengths are
 ** unsigned int, so bigger transfers go in chunks of at most this. */
@@ -39,9 +31,10 @@ static inline int pf_has_nul(const char *s, size_t len) {
 ** process (exit 130 / 143). */
 void pf_exec_signals(lua_State *L);
 
-void pf_open_exec(lua_State *L);
-void pf_open_fs(lua_State *L);
-void pf_open_http(lua_State *L);
-void pf_open_redis(lua_State *L);
+/* one open function per I/O kind, called from core.c */
+void pf_open_exec(lua_State *L);   /* io/exec.c */
+void pf_open_fs(lua_State *L);     /* io/fs.c */
+void pf_open_http(lua_State *L);   /* io/http.c */
+void pf_open_redis(lua_State *L);  /* io/redis.c */
 
 #endif

@@ -1,0 +1,78 @@
+-- bench/store.lua: the cost of one checkpoint through pf.sqlite's _save,
+-- sync and async, against a floor measured in the same run: the same
+-- blob inserted by plain libsqlite3 in the same settings (bench/store_floor.c).
+--
+--   build/pocketflow bench/store.lua [N] [BLOB_BYTES] [FLOOR_BINARY]
+--
+-- Each figure is the median of 5 alternating runs, each on a fresh file.
+local pf = pf or require "pocketflow"
+
+local N = tonumber(arg[1]) or 2000
+local SIZE = tonumber(arg[2]) or 10000
+local FLOOR = arg[3] or "build/store_floor"
+-- a representative shared: records with text, made to about SIZE bytes
+local shared = { step = 1, items = {} }
+local items = shared.items
+while #pf.serialize(shared) < SIZE do
+  items[#items + 1] = { id = #items + 1, title = "item " .. #items, score = #items * 0.5,
+                        text = ("lorem ipsum "):rep(4) }
+end
+local BLOB = pf.serialize(shared)
+SIZE = #BLOB
+
+local function fresh()
+  local path = os.tmpname()
+  os.remove(path)
+  return path
+end
+local function rm(path)
+  os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm")
+end
+
+local function engine(sync)
+  local path = fresh()
+  local s = pf.sqlite(path)
+  local id = s:_begin("bench")
+  local opts = { sync = sync }
+  local t0 = pf.now()
+  pf.run(function()
+    for i = 1, N - 1 do s:_save(id, i, "Flow.Node", BLOB, opts) end
+    s:_save(id, N, "Flow.Node", BLOB)  -- committed after every one before it
+  end)
+  local us = (pf.now() - t0) * 1e6 / N
+  s:close()
+  assert(#s._path > 0)
+  local check = pf.sqlite(path)
+  assert(check:get(id).step == N, "saves missing")
+  check:close()
+  rm(path)
+  return us
+end
+
+local function floor()
+  local path = fresh()
+  local p = assert(io.popen(("%s %s %d %d"):format(FLOOR, path, N, SIZE)))
+  local out = p:read("a")
+  p:close()
+  rm(path)
+  return assert(tonumber(out:match("floor_us_per_save=([%d.]+)")), "store_floor failed: " .. out)
+end
+
+local function median(t)
+  table.sort(t)
+  return t[(#t + 1) // 2]
+end
+
+local runs = { sync = {}, async = {}, floor = {} }
+for _ = 1, 5 do
+  runs.floor[#runs.floor + 1] = floor()
+  runs.sync[#runs.sync + 1] = engine(true)
+  runs.async[#runs.async + 1] = engine(false)
+end
+local f = median(runs.floor)
+print(("store: %d checkpoints of %d bytes, median of 5"):format(N, SIZE))
+print(("  floor (libsqlite3, same settings)  %8.1f us/checkpoint"):format(f))
+for _, k in ipairs { "sync", "async" } do
+  local m = median(runs[k])
+  print(("  _save %-5s                        %8.1f us/checkpoint  %.2fx floor"):format(k, m, m / f))
+end
