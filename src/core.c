@@ -10,10 +10,12 @@
 #include "pf_sched.h"
 #include "embed.h"
 #include "serial.h"
+#include "events.h"
 #include "io/io.h"
 
 /* the Lua modules built in (tools/embed.c) */
-extern const pf_chunk pf_http_lua, pf_json_lua, pf_diagram_lua;
+extern const pf_chunk pf_http_lua, pf_json_lua, pf_diagram_lua,
+                      pf_events_lua, pf_trace_lua, pf_progress_lua;
 
 typedef void (*pf_open_fn)(lua_State *L);
 
@@ -26,6 +28,7 @@ static const pf_open_fn opens[] = {
   pf_open_redis,     /* io/redis.c: redis_connect */
   pf_open_serial,    /* serial.c: serialize, deserialize */
   pf_open_store,     /* store.c: the SQLite connection of pf.sqlite */
+  pf_open_events,    /* events.c: the event bus's C half */
   NULL
 };
 
@@ -74,10 +77,14 @@ LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
   S = pf_sched_open(L);
   S->child_done = pf_group_child_done;   /* the upward calls, as data */
   S->add_where = pf_add_where;
+  S->in_handler = pf_in_handler;
   ignore_sigpipe();
   pf_preload(L, "pocketflow.http", &pf_http_lua);
   pf_preload(L, "pocketflow.json", &pf_json_lua);
   pf_preload(L, "pocketflow.diagram", &pf_diagram_lua);
+  pf_preload(L, "pocketflow.events", &pf_events_lua);
+  pf_preload(L, "pocketflow.trace", &pf_trace_lua);
+  pf_preload(L, "pocketflow.progress", &pf_progress_lua);
   lua_newtable(L);
   for (open = opens; *open; open++) (*open)(L);
   luaL_setfuncs(L, walk_funcs, 0);

@@ -35,6 +35,7 @@ enum { PF_UV_THREAD = 1, PF_UV_AUX, PF_UV_TRACE, PF_UV_COUNT = 3 };
 typedef void (*pf_child_done_fn)(pf_group *g, pf_task *child, int nres,
                                  lua_State *from);
 typedef void (*pf_add_where_fn)(lua_State *L, pf_task *t, lua_State *co);
+typedef int (*pf_in_handler_fn)(lua_State *L);
 
 struct pf_sched {
   uv_loop_t *loop;
@@ -56,6 +57,8 @@ struct pf_sched {
   int user_mask, user_count;  /* raises its error (sched.c: foreign yield) */
   pf_child_done_fn child_done;  /* an item of a group ended (group.c) */
   pf_add_where_fn add_where;    /* names the node in a task's error (walk.c) */
+  pf_in_handler_fn in_handler;  /* an event handler runs on L (events.c) */
+  int events;               /* someone listens: the walk emits (events.h) */
 };
 
 /* the wait protocol */

@@ -4,6 +4,7 @@
 ** task runs itself as the main task of an implicit pf.run.
 */
 
+#include "events.h"
 #include "pf.h"
 #include "pf_sched.h"
 

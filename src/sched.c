@@ -87,8 +87,17 @@ static void make_ready(pf_task *t, int nvalues) {
 /* The task running on L, its stack checked for a yield; NULL outside
 ** any task. Waits need a yieldable stack: checked before anything is
 ** registered. */
+/* Whether an event handler runs on L (events.c tells): its waits fail
+** with the handlers' own message. Asked on error paths only. */
+static int in_handler(lua_State *L) {
+  pf_sched *S = pf_sched_get(L);
+  return S != NULL && S->in_handler != NULL && S->in_handler(L);
+}
+
 pf_task *pf_wait_begin(lua_State *L, const char *fname) {
   pf_task *t = pf_current(L);
+  if (!lua_isyieldable(L) && in_handler(L))
+    luaL_error(L, "%s: event handlers may not wait; use pf.spawn", fname);
   if (t != NULL && !lua_isyieldable(L))
     luaL_error(L, "%s: cannot wait here: a C function that cannot "
                   "yield is on the stack (table.sort comparator, "
@@ -855,6 +864,8 @@ static int l_run(lua_State *L) {
 /* A waiting call made outside any task: runs itself (f) as the main task
 ** of an implicit pf.run, or says why it cannot (always, without f). */
 int pf_wait_outside(lua_State *L, lua_CFunction f, const char *fname) {
+  if (in_handler(L))  /* an event handler outside any task */
+    return luaL_error(L, "%s: event handlers may not wait; use pf.spawn", fname);
   if (f == NULL || !pf_outside(L)) return not_in_task(L, fname);
   lua_pushcfunction(L, f);
   lua_insert(L, 1);

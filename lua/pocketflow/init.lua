@@ -277,9 +277,18 @@ local store = require "pocketflow.store"
 pf.sqlite, pf.memory, pf.store_id = store.sqlite, store.memory, store.id
 pf.redis = { connect = core.redis_connect, null = pf.json.null }
 
-function pf.on_warning(msg)
+local events = require "pocketflow.events"
+pf.on = events.on
+pf.emit = events.emit
+
+-- a progress bar on the terminal is cleared around a warning and redrawn
+local progress = require "pocketflow.progress"
+local function write_warning(msg)
   io.stderr:write("pocketflow: warning: ", tostring(msg), "\n")
 end
-core.set_warn(function(msg) return pf.on_warning(msg) end)
+function pf.on_warning(msg)
+  return progress.around_warning(write_warning, msg)
+end
+core.set_warn(function(msg) return progress.around_warning(pf.on_warning, msg) end)
 
 return pf

@@ -1,0 +1,384 @@
+-- Trace sinks (API.md §7, traces): spans as JSON lines with
+-- OpenTelemetry's field names, PF_TRACE, capture, and OTLP/HTTP JSON sent
+-- in batches from tasks of their own to a local collector, which never
+-- holds the run back and only warns when it is down. The events go
+-- through the real paths: core.event (C pf_emit, the walk's) and pf.emit.
+local pf = require "pocketflow"
+local core = require "pocketflow.core"
+local events = require "pocketflow.events"
+local trace = require "pocketflow.trace"
+local httpd = require "support.httpd"
+local warnings = require "support.warnings"
+local fdcount = require "support.fdcount"
+
+local function slurp(p)
+  local f = assert(io.open(p, "rb")); local s = f:read("a"); f:close(); return s
+end
+
+local function lines_of(path)
+  local out = {}
+  for line in slurp(path):gmatch("[^\n]+") do out[#out + 1] = pf.json.decode(line) end
+  return out
+end
+
+-- a run with a node of two concurrent items, the second failing
+local function a_run(extra)
+  pf.run(function()
+    core.event{ type = "run_start", node = "Flow", path = "Flow" }
+    core.event{ type = "node_start", node = "Translate", path = "Flow/Translate", attempt = 1 }
+    local tasks = {}
+    for i = 1, 2 do
+      tasks[i] = pf.spawn(function()
+        core.event{ type = "item_start", node = "Translate", item = i }
+        pf.sleep(0.01 * (3 - i))
+        if i == 2 then core.event{ type = "retry", delay = 0, attempt = 1 } end
+        core.event{ type = "item_end", status = i == 2 and "error" or "ok",
+                    error = i == 2 and "bad \"item\"\n" or nil }
+      end)
+    end
+    for i = 1, 2 do tasks[i]:wait() end
+    if extra then extra() end
+    core.event{ type = "node_end", status = "ok", prep_res = { 1, 2 }, exec_res = "x" }
+    core.event{ type = "run_end", status = "ok" }
+  end)
+end
+
+describe("trace to a file", function()
+  local path
+  before_each(function() path = os.tmpname() end)
+  after_each(function()
+    os.remove(path)
+    assert.equal(0, events.count())
+  end)
+
+  it("writes one JSON object per finished span with OpenTelemetry's names", function()
+    local before = core.wall()
+    local sink = trace.open(path)
+    a_run()
+    sink:close()
+    local after = core.wall() + 1
+    local spans = lines_of(path)
+    assert.equal(4, #spans)
+    local by = {}
+    for _, s in ipairs(spans) do
+      by[s.name .. (s.attributes["pf.item"] or "")] = s
+      assert.matches("^%x+$", s.trace_id); assert.equal(32, #s.trace_id)
+      assert.matches("^%x+$", s.span_id); assert.equal(16, #s.span_id)
+      assert.equal(spans[1].trace_id, s.trace_id)
+      assert.is_true(math.type(s.start_time_unix_nano) == "integer")
+      assert.is_true(s.start_time_unix_nano <= s.end_time_unix_nano)
+      assert.is_true(s.start_time_unix_nano >= before * 1000000000)
+      assert.is_true(s.end_time_unix_nano <= after * 1000000000)
+    end
+    local run, node, i1, i2 = by.Flow, by.Translate, by.Translate1, by.Translate2
+    assert.equal("", run.parent_span_id)
+    assert.equal(run.span_id, node.parent_span_id)
+    assert.equal(node.span_id, i1.parent_span_id)
+    assert.equal(node.span_id, i2.parent_span_id)
+    assert.same({ code = "OK" }, i1.status)
+    assert.same({ code = "ERROR", message = "bad \"item\"\n" }, i2.status)
+    assert.equal(1, i2.attributes["pf.retries"])
+    assert.equal("error", i2.attributes["pf.status"])
+    assert.equal("Flow/Translate", node.attributes["pf.path"])
+    assert.equal("node", node.attributes["pf.kind"])
+    -- ends come in order: item 2 (shorter) ends before item 1
+    assert.equal(2, spans[1].attributes["pf.item"])
+    assert.equal("Flow", spans[4].name)
+    -- nothing is captured by default
+    assert.is_nil(node.attributes["pf.prep_res"])
+    assert.is_nil(node.attributes["pf.exec_res"])
+  end)
+
+  it("records prep and exec results with capture = true, cut to the limit", function()
+    local sink = trace.open(path, { capture = true })
+    a_run()
+    sink:close()
+    local node
+    for _, s in ipairs(lines_of(path)) do if s.name == "Translate" and not s.attributes["pf.item"] then node = s end end
+    assert.equal("[1,2]", node.attributes["pf.prep_res"])
+    assert.equal('"x"', node.attributes["pf.exec_res"])
+    os.remove(path)
+    sink = trace.open(path, { capture = true })
+    pf.run(function()
+      core.event{ type = "node_start", node = "Big" }
+      core.event{ type = "node_end", status = "ok", exec_res = string.rep("a", 10000),
+                  prep_res = function() end }
+    end)
+    sink:close()
+    local s = lines_of(path)[1]
+    assert.equal(trace.capture_limit + #"...(truncated)", #s.attributes["pf.exec_res"])
+    assert.matches("%.%.%.%(truncated%)$", s.attributes["pf.exec_res"])
+    assert.matches('^"function: ', s.attributes["pf.prep_res"])
+  end)
+
+  it("appends and keeps runs apart by trace_id; events of other runs stay out", function()
+    local sink = trace.open(path, { run_id = "00000000000000000000000000000abc" })
+    pf.run(function()
+      core.event{ type = "run_start", node = "A", run_id = "00000000000000000000000000000abc" }
+      core.event{ type = "run_end" }
+      core.event{ type = "run_start", node = "B" }
+      core.event{ type = "run_end" }
+    end)
+    sink:close()
+    local sink2 = trace.open(path)
+    a_run()
+    sink2:close()
+    local spans = lines_of(path)
+    assert.equal(5, #spans)
+    assert.equal("A", spans[1].name)
+    assert.equal("00000000000000000000000000000abc", spans[1].trace_id)
+    assert.are_not.equal(spans[1].trace_id, spans[2].trace_id)
+  end)
+
+  it("is the sink of PF_TRACE for a run (run_sinks)", function()
+    local bin = assert(os.getenv("PF_BIN"))
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      local pf = require "pocketflow"
+      local core = require "pocketflow.core"
+      local events = require "pocketflow.events"
+      local id = events.new_run_id()
+      local close = events.run_sinks({}, id)
+      pf.run(function()
+        core.event{ type = "run_start", node = "EnvRun", run_id = id }
+        pf.emit("x")
+        core.event{ type = "run_end", status = "ok" }
+      end)
+      close()
+      print(id)
+    ]])
+    f:close()
+    local p = io.popen("env -u LD_PRELOAD PF_TRACE=" .. path .. " " .. bin .. " " .. script)
+    local id = p:read("l")
+    assert.is_true(p:close())
+    os.remove(script)
+    local spans = lines_of(path)
+    assert.equal(1, #spans)
+    assert.equal("EnvRun", spans[1].name)
+    assert.equal(id, spans[1].trace_id)
+  end)
+
+  it("leaves no descriptor open and survives odd values", function()
+    -- descriptors of this process open on the trace file
+    local function open_on_path()
+      local p = assert(io.popen("unset LD_PRELOAD; ls -l /proc/" .. fdcount.pid() .. "/fd"))
+      local n = 0
+      for line in p:lines() do
+        if line:sub(-#path - 4) == " -> " .. path then n = n + 1 end
+      end
+      p:close()
+      return n
+    end
+    local keep = {}
+    for round = 1, 3 do
+      local sink = trace.open(path, { capture = true })
+      assert.equal(1, open_on_path())
+      local cyc = {}; cyc.self = cyc
+      pf.run(function()
+        core.event{ type = "node_start", node = "\0weird\255name", path = { "not", "a", "string" } }
+        core.event{ type = "retry", attempt = 1, delay = 0.1, error = "e" }
+        core.event{ type = "fallback", attempt = 2, error = "e" }
+        core.event{ type = "node_end", status = "cancelled", exec_res = cyc, prep_res = 0 / 0,
+                    error = setmetatable({}, { __tostring = function() return "an error object" end }) }
+      end)
+      sink:close()
+      sink:close()   -- twice is harmless
+      keep[round] = sink   -- so that no collection closes what close() left
+      assert.equal(0, open_on_path())
+    end
+    local spans = lines_of(path)
+    assert.equal(3, #spans)
+    local s = spans[1]
+    assert.same({ code = "UNSET", message = "an error object" }, s.status)
+    assert.equal("cancelled", s.attributes["pf.status"])
+    assert.equal(1, s.attributes["pf.retries"])
+    assert.is_true(s.attributes["pf.fallback"])
+    assert.equal(2, s.attributes["pf.attempt"])
+    assert.matches("^table: ", s.attributes["pf.path"])
+    assert.equal("\0weird\u{FFFD}name", s.name)
+    assert.matches('^"table: ', s.attributes["pf.exec_res"])
+  end)
+
+  it("refuses a bad target with a clear error", function()
+    assert.has_error(function() trace.open(42) end, "trace: must be a file path or an http:// URL (got number)")
+    assert.has_error(function() trace.open("/nonexistent/dir/t.jsonl") end,
+      "trace: cannot open /nonexistent/dir/t.jsonl: No such file or directory")
+    assert.equal(0, events.count())
+  end)
+end)
+
+describe("trace to an OTLP/HTTP collector", function()
+  after_each(function() assert.equal(0, events.count()) end)
+
+  local function collector(opts)
+    local got = { requests = 0, spans = {}, bad = {} }
+    local srv = httpd.start{ routes = { ["/v1/traces"] = function(req, res)
+      got.requests = got.requests + 1
+      got.first = got.first or pf.now()
+      if req.method ~= "POST" then got.bad[#got.bad + 1] = "method " .. req.method end
+      if req.headers["content-type"] ~= "application/json" then got.bad[#got.bad + 1] = "content-type" end
+      local ok, body = pcall(pf.json.decode, req.body)
+      if not ok then got.bad[#got.bad + 1] = body; return res:send(400, "bad") end
+      local rs = body.resourceSpans[1]
+      if rs.resource.attributes[1].key ~= "service.name" then got.bad[#got.bad + 1] = "resource" end
+      local ss = rs.scopeSpans[1]
+      if ss.scope.name ~= "pocketflow" then got.bad[#got.bad + 1] = "scope" end
+      for _, s in ipairs(ss.spans) do got.spans[#got.spans + 1] = s end
+      local function reply() res:send(200, "{}", { ["Content-Type"] = "application/json" }) end
+      -- hold: the answer waits until hold() is true (polled; 30 s at most)
+      local function held(n)
+        if n > 600 or not opts.hold() then return reply() end
+        res:after(0.05, function() held(n + 1) end)
+      end
+      if opts and opts.hold then held(0) else reply() end
+    end } }
+    return srv, got
+  end
+
+  it("posts the spans in the OTLP JSON shape, batched, flushed at run end", function()
+    local srv, got = collector()
+    local sink = trace.open(srv.url)
+    local n = 600   -- more than one batch of 512
+    pf.run(function()
+      core.event{ type = "run_start", node = "Flow" }
+      for i = 1, n do
+        core.event{ type = "node_start", node = "N", attempt = 1 }
+        core.event{ type = "node_end", status = i == 7 and "error" or "ok", error = i == 7 and "boom" or nil }
+      end
+      core.event{ type = "run_end", status = "ok" }
+    end)
+    sink:close()
+    srv:close()
+    assert.same({}, got.bad)
+    assert.equal(2, got.requests)
+    assert.equal(n + 1, #got.spans)
+    local ids, errors, run = {}, {}, nil
+    for _, s in ipairs(got.spans) do
+      assert.matches("^%x+$", s.traceId); assert.equal(32, #s.traceId)
+      assert.equal(16, #s.spanId)
+      assert.is_nil(ids[s.spanId]); ids[s.spanId] = true
+      assert.matches("^%d+$", s.startTimeUnixNano)
+      assert.matches("^%d+$", s.endTimeUnixNano)
+      assert.equal(1, s.kind)
+      if s.status.code == 2 then errors[#errors + 1] = s.status
+      else assert.same({ code = 1 }, s.status) end
+      if s.name == "Flow" then run = s end
+    end
+    -- the two posts may arrive in either order
+    assert.same({ { code = 2, message = "boom" } }, errors)
+    assert.equal("", run.parentSpanId)
+    for _, s in ipairs(got.spans) do
+      if s ~= run then assert.equal(run.spanId, s.parentSpanId) end
+    end
+  end)
+
+  it("sends a partial batch after a second without a run end", function()
+    local srv, got = collector()
+    local sink = trace.open(srv.url)
+    pf.run(function()
+      core.event{ type = "node_start", node = "Lonely" }
+      core.event{ type = "node_end", status = "ok" }
+      local t0 = pf.now()
+      while got.requests == 0 and pf.now() - t0 < 30 do pf.sleep(0.05) end
+    end)
+    sink:close()
+    srv:close()
+    assert.equal(1, got.requests)
+    assert.equal("Lonely", got.spans[1].name)
+  end)
+
+  it("never holds a node back while the collector is slow", function()
+    local emitted
+    -- the collector answers nothing until the nodes are done: a node that
+    -- waited for the export would wait for the request's timeout (10 s)
+    local srv, got = collector({ hold = function() return emitted == nil end })
+    local sink = trace.open(srv.url)
+    local n = 0
+    local function node()
+      core.event{ type = "node_start", node = "N" }
+      core.event{ type = "node_end", status = "ok" }
+      n = n + 1
+    end
+    pf.run(function()
+      core.event{ type = "run_start", node = "Flow" }
+      for _ = 1, 600 do node(); pf.sleep(0) end
+      -- nodes go on running while the first batch is on its way and after
+      -- it arrived (the first request loads libcurl: slow under valgrind)
+      local t0 = pf.now()
+      while got.first == nil and pf.now() - t0 < 30 do node(); pf.sleep(0.01) end
+      for _ = 1, 10 do node(); pf.sleep(0) end
+      emitted = pf.now()
+      core.event{ type = "run_end", status = "ok" }
+    end)
+    sink:close()
+    srv:close()
+    -- the first batch was posted mid-run, and the nodes ran on while the
+    -- collector sat on it
+    assert.is_not_nil(got.first)
+    assert.is_true(got.first < emitted)
+    assert.is_true(emitted < got.first + 8, "the nodes waited for the collector")
+    assert.equal(n + 1, #got.spans)
+  end)
+
+  it("warns once per failure burst when the collector is down; the run is unaffected", function()
+    local url = "http://127.0.0.1:" .. httpd.dead_port()
+    local res
+    local seen = warnings.of(function()
+      local sink = trace.open(url)
+      res = pf.run(function()
+        core.event{ type = "run_start", node = "Flow" }
+        for _ = 1, 1100 do     -- three batches, three failed posts
+          core.event{ type = "node_start", node = "N" }
+          core.event{ type = "node_end", status = "ok" }
+        end
+        core.event{ type = "run_end", status = "ok" }
+        return "fine"
+      end)
+      sink:close()
+    end)
+    assert.equal("fine", res)
+    assert.equal(1, #seen)
+    assert.matches("^trace: cannot send spans to " .. url:gsub("%p", "%%%0") .. "/v1/traces: ", seen[1])
+    assert.matches("spans dropped%)$", seen[1])
+  end)
+
+  it("warns once when the collector hangs up or answers garbage", function()
+    local n = 0
+    local srv = httpd.start{ routes = { ["/v1/traces"] = function(_, r)
+      n = n + 1
+      if n % 2 == 1 then r:close() else r:raw("garbage\r\n\r\n"); r:close() end
+    end } }
+    local seen = warnings.of(function()
+      local sink = trace.open(srv.url)
+      local res = pf.run(function()
+        core.event{ type = "run_start", node = "Flow" }
+        for _ = 1, 1100 do
+          core.event{ type = "node_start", node = "N" }
+          core.event{ type = "node_end", status = "ok" }
+        end
+        core.event{ type = "run_end", status = "ok" }
+        return 7
+      end)
+      sink:close()
+      assert.equal(7, res)
+    end)
+    srv:close()
+    assert.equal(3, n)
+    assert.equal(1, #seen)
+    assert.matches("^trace: cannot send spans to ", seen[1])
+  end)
+
+  it("warns on an error status too", function()
+    local srv = httpd.start{ routes = { ["/v1/traces"] = function(_, r) r:send(503, "busy") end } }
+    local seen = warnings.of(function()
+      local sink = trace.open(srv.url .. "/")
+      a_run()
+      sink:close()
+      pf.run(function() pf.sleep(0) end)
+    end)
+    srv:close()
+    assert.equal(1, #seen)
+    assert.matches("HTTP status 503 %(4 spans dropped%)$", seen[1])
+  end)
+end)
