@@ -17,3 +17,12 @@ add_test(NAME bench.store_smoke
          COMMAND ${CMAKE_BINARY_DIR}/pocketflow ${CMAKE_SOURCE_DIR}/bench/store.lua
                  20 1000 $<TARGET_FILE:store_floor>)
 set_tests_properties(bench.store_smoke PROPERTIES LABELS bench TIMEOUT 120)
+
+# bench/redis.lua's floor: the same Redis traffic from plain hiredis in C
+add_executable(redis_floor bench/redis_floor.c)
+target_link_libraries(redis_floor PRIVATE PkgConfig::HIREDIS)
+set_target_properties(redis_floor PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
+add_test(NAME bench.redis_smoke
+         COMMAND ${CMAKE_BINARY_DIR}/pocketflow ${CMAKE_SOURCE_DIR}/bench/redis.lua
+                 --smoke --floor ${CMAKE_BINARY_DIR}/bench/redis_floor)
+set_tests_properties(bench.redis_smoke PROPERTIES LABELS bench TIMEOUT 120)

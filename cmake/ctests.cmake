@@ -48,7 +48,7 @@ endif()
 # and building a flow; c.alloc sweeps running the representative flows.
 add_executable(alloc_test spec/c/alloc_test.c ${CMAKE_BINARY_DIR}/pf_init_lua.c
                           $<TARGET_OBJECTS:pfcore>)
-target_link_libraries(alloc_test PRIVATE PkgConfig::LUA PkgConfig::UV PkgConfig::LUV PkgConfig::SQLITE
+target_link_libraries(alloc_test PRIVATE PkgConfig::LUA PkgConfig::UV PkgConfig::LUV PkgConfig::SQLITE PkgConfig::HIREDIS
                                          ${CMAKE_DL_LIBS} m)
 add_test(NAME c.alloc.load COMMAND alloc_test --load 1)
 set_tests_properties(c.alloc.load PROPERTIES LABELS c TIMEOUT 600)

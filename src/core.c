@@ -26,6 +26,7 @@ static const pf_open_fn opens[] = {
   pf_open_exec,      /* io/exec.c: exec */
   pf_open_fs,        /* io/fs.c: read_file, write_file, stat, ... */
   pf_open_http,      /* io/http.c: http_start, http_request */
+  pf_open_redis,     /* io/redis.c: redis_connect */
   pf_open_serial,    /* serial.c: serialize, deserialize */
   pf_open_store,     /* store.c: the SQLite connection of pf.sqlite */
   pf_open_events,    /* events.c: the event bus's C half */

@@ -35,5 +35,6 @@ void pf_exec_signals(lua_State *L);
 void pf_open_exec(lua_State *L);   /* io/exec.c */
 void pf_open_fs(lua_State *L);     /* io/fs.c */
 void pf_open_http(lua_State *L);   /* io/http.c */
+void pf_open_redis(lua_State *L);  /* io/redis.c */
 
 #endif
