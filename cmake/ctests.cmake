@@ -64,9 +64,15 @@ if(PF_VALGRIND)   # every 25th point: each child is a valgrind process
   set_tests_properties(valgrind.c.alloc.load PROPERTIES LABELS valgrind TIMEOUT 1200)
 endif()
 add_test(NAME c.alloc COMMAND alloc_test 1)
-# Pending (issue 8, the scheduler's part): a memory error raised by the
-# Lua API calls pf_drain makes outside any pcall (keep_outcome, group.c's
-# launch, release_thread) longjmps across uv_run; the loop stays marked
-# running, later pf.run calls fail, and lua_close can crash in cancel_all.
-# Enable once sched.c runs the drain's bookkeeping protected.
-set_tests_properties(c.alloc PROPERTIES LABELS c TIMEOUT 600 DISABLED TRUE)
+set_tests_properties(c.alloc PROPERTIES LABELS c TIMEOUT 600)
+if(PF_ASAN_DIR)   # every 3rd point: the whole sweep takes minutes under ASan
+  add_test(NAME asan.c.alloc COMMAND ${PF_ASAN_DIR}/alloc_test 3)
+  set_tests_properties(asan.c.alloc PROPERTIES LABELS asan TIMEOUT 900
+    ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1;UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
+endif()
+if(PF_VALGRIND)   # every 100th point (tools/test.sh time); 25th by hand
+  add_test(NAME valgrind.c.alloc COMMAND valgrind -q --leak-check=full
+    --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect
+    --error-exitcode=1 $<TARGET_FILE:alloc_test> 100)
+  set_tests_properties(valgrind.c.alloc PROPERTIES LABELS valgrind TIMEOUT 1200)
+endif()

@@ -48,17 +48,40 @@ static int owner_waits(pf_group *g) {
 static void group_launch(lua_State *L, pf_group *g, int gidx) {
   while (owner_waits(g) && !g->failed && g->running < g->maxc &&
          g->next <= g->n) {
-    lua_Integer i = g->next++;
+    lua_Integer i = g->next;
     pf_task *c;
     int nargs;
     luaL_checkstack(L, 8, "launching items");
     nargs = g->body(L, gidx, i);
-    c = pf_spawn_task(L, g->owner, nargs);
+    c = pf_spawn_task(L, g->owner, nargs);   /* may raise: nothing done */
     c->group = g;
     c->group_idx = i;
+    g->next++;
     g->running++;
     lua_pop(L, 1);
   }
+}
+
+static int launch_f(lua_State *L) {
+  group_launch(L, (pf_group *)lua_touserdata(L, 1), 2);
+  return 0;
+}
+
+static void group_release(lua_State *L, pf_group *g);
+
+/* Launching the first items failed (out of memory): those launched have
+** not run, have no children and run no user code when cancelled. */
+static void group_abandon(lua_State *L, pf_group *g) {
+  pf_list *l, *next;
+  for (l = g->owner->children.next; l != &g->owner->children; l = next) {
+    pf_task *c = pf_list_entry(l, pf_task, sibling);
+    next = l->next;
+    if (c->group == g) {
+      c->group = NULL;
+      pf_cancel(c);
+    }
+  }
+  group_release(L, g);
 }
 
 /* Pushes a group over the array at 'items' for the running task, whose
@@ -90,9 +113,16 @@ void pf_group_new(lua_State *L, int items, lua_Integer maxc,
 int pf_group_run(lua_State *L, int gidx) {
   pf_group *g = (pf_group *)lua_touserdata(L, gidx);
   if (g->n == 0) return 0;
+  luaL_checkstack(L, 3, "starting items");
   lua_pushvalue(L, gidx);
   g->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  group_launch(L, g, gidx);
+  lua_pushcfunction(L, launch_f);
+  lua_pushlightuserdata(L, g);
+  lua_pushvalue(L, gidx);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    group_abandon(L, g);
+    return lua_error(L);
+  }
   pf_wait_park(g->owner, pf_group_cancel, g);
   return 1;
 }
@@ -129,14 +159,15 @@ void pf_group_cancel(pf_task *owner, void *data) {
 ** before any is cancelled. */
 static void group_fail(lua_State *L, pf_group *g, pf_task *child,
                        lua_State *co, int gidx) {
-  pf_list *l;
+  pf_list *l, *kids = &g->owner->children;
   lua_Integer n = 0, i;
-  g->failed = 1;
-  lua_pushvalue(co, -1);
-  lua_xmove(co, L, 1);
-  lua_setiuservalue(L, gidx, G_ERROR);
-  lua_newtable(L);
-  for (l = g->owner->children.next; l != &g->owner->children; l = l->next) {
+  for (l = kids->next; l != kids; l = l->next) {
+    pf_task *c = pf_list_entry(l, pf_task, sibling);
+    n += c->group == g && c != child && c->state != PF_DONE;
+  }
+  lua_createtable(L, (int)n, 0);   /* the one allocation, before any change */
+  n = 0;
+  for (l = kids->next; l != kids; l = l->next) {
     pf_task *c = pf_list_entry(l, pf_task, sibling);
     if (c->group == g && c != child && c->state != PF_DONE) {
       c->group = NULL;
@@ -144,6 +175,10 @@ static void group_fail(lua_State *L, pf_group *g, pf_task *child,
       lua_rawseti(L, -2, ++n);
     }
   }
+  g->failed = 1;
+  lua_pushvalue(co, -1);
+  lua_xmove(co, L, 1);
+  lua_setiuservalue(L, gidx, G_ERROR);
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, -1, i);
     pf_cancel((pf_task *)lua_touserdata(L, -1));
@@ -162,16 +197,18 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
   lua_State *L = S->L, *co = child->co;
   int gidx;
   (void)from;
-  child->group = NULL;
-  if (g->ref == LUA_NOREF) return;
+  if (g->ref == LUA_NOREF) {
+    child->group = NULL;
+    return;
+  }
   luaL_checkstack(L, 8, "collecting results");
   push_group(L, g);
   gidx = lua_gettop(L);
+  /* an error here (out of memory) leaves child in g: sched.c's recover
+  ** ends it failed, and g fails, whatever was done for its result */
   if (nres < 0) {
     group_fail(L, g, child, co, gidx);
   } else {
-    g->running--;
-    g->done++;
     lua_getiuservalue(L, gidx, G_RESULTS);
     if (nres > 0) {
       lua_pushvalue(co, -nres);
@@ -181,8 +218,11 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
     }
     lua_rawseti(L, -2, child->group_idx);
     lua_pop(L, 1);
+    g->running--;
+    g->done++;
     group_launch(L, g, gidx);
   }
+  child->group = NULL;
   if (owner_waits(g) && g->running == 0 && (g->failed || g->done == g->n)) {
     group_release(L, g);
     pf_wait_wake(g->owner, 0);

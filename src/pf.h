@@ -59,6 +59,7 @@ struct pf_task {
   unsigned char await_setup;    /* pf.await's setup runs (enum in runtime.c) */
   unsigned char started;        /* resumed once: its thread must be yielded */
   unsigned char hijacked;       /* resumed by user code: ends failed */
+  unsigned char wake_error;     /* woken with an error to raise (sched.c) */
   lua_KFunction k;              /* continuation of the current wait */
   lua_KContext kctx;
   int ktop;                     /* stack top when it yielded without k */

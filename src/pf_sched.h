@@ -11,7 +11,9 @@
 **   return pf_wait_yield(L, t, ctx, x_k);     -- x_k(L, status, ctx) goes on
 **
 ** and whatever completes the wait pushes its values on t->co and calls
-** pf_wait_wake(t, nvalues). A cancelled wait is not woken: its cancel fn
+** pf_wait_wake(t, nvalues); a libuv callback whose values allocate calls
+** pf_wait_wake_with(t, push, ud) instead, which makes them under a pcall
+** (a memory error is raised in the task, where it waited). A cancelled wait is not woken: its cancel fn
 ** releases what it waits on (closes handles, frees the request or hands
 ** it to the close callback) and the task is never resumed. pf_wait_begin
 ** returns NULL outside a task: pf_wait_outside runs the call as the main
@@ -49,10 +51,12 @@ struct pf_sched {
   int own_loop;             /* we handed the default loop to luv */
   int anchors, pool, lost;  /* registry refs: live tasks, idle threads,
                                failed handles nobody waited on */
-  int pool_n;
+  int pool_n, pool_cap;      /* the pool's array holds pool_cap slots */
   int closed;
   int draining;             /* pf_drain is on the C stack */
   pf_task *closing;         /* task whose thread is being reset */
+  pf_task *doing;           /* task whose resume's bookkeeping runs */
+  int oom;                  /* a task was ended for want of memory */
   lua_Hook user_hook;       /* the thread's own hook, while coroutine.yield */
   int user_mask, user_count;  /* raises its error (sched.c: foreign yield) */
   pf_child_done_fn child_done;  /* an item of a group ended (group.c) */
@@ -70,6 +74,7 @@ void pf_wait_on(pf_task *w, pf_task *target);       /* park until it ends */
 void pf_wait_pass(pf_task *t);                       /* no wait: ready again */
 int pf_wait_yield(lua_State *L, pf_task *t, lua_KContext ctx, lua_KFunction k);
 void pf_wait_wake(pf_task *t, int nvalues);
+void pf_wait_wake_with(pf_task *t, lua_CFunction push, void *ud);
 
 /* tasks */
 pf_sched *pf_sched_get(lua_State *L);

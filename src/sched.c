@@ -130,6 +130,35 @@ void pf_wait_wake(pf_task *t, int nvalues) {
   make_ready(t, nvalues);
 }
 
+/* Wakes t with the values push(L) returns, called under a pcall on the
+** scheduler's state with 'ud' as its argument: a libuv callback runs
+** outside any pcall, and an error there (out of memory) would cross
+** uv_run. If making them fails, t wakes with that error instead, which
+** its wait raises (guard_k): the error on t's stack (wake_error 1), or
+** Lua's own memory message when even that has no room (2). */
+void pf_wait_wake_with(pf_task *t, lua_CFunction push, void *ud) {
+  lua_State *L = t->S->L, *co = t->co;
+  int top = lua_gettop(L), n, status = LUA_ERRMEM;
+  if (lua_checkstack(L, 2)) {
+    lua_pushcfunction(L, push);
+    lua_pushlightuserdata(L, ud);
+    status = lua_pcall(L, 1, LUA_MULTRET, 0);
+  }
+  n = lua_gettop(L) - top;
+  if (status == LUA_OK && lua_checkstack(co, n)) {
+    lua_xmove(L, co, n);
+    pf_wait_wake(t, n);
+    return;
+  }
+  t->wake_error = 2;
+  if (status != LUA_OK && n == 1 && lua_checkstack(co, 1)) {
+    lua_xmove(L, co, 1);
+    t->wake_error = 1;
+  }
+  lua_settop(L, top);
+  pf_wait_wake(t, t->wake_error == 1);
+}
+
 /* the sleep queue's wake-up: the deadline of t's wait has come */
 static void deadline_fire(pf_sleepq *q, pf_sleeper *s) {
   pf_task *t = pf_list_entry(s, pf_task, sleep);
@@ -178,6 +207,24 @@ void pf_push_task(lua_State *L, pf_task *t) {
   lua_remove(L, -2);
 }
 
+/* The pool's array is sized ahead, in pf_spawn_task where an error is
+** still harmless, so that returning a thread to it (release_thread, at
+** the end of a task, where nothing may fail) never allocates. */
+static void grow_pool(lua_State *L, pf_sched *S) {
+  int cap = S->pool_cap ? 2 * S->pool_cap : 16, i;
+  if (cap > POOL_MAX) cap = POOL_MAX;
+  luaL_checkstack(L, 3, "spawning a task");
+  lua_createtable(L, cap, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
+  for (i = 1; i <= S->pool_n; i++) {
+    lua_rawgeti(L, -1, i);
+    lua_rawseti(L, -3, i);
+  }
+  lua_pop(L, 1);
+  lua_rawseti(L, LUA_REGISTRYINDEX, S->pool);
+  S->pool_cap = cap;
+}
+
 static lua_State *take_thread(lua_State *L, pf_sched *S) {
   lua_State *co;
   if (S->pool_n > 0) {
@@ -195,6 +242,17 @@ static lua_State *take_thread(lua_State *L, pf_sched *S) {
     co = lua_newthread(L);
   }
   return co;  /* left on L's stack */
+}
+
+/* Warns about the error a __close raised; protected: ending a task must
+** not fail. */
+static int close_warning_f(lua_State *L) {
+  const char *what = (const char *)lua_touserdata(L, 1);
+  pf_tostring(L, 2);
+  lua_pushfstring(L, "error closing a variable of a %s task: %s", what,
+                  lua_tostring(L, -1));
+  pf_warn(L, lua_tostring(L, -1));
+  return 0;
 }
 
 /* Resets co, closing its pending to-be-closed variables; an error a
@@ -222,11 +280,11 @@ static void reset_thread(pf_sched *S, pf_task *t, lua_State *co) {
       return;
     }
     if (lua_gettop(L) == before + 1 || !lua_rawequal(L, -1, -2)) {
-      const char *what = t->outcome == PF_ERROR ? "failed" : "cancelled";
-      pf_tostring(L, -1);
-      lua_pushfstring(L, "error closing a variable of a %s task: %s", what,
-                      lua_tostring(L, -1));
-      pf_warn(L, lua_tostring(L, -1));
+      lua_pushcfunction(L, close_warning_f);
+      lua_pushlightuserdata(L, (void *)(t->outcome == PF_ERROR ? "failed"
+                                                               : "cancelled"));
+      lua_pushvalue(L, -3);
+      lua_pcall(L, 2, 0, 0);   /* a failure (memory) loses the warning */
     }
   }
   S->closing = outer;
@@ -244,7 +302,7 @@ static void release_thread(pf_sched *S, pf_task *t, int reset) {
   if (reset) reset_thread(S, t, co);
   lua_settop(co, 0);
   pf_push_task(L, t);
-  if (!reset && S->pool_n < POOL_MAX) {
+  if (!reset && S->pool_n < S->pool_cap) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
     lua_pushthread(co);
     lua_xmove(co, L, 1);
@@ -287,6 +345,8 @@ pf_task *pf_spawn_task(lua_State *L, pf_task *parent, int nargs) {
   pf_task *t;
   lua_State *co;
   luaL_checkstack(L, 6, "spawning a task");
+  if (S->live >= (size_t)S->pool_cap && S->pool_cap < POOL_MAX)
+    grow_pool(L, S);
   t = (pf_task *)lua_newuserdatauv(L, sizeof(pf_task), PF_UV_COUNT);
   memset(t, 0, sizeof *t);
   t->S = S;
@@ -382,18 +442,31 @@ void pf_handle_internal(uv_handle_t *h) {
   h->flags |= PF_UV_HANDLE_INTERNAL;
 }
 
-void pf_warn(lua_State *L, const char *msg) {
+static int warn_f(lua_State *L) {
+  const char *msg = (const char *)lua_touserdata(L, 1);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &WARN_KEY);
   if (lua_isfunction(L, -1)) {
     lua_pushstring(L, msg);
-    if (lua_pcall(L, 1, 0, 0) == LUA_OK) return;
+    if (lua_pcall(L, 1, 0, 0) == LUA_OK) return 0;
     fprintf(stderr, "pocketflow: warning: pf.on_warning failed: %s\n",
             pf_tostring(L, -1));
-    lua_pop(L, 1);
   } else {
     fprintf(stderr, "pocketflow: warning: %s\n", msg);
   }
-  lua_pop(L, 1);
+  return 0;
+}
+
+/* Hands msg to pf.on_warning, or prints it. Protected: it is called from
+** libuv callbacks and while tasks end, where an error (out of memory)
+** must not escape; then the message is printed. */
+void pf_warn(lua_State *L, const char *msg) {
+  if (lua_checkstack(L, 2)) {
+    lua_pushcfunction(L, warn_f);
+    lua_pushlightuserdata(L, (void *)msg);
+    if (lua_pcall(L, 1, 0, 0) == LUA_OK) return;
+    lua_pop(L, 1);
+  }
+  fprintf(stderr, "pocketflow: warning: %s\n", msg);
 }
 
 /* set_warn(f): the Lua layer routes engine warnings to pf.on_warning */
@@ -481,7 +554,7 @@ static void finish_task(pf_sched *S, pf_task *t, int status, int nres) {
     end_task(S, t, 0);
   } else {
     t->outcome = PF_ERROR;
-    add_traceback(S->L, t, co);
+    if (status != LUA_ERRMEM) add_traceback(S->L, t, co);
     if (t->group) S->child_done(t->group, t, -1, co);
     else if (t->keep_results) keep_outcome(S, t, 1);
     else {
@@ -625,6 +698,11 @@ static int hijacked(lua_State *L, pf_task *t) {
 static int guard_k(lua_State *L, int status, lua_KContext ctx) {
   pf_task *t = (pf_task *)ctx;
   if (t->S->current != t || t->co != L) return hijacked(L, t);
+  if (t->wake_error) {   /* see pf_wait_wake_with */
+    if (t->wake_error == 2) lua_pushliteral(L, "not enough memory");
+    t->wake_error = 0;
+    return lua_error(L);
+  }
   if (t->k) return t->k(L, status, t->kctx);
   return lua_gettop(L) - t->ktop;
 }
@@ -644,8 +722,10 @@ int pf_wait_yield(lua_State *L, pf_task *t, lua_KContext ctx, lua_KFunction k) {
 ** it. */
 static void end_broken(pf_sched *S, pf_task *t) {
   lua_State *co = t->co;
+  S->doing = t;
+  t->state = PF_RUNNING;   /* out of the ready list (see recover) */
+  if (!lua_checkstack(co, 2)) luaL_error(S->L, "not enough memory");
   cancel_tree(t, 0);
-  luaL_checkstack(co, 2, NULL);
   lua_pushstring(co, HIJACK_MSG);
   finish_task(S, t, LUA_ERRRUN, 0);
 }
@@ -668,6 +748,7 @@ static void resume_task(pf_sched *S, pf_task *t) {
     status = lua_resume(co, S->L, 0, &nres);
   }
   S->current = NULL;
+  S->doing = t;
   if (armed && lua_gethook(co) == yield_error_hook)  /* it did not run */
     lua_sethook(co, S->user_hook, S->user_mask, S->user_count);
   if (status == LUA_YIELD) {
@@ -682,24 +763,91 @@ static void resume_task(pf_sched *S, pf_task *t) {
   }
 }
 
+static int drain_f(lua_State *L) {
+  pf_sched *S = (pf_sched *)lua_touserdata(L, 1);
+  pf_list *mark = (pf_list *)lua_touserdata(L, 2);
+  luaL_checkstack(L, 2 * LUA_MINSTACK, "running tasks");
+  while (S->ready.next != mark) {
+    pf_task *t = pf_list_entry(S->ready.next, pf_task, ready);
+    pf_list_remove(&t->ready);
+    resume_task(S, t);
+    S->doing = NULL;
+  }
+  return 0;
+}
+
+static int recover_f(lua_State *L) {
+  pf_sched *S = (pf_sched *)lua_touserdata(L, 1);
+  pf_task *t = S->doing;
+  if (t->state == PF_RUNNING) {
+    lua_xmove(L, t->co, 1);
+    finish_task(S, t, LUA_ERRMEM, 0);
+  } else {
+    pf_cancel(t);
+  }
+  return 0;
+}
+
+/* Ends t, whose bookkeeping raised the error on L's top (out of memory,
+** or a stack overflow), as failed with that error. The bookkeeping
+** raises before it changes anything (finish_task's steps are
+** all-or-nothing, end_task allocates nothing), so it is done again with
+** that error as the outcome; a task that was to be cancelled is
+** cancelled again. A second failure cancels t alone, allocating nothing,
+** and pf.run raises "not enough memory". */
+static void recover(pf_sched *S, pf_task *t) {
+  lua_State *L = S->L;
+  S->doing = NULL;
+  if (t->state != PF_DONE &&
+      (t->state != PF_RUNNING || lua_checkstack(t->co, 1))) {
+    lua_pushcfunction(L, recover_f);
+    lua_pushlightuserdata(L, S);
+    lua_rotate(L, -3, 2);   /* recover_f, S, error */
+    S->doing = t;
+    if (lua_pcall(L, 2, 0, 0) == LUA_OK) {
+      S->doing = NULL;
+      return;
+    }
+    S->doing = NULL;
+  }
+  lua_pop(L, 1);
+  if (t->state == PF_DONE) return;
+  S->oom = 1;
+  if (t->state == PF_RUNNING) t->state = PF_WAITING;   /* on nothing */
+  t->group = NULL;
+  cancel_one(S, t);
+}
+
 /* Runs the tasks ready now; those made ready meanwhile wait for the next
 ** turn, so pf.sleep(0) lets I/O callbacks in. The end of this turn is a
 ** sentinel queued behind them: remembering the last task instead fails
 ** when that task is cancelled meanwhile (it leaves the list), and then
-** tasks looping on pf.sleep(0) would keep the drain from ever ending. */
+** tasks looping on pf.sleep(0) would keep the drain from ever ending.
+** The drain runs under a pcall on the scheduler's state: an error of
+** its bookkeeping (out of memory keeping results or launching items)
+** never crosses uv_run; 'recover' ends the task it was ending. */
 static void drain(pf_sched *S) {
+  lua_State *L = S->L;
   pf_list mark;
+  int top = lua_gettop(L);
+  pf_task *closing = S->closing;
   if (pf_list_empty(&S->ready)) {
     uv_idle_stop(S->idle);
     return;
   }
   ready_push(S, &mark);
   S->draining++;
-  while (S->ready.next != &mark) {
-    pf_task *t = pf_list_entry(S->ready.next, pf_task, ready);
-    pf_list_remove(&t->ready);
-    resume_task(S, t);
+  while (lua_checkstack(L, 3)) {
+    lua_pushcfunction(L, drain_f);
+    lua_pushlightuserdata(L, S);
+    lua_pushlightuserdata(L, &mark);
+    if (lua_pcall(L, 2, 0, 0) == LUA_OK) break;
+    S->current = NULL;
+    S->closing = closing;
+    if (S->doing == NULL) break;   /* nothing started: the next turn */
+    recover(S, S->doing);
   }
+  lua_settop(L, top);
   S->draining--;
   pf_list_remove(&mark);
   if (pf_list_empty(&S->ready)) uv_idle_stop(S->idle);
@@ -769,11 +917,17 @@ static void cancel_all(pf_sched *S) {
   lua_pop(L, 1);
 }
 
+static int cancel_all_f(lua_State *L) {
+  cancel_all((pf_sched *)lua_touserdata(L, 1));
+  return 0;
+}
+
 /* Runs the loop until every task has ended. Returns 0, or -1 on deadlock
-** with the number of stranded tasks in *stranded. */
-static int run_loop(pf_sched *S, size_t *stranded) {
+** with the number of stranded tasks in *stranded. Raises only once the
+** loop is marked as stopped again. */
+static int run_loop(lua_State *L, pf_sched *S, size_t *stranded) {
   luv_ctx_t *ctx = luv_context(S->L);
-  int result = 0;
+  int result = 0, status = LUA_OK;
   S->running++;
   ctx->mode = UV_RUN_DEFAULT;  /* uv.run from a task would re-enter */
   drain(S);
@@ -781,13 +935,23 @@ static int run_loop(pf_sched *S, size_t *stranded) {
     if (uv_run(S->loop, UV_RUN_ONCE) == 0 && pf_list_empty(&S->ready) &&
         S->live > 0) {
       *stranded = S->live;
-      cancel_all(S);
+      status = -1;   /* cancel_all allocates: protected */
+      if (lua_checkstack(S->L, 2)) {
+        lua_pushcfunction(S->L, cancel_all_f);
+        lua_pushlightuserdata(S->L, S);
+        status = lua_pcall(S->L, 1, 0, 0);
+      }
       result = -1;
       break;
     }
   }
   ctx->mode = -1;
   S->running--;
+  if (status != LUA_OK) {
+    if (status < 0) lua_pushliteral(L, "not enough memory");
+    else lua_xmove(S->L, L, 1);
+    lua_error(L);
+  }
   return result;
 }
 
@@ -831,7 +995,7 @@ static int run_main(lua_State *L, int nargs) {
   t = pf_spawn_task(L, NULL, nargs);
   t->keep_results = 1;
   tidx = lua_gettop(L);
-  if (run_loop(S, &stranded) < 0) {
+  if (run_loop(L, S, &stranded) < 0) {
     pf_forget_lost(L, S, tidx);
     report_lost(S);
     return luaL_error(L, "pf.run: deadlock: %d task(s) wait on nothing that "
@@ -839,6 +1003,11 @@ static int run_main(lua_State *L, int nargs) {
   }
   pf_forget_lost(L, S, tidx);
   report_lost(S);
+  if (S->oom) {   /* a task's end could not be recorded (see recover) */
+    S->oom = 0;
+    lua_pushliteral(L, "not enough memory");
+    return lua_error(L);
+  }
   return main_outcome(L, t, tidx);
 }
 

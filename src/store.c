@@ -338,21 +338,25 @@ static void unanchor(pf_store *st) {
   }
 }
 
+static int complete_push(lua_State *L) {
+  sreq *r = (sreq *)lua_touserdata(L, 1);
+  luaL_checkstack(L, 8, NULL);
+  if (r->err) {
+    lua_pushnil(L);
+    lua_pushstring(L, r->err);
+  } else {
+    push_results(L, r);
+    lua_pushnil(L);
+  }
+  lua_pushboolean(L, r->must_failed);
+  return 3;
+}
+
 static void complete(pf_store *st, sreq *r) {
   pf_task *t = r->t;
   if (t) {
-    lua_State *co = t->co;
     r->t = NULL;
-    lua_checkstack(co, 8);
-    if (r->err) {
-      lua_pushnil(co);
-      lua_pushstring(co, r->err);
-    } else {
-      push_results(co, r);
-      lua_pushnil(co);
-    }
-    lua_pushboolean(co, r->must_failed);
-    pf_wait_wake(t, 3);
+    pf_wait_wake_with(t, complete_push, r);
   } else if (r->async && r->err) {
     lua_pushfstring(st->L, "store '%s': a checkpoint save failed: %s",
                     st->path, r->err);

@@ -145,6 +145,11 @@ static const char script[] =
   "  local v = pf.await(function(resume) pf.spawn(resume, 7) end)\n"
   "  assert(v == 7)\n"
   "  return t:wait() end) end)\n"
+  /* files and a subprocess: their libuv callbacks make the results */
+  "check('abc|hi\\n', function() return pf.run(function()\n"
+  "  pf.write_file(TMP, 'abc')\n"
+  "  local d = pf.read_file(TMP)\n"
+  "  return d .. '|' .. pf.exec({ 'echo', 'hi' }).stdout end) end)\n"
   /* a failing parallel batch cancels its other items */
   "check('boom', function()\n"
   "  local b = pf.ParallelBatchNode{ prep = function() return { 1, 2, 3 } end,\n"
@@ -163,6 +168,7 @@ static const char load_script[] =
   "a:next(b, 'go') local _ = a - 'x' >> pf.BatchFlow(pf.Flow(b))\n";
 
 static const char *chosen = script;
+static char tmp_path[64];   /* the file the flows write, one per run */
 
 static int l_setup(lua_State *L) {
   luaL_openlibs(L);
@@ -171,6 +177,8 @@ static int l_setup(lua_State *L) {
   lua_setfield(L, -2, "pocketflow.core");
   lua_pop(L, 1);
   pf_preload(L, "pocketflow", &pf_init_lua);
+  lua_pushstring(L, tmp_path);
+  lua_setglobal(L, "TMP");
   if (luaL_loadbuffer(L, chosen, strlen(chosen), "=alloc_test") != LUA_OK)
     return lua_error(L);
   lua_call(L, 0, 0);
@@ -190,6 +198,7 @@ static int run(unsigned long fail_at, unsigned long *count) {
   int status, result;
   memset(&c, 0, sizeof c);
   c.fail_at = fail_at;
+  snprintf(tmp_path, sizeof tmp_path, "/tmp/pf_alloc_test.%ld", (long)getpid());
   L = lua_newstate(l_alloc, &c);
   if (L == NULL) return c.failed ? R_MEMERR : R_BAD;
   lua_pushcfunction(L, l_setup);
@@ -214,6 +223,7 @@ static int run(unsigned long fail_at, unsigned long *count) {
     }
   }
   lua_close(L);   /* may fail the allocation in a __gc: the error is a warning */
+  unlink(tmp_path);
   if (c.failed && result == R_CLEAN) result = R_RECOVERED;
   *count = c.count;
   if (c.live != 0) {

@@ -90,26 +90,29 @@ static void kill_group(exec_req *r) {
 
 /* Once the child has exited and both pipes are drained: the results go
 ** onto the task's thread, and everything is closed. */
+static int finish_push(lua_State *L) {
+  exec_req *r = (exec_req *)lua_touserdata(L, 1);
+  luaL_checkstack(L, 5, NULL);
+  lua_pushlstring(L, r->obuf.data ? r->obuf.data : "", r->obuf.len);
+  lua_pushlstring(L, r->ebuf.data ? r->ebuf.data : "", r->ebuf.len);
+  lua_pushinteger(L, (lua_Integer)r->code);
+  lua_pushinteger(L, r->signal);
+  lua_pushinteger(L, r->end);
+  return 5;
+}
+
 static void maybe_finish(exec_req *r) {
   pf_task *t = r->t;
-  lua_State *co;
   if (t == NULL || !r->exited || !r->out_done || !r->err_done) return;
   r->t = NULL;
-  co = t->co;
   if (r->end != END_OK) {   /* an error is raised: the output goes */
     pf_buf_free(&r->obuf);
     pf_buf_free(&r->ebuf);
   }
-  lua_checkstack(co, 5);
-  lua_pushlstring(co, r->obuf.data ? r->obuf.data : "", r->obuf.len);
-  lua_pushlstring(co, r->ebuf.data ? r->ebuf.data : "", r->ebuf.len);
-  lua_pushinteger(co, (lua_Integer)r->code);
-  lua_pushinteger(co, r->signal);
-  lua_pushinteger(co, r->end);
+  pf_wait_wake_with(t, finish_push, r);
   pf_buf_free(&r->obuf);
   pf_buf_free(&r->ebuf);
   close_all(r);
-  pf_wait_wake(t, 5);
 }
 
 /* Gives up on the run: the group is killed and its output no longer

@@ -42,29 +42,31 @@ static void req_free(fs_req *r) {
 
 /* Results onto the task's thread: true and the contents (or nothing), or
 ** false and the message. */
+static int file_push(lua_State *L) {
+  fs_req *r = (fs_req *)lua_touserdata(L, 1);
+  if (r->kind != NULL) {
+    lua_pushboolean(L, 0);
+    lua_pushfstring(L, "%s: not a regular file (%s)", r->path, r->kind);
+  } else if (r->err < 0) {
+    lua_pushboolean(L, 0);
+    lua_pushfstring(L, "%s: %s (%s)", r->path, uv_strerror(r->err), r->step);
+  } else {
+    lua_pushboolean(L, 1);
+    if (r->writing) lua_pushinteger(L, (lua_Integer)r->done);
+    else lua_pushlstring(L, r->buf.data ? r->buf.data : "", r->buf.len);
+  }
+  return 2;
+}
+
 static void file_wake(fs_req *r) {
   pf_task *t = r->t;
-  lua_State *co;
   if (t == NULL) {  /* cancelled meanwhile */
     req_free(r);
     return;
   }
   r->t = NULL;
-  co = t->co;
-  lua_checkstack(co, 2);
-  if (r->kind != NULL) {
-    lua_pushboolean(co, 0);
-    lua_pushfstring(co, "%s: not a regular file (%s)", r->path, r->kind);
-  } else if (r->err < 0) {
-    lua_pushboolean(co, 0);
-    lua_pushfstring(co, "%s: %s (%s)", r->path, uv_strerror(r->err), r->step);
-  } else {
-    lua_pushboolean(co, 1);
-    if (r->writing) lua_pushinteger(co, (lua_Integer)r->done);
-    else lua_pushlstring(co, r->buf.data ? r->buf.data : "", r->buf.len);
-  }
+  pf_wait_wake_with(t, file_push, r);
   req_free(r);
-  pf_wait_wake(t, 2);
 }
 
 /* keeps the first error and the step that met it */
@@ -293,11 +295,12 @@ static void push_names(lua_State *co, uv_fs_t *req) {
     lua_pushstring(co, ent.name);
     lua_rawseti(co, -2, ++n);
   }
-  names = (const char **)malloc((size_t)(n ? n : 1) * sizeof *names);
+  /* Lua's memory: a raise below frees it */
+  names = (const char **)lua_newuserdatauv(co, (size_t)(n ? n : 1) *
+                                               sizeof *names, 0);
   lua_createtable(co, (int)n, 0);
-  if (names == NULL) return;   /* unsorted is better than nothing */
   for (i = 0; i < n; i++) {
-    lua_rawgeti(co, -2, i + 1);
+    lua_rawgeti(co, -3, i + 1);
     names[i] = lua_tostring(co, -1);  /* kept alive by the first table */
     lua_pop(co, 1);
   }
@@ -306,27 +309,43 @@ static void push_names(lua_State *co, uv_fs_t *req) {
     lua_pushstring(co, names[i]);
     lua_rawseti(co, -2, i + 1);
   }
-  free(names);
-  lua_remove(co, -2);
+  lua_replace(co, -3);
+  lua_pop(co, 1);
+}
+
+typedef struct {
+  op_req *r;
+  int result;
+  const uv_fs_t *req;
+} op_done;
+
+static int op_push(lua_State *L) {
+  op_done *d = (op_done *)lua_touserdata(L, 1);
+  op_req *r = d->r;
+  luaL_checkstack(L, 4, NULL);
+  if (d->result < 0) {
+    lua_pushboolean(L, 0);
+    if (r->path2) lua_pushfstring(L, "%s -> %s: %s", r->path, r->path2,
+                                  uv_strerror(d->result));
+    else lua_pushfstring(L, "%s: %s", r->path, uv_strerror(d->result));
+  } else {
+    lua_pushboolean(L, 1);
+    if (d->req->fs_type == UV_FS_STAT && !r->parents)
+      push_stat(L, &d->req->statbuf);
+    else if (d->req->fs_type == UV_FS_SCANDIR) push_names(L, (uv_fs_t *)d->req);
+    else lua_pushboolean(L, 1);
+  }
+  return 2;
 }
 
 static void op_wake(op_req *r, int result, const uv_fs_t *req) {
   pf_task *t = r->t;
-  lua_State *co = t->co;
+  op_done d;
+  d.r = r;
+  d.result = result;
+  d.req = req;
   r->t = NULL;
-  lua_checkstack(co, 3);
-  if (result < 0) {
-    lua_pushboolean(co, 0);
-    if (r->path2) lua_pushfstring(co, "%s -> %s: %s", r->path, r->path2,
-                                  uv_strerror(result));
-    else lua_pushfstring(co, "%s: %s", r->path, uv_strerror(result));
-  } else {
-    lua_pushboolean(co, 1);
-    if (req->fs_type == UV_FS_STAT && !r->parents) push_stat(co, &req->statbuf);
-    else if (req->fs_type == UV_FS_SCANDIR) push_names(co, (uv_fs_t *)req);
-    else lua_pushboolean(co, 1);
-  }
-  pf_wait_wake(t, 2);
+  pf_wait_wake_with(t, op_push, &d);
 }
 
 static void op_cb(uv_fs_t *req);
