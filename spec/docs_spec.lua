@@ -92,25 +92,7 @@ local function run_program(srv, code, args)
   return r
 end
 
-local function last_user(messages)
-  for i = #messages, 1, -1 do
-    if messages[i].role == "user" then return messages[i].content end
-  end
-end
-
--- The fake model: a summary names the text's second word; a topic is the
--- summary's last word; anything else is echoed.
-local function reply(messages)
-  local text = last_user(messages)
-  local body = text:match("\n\n(.*)$")
-  if text:find("^Summarize") then
-    return "One sentence about " .. body:match("^%S+ (%w+)") .. "s."
-  elseif text:find("^Give a one%-word topic") then
-    local word = body:match("(%w+)%p*$")
-    return word:sub(1, 1):upper() .. word:sub(2) .. "."
-  end
-  return "A reply to: " .. text:match("[^\n]*")
-end
+local reply = fake_llm.guide_reply
 
 local GUIDE = blocks(read("docs/guide.md"))
 

@@ -31,39 +31,9 @@ local function run(args, opts)
   return pf.exec(argv, { stdin = opts.stdin, cwd = opts.cwd, timeout = 60, env = env })
 end
 
-local function last_user(messages)
-  for i = #messages, 1, -1 do
-    if messages[i].role == "user" then return messages[i].content end
-  end
-end
+local last_user, guide_reply = fake_llm.last_user, fake_llm.guide_reply
 
--- the guide's fake LLM: a sentence per summary, a word per topic
-local function guide_reply(messages)
-  local text = last_user(messages)
-  local body = text:match("\n\n(.*)$")
-  if text:find("^Summarize") then
-    return "One sentence about " .. body:match("^%S+ (%w+)") .. "s."
-  elseif text:find("^Give a one%-word topic") then
-    local word = body:match("(%w+)%p*$")
-    return word:sub(1, 1):upper() .. word:sub(2) .. "."
-  end
-  return "A reply to: " .. text:match("[^\n]*")
-end
-
-local function rm_tree(path)
-  local st = uv.fs_lstat(path)
-  if st and st.type == "directory" then
-    local req = uv.fs_scandir(path)
-    while req do
-      local name = uv.fs_scandir_next(req)
-      if not name then break end
-      rm_tree(path .. "/" .. name)
-    end
-    uv.fs_rmdir(path)
-  else
-    os.remove(path)
-  end
-end
+local rm_tree = require("support.leftovers").rm_tree
 
 local HELLO = table.concat({
   "Starting weather flow...",

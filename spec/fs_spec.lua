@@ -2,20 +2,7 @@
 local pf = require "pocketflow"
 local uv = require "luv"
 
-local function rm_tree(path)
-  local st = uv.fs_lstat(path)
-  if st and st.type == "directory" then
-    local req = uv.fs_scandir(path)
-    while req do
-      local name = uv.fs_scandir_next(req)
-      if not name then break end
-      rm_tree(path .. "/" .. name)
-    end
-    uv.fs_rmdir(path)
-  elseif st then
-    uv.fs_unlink(path)
-  end
-end
+local rm_tree = require("support.leftovers").rm_tree
 
 describe("pf files", function()
   local dir

@@ -67,4 +67,26 @@ function fake.start(reply, opts)
   return srv
 end
 
+-- the last user message of a chat request
+function fake.last_user(messages)
+  for i = #messages, 1, -1 do
+    if messages[i].role == "user" then return messages[i].content end
+  end
+end
+
+-- the guide's model (docs/guide.md, examples/guide.lua): a summary names
+-- the text's second word; a topic is the summary's last word; anything
+-- else is echoed
+function fake.guide_reply(messages)
+  local text = fake.last_user(messages)
+  local body = text:match("\n\n(.*)$")
+  if text:find("^Summarize") then
+    return "One sentence about " .. body:match("^%S+ (%w+)") .. "s."
+  elseif text:find("^Give a one%-word topic") then
+    local word = body:match("(%w+)%p*$")
+    return word:sub(1, 1):upper() .. word:sub(2) .. "."
+  end
+  return "A reply to: " .. text:match("[^\n]*")
+end
+
 return fake

@@ -8,6 +8,7 @@
 --   left.wait_for(m, n, pf.sleep)   -- until n processes hold m (20 s at most)
 --   left.settle_fds(n, pf.sleep)     -- until the fd count stays n (10 s at most)
 --   left.fds()                       -- entries of /proc/self/fd
+--   left.rm_tree(path)               -- removes a temporary folder a spec made
 local uv = require "luv"
 
 local left = {}
@@ -86,6 +87,22 @@ function left.fd_list()
     out[#out + 1] = fd .. "=" .. tostring(uv.fs_readlink("/proc/self/fd/" .. fd))
   end
   return table.concat(out, " ")
+end
+
+-- removes path and, for a folder, everything below it (no links followed)
+function left.rm_tree(path)
+  local st = uv.fs_lstat(path)
+  if st and st.type == "directory" then
+    local req = uv.fs_scandir(path)
+    while req do
+      local name = uv.fs_scandir_next(req)
+      if not name then break end
+      left.rm_tree(path .. "/" .. name)
+    end
+    uv.fs_rmdir(path)
+  elseif st then
+    uv.fs_unlink(path)
+  end
 end
 
 return left
