@@ -660,20 +660,6 @@ static void arm_yield_error(pf_sched *S, lua_State *co) {
   lua_sethook(co, yield_error_hook, LUA_MASKRET, 0);
 }
 
-/* A thread whose yield error nothing caught is not reused: Lua leaves it
-** with hooks disabled (allowhook), and lua_resetthread does not undo it. */
-static void drop_thread(pf_sched *S, lua_State *co) {
-  lua_State *L = S->L;
-  if (S->pool_n == 0) return;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, S->pool);
-  lua_rawgeti(L, -1, S->pool_n);
-  if (lua_tothread(L, -1) == co) {
-    lua_pushnil(L);
-    lua_rawseti(L, -3, S->pool_n--);
-  }
-  lua_pop(L, 2);
-}
-
 /* ---------------------------------------------------------- yielding */
 
 static const char HIJACK_MSG[] =
@@ -758,8 +744,7 @@ static void resume_task(pf_sched *S, pf_task *t) {
       pf_cancel(t);
     }
   } else {
-    finish_task(S, t, status, nres);
-    if (armed && status != LUA_OK) drop_thread(S, co);
+    finish_task(S, t, status, nres);   /* a failed thread is not pooled */
   }
 }
 
