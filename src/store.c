@@ -770,6 +770,15 @@ static const luaL_Reg methods[] = {
   {NULL, NULL}
 };
 
+static const luaL_Reg store_funcs[] = {
+  {"sqlite_open", l_open},
+  {"store_proc", l_proc},
+  {"store_alive", l_alive},
+  {"store_id", l_id},
+  {"store_time", l_time},
+  {NULL, NULL}
+};
+
 extern const pf_chunk pf_store_lua;
 
 void pf_open_store(lua_State *L) {
@@ -781,14 +790,5 @@ void pf_open_store(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_open);
-  lua_setfield(L, -2, "sqlite_open");
-  lua_pushcfunction(L, l_proc);
-  lua_setfield(L, -2, "store_proc");
-  lua_pushcfunction(L, l_alive);
-  lua_setfield(L, -2, "store_alive");
-  lua_pushcfunction(L, l_id);
-  lua_setfield(L, -2, "store_id");
-  lua_pushcfunction(L, l_time);
-  lua_setfield(L, -2, "store_time");
+  luaL_setfuncs(L, store_funcs, 0);
 }
