@@ -8,6 +8,7 @@
 -- Every path misbehaves in one way (see 'routes' below); a query
 -- parameter tunes some of them.
 local uv = require "luv"
+local httpd = require "support.httpd"
 
 local hostile = {}
 
@@ -221,35 +222,21 @@ end
 
 function hostile.start(opts)
   opts = opts or {}
-  local tcp = uv.new_tcp()
-  assert(tcp:bind("127.0.0.1", 0))
-  local srv = setmetatable({ tcp = tcp, conns = {}, requests = 0, connections = 0 }, Server)
-  assert(tcp:listen(1024, function(err)
-    if err or srv.closed then return end
-    local client = uv.new_tcp()
-    if not tcp:accept(client) then client:close() return end
-    local c = setmetatable({ tcp = client, buf = "", timers = {}, server = srv }, Conn)
-    srv.conns[c] = true
-    srv.connections = srv.connections + 1
-    client:read_start(function(rerr, data)
-      if rerr or not data then return c:close() end
-      c.buf = c.buf .. data
-      -- requests carry no body here (GET): one per blank line
-      while not c.closed do
-        local e = c.buf:find("\r\n\r\n", 1, true)
-        if not e then break end
-        local head = c.buf:sub(1, e + 3)
-        c.buf = c.buf:sub(e + 4)
-        on_request(c, head)
-      end
-    end)
-  end))
+  local srv = setmetatable({ conns = {}, requests = 0, connections = 0 }, Server)
+  httpd.listen(srv, Conn, function(c)
+    -- requests carry no body here (GET): one per blank line
+    while not c.closed do
+      local e = c.buf:find("\r\n\r\n", 1, true)
+      if not e then break end
+      local head = c.buf:sub(1, e + 3)
+      c.buf = c.buf:sub(e + 4)
+      on_request(c, head)
+    end
+  end)
   -- stops itself, without keeping the loop alive
   srv.life = uv.new_timer()
   srv.life:start(math.floor((opts.lifetime or 120) * 1000), 0, function() srv:close() end)
   srv.life:unref()
-  srv.port = tcp:getsockname().port
-  srv.url = "http://127.0.0.1:" .. srv.port
   return srv
 end
 

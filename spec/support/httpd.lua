@@ -233,12 +233,15 @@ end
 
 -- httpd.start{ routes = {...} } -> server with .url, .port, .requests,
 -- .connections (accepted so far)
-function httpd.start(opts)
-  opts = opts or {}
+-- Listens on 127.0.0.1, on an ephemeral port, for srv (a table with
+-- conns = {}, connections = 0): every accepted socket becomes a Conn
+-- (setmetatable({ tcp, buf, timers, server }, Conn)) counted in srv, and
+-- on_data(conn) runs after what arrives is appended to conn.buf. Sets
+-- srv.tcp, srv.port and srv.url. Shared with support/hostile.lua.
+function httpd.listen(srv, Conn, on_data)
   local tcp = uv.new_tcp()
   assert(tcp:bind("127.0.0.1", 0))
-  local srv = setmetatable({ tcp = tcp, routes = opts.routes or {}, conns = {},
-    requests = 0, connections = 0 }, Server)
+  srv.tcp = tcp
   assert(tcp:listen(1024, function(err)
     if err or srv.closed then return end
     local client = uv.new_tcp()
@@ -249,12 +252,19 @@ function httpd.start(opts)
     client:read_start(function(rerr, data)
       if rerr or not data then return conn:close() end
       conn.buf = conn.buf .. data
-      conn:process()
+      on_data(conn)
     end)
   end))
   srv.port = tcp:getsockname().port
   srv.url = "http://127.0.0.1:" .. srv.port
   return srv
+end
+
+function httpd.start(opts)
+  opts = opts or {}
+  local srv = setmetatable({ routes = opts.routes or {}, conns = {},
+    requests = 0, connections = 0 }, Server)
+  return httpd.listen(srv, Conn, Conn.process)
 end
 
 -- A port on 127.0.0.1 with nothing listening (bound, then closed).
