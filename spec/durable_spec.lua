@@ -242,6 +242,49 @@ describe("durable runs in one process", function()
     assert.same({}, seen)
   end)
 
+  it("any task of the run finds the run's record and the running node's key", function()
+    local got = {}
+    local N = pf.Node:extend("N")
+    function N:prep()
+      local rec, key = core.run_context()
+      got.prep = { rec.run.id, key }
+    end
+    function N:exec()
+      local child = pf.spawn(function()
+        local rec, key = core.run_context()
+        return rec.run.id, key
+      end)
+      got.spawned = { child:wait() }
+    end
+    local P = pf.ParallelBatchNode:extend("P")
+    function P:prep() return { 1, 2 } end
+    function P:exec(i)
+      local rec, key = core.run_context()
+      got[i] = { rec.run.id, rec.index, key }
+    end
+    local n, p = N(), P()
+    n:next(p)
+    local _, run = pf.Flow{ start = n, name = "F" }:run({}, { store = store, run_id = "c" })
+    assert.equals("done", run.status)
+    assert.same({ "c", "c:F/N#1" }, got.prep)
+    assert.same({ "c" }, got.spawned)   -- no walk in the spawned task
+    assert.same({ "c", 1, "c:F/P#2[1]" }, got[1])
+    assert.same({ "c", 2, "c:F/P#2[2]" }, got[2])
+    assert.is_nil(core.run_context())   -- the run is over
+    local stop = pf.Node:extend("Stop")
+    function stop:prep()
+      local rec = core.run_context()
+      rec.run.stop = "interrupted"
+      rec.run.interrupts[1] = { id = "q1", node = "Stop", payload = "ok?" }
+      error({})
+    end
+    local last, run2 = pf.Flow{ start = stop(), name = "G" }:run({}, { store = store,
+                                                                      run_id = "i" })
+    assert.is_nil(last)
+    assert.same({ id = "i", status = "interrupted", step = 1,
+                  interrupts = { { id = "q1", node = "Stop", payload = "ok?" } } }, run2)
+  end)
+
   it("a loop's visits get keys of their own", function()
     local keys = {}
     local L = pf.Node:extend("L")

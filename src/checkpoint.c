@@ -364,6 +364,21 @@ static int l_task_run(lua_State *L) {
   return 1;
 }
 
+/* core.run_context(): the running task's run record (nil outside a
+** durable run), and the idempotency key of the node whose prep, exec or
+** post is running (nil if none). */
+static int l_run_context(lua_State *L) {
+  pf_push_run(L, pf_current(L));
+  if (lua_isnil(L, -1)) return 1;
+  pf_push_running_self(L);
+  if (lua_istable(L, -1)) {
+    lua_pushstring(L, KEY);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+  }
+  return 2;
+}
+
 static const char RUNNER_KEY = 'D';
 
 /* core.set_durable(fn): the runner of node:run with a store */
@@ -392,6 +407,7 @@ int pf_ckpt_run(lua_State *L) {
 
 static const luaL_Reg funcs[] = {
   {"task_run", l_task_run},
+  {"run_context", l_run_context},
   {"set_durable", l_set_durable},
   {"walk_msgh", pf_walk_msgh},
   {NULL, NULL}

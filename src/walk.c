@@ -1087,9 +1087,15 @@ int pf_run_node(lua_State *L) {
     return luaL_error(L, "run: expected a pocketflow node (got %s)",
                       luaL_typename(L, 1));
   if (!lua_isnoneornil(L, 3)) {
+    static const char *const needs_store[] = {"run_id", "durability",
+                                               "transient", NULL};
+    const char *const *k;
     check_run_options(L, 3);
     if (lua_getfield(L, 3, "store") != LUA_TNIL) return pf_ckpt_run(L);
-    lua_pop(L, 1);
+    for (k = needs_store; *k; k++)
+      if (lua_getfield(L, 3, *k) != LUA_TNIL)
+        return luaL_error(L, "run option '%s' needs a store", *k);
+    lua_settop(L, 3);
   }
   if (pf_current(L) == NULL) return pf_wait_outside(L, pf_run_node, "run");
   lua_settop(L, 2);

@@ -132,5 +132,6 @@ int pf_walk_error(lua_State *L, int b, int st, int child, const char *phase,
                   const char *fmt, ...);
 int pf_push_record(lua_State *L, pf_task *t, int idx);
 void pf_drop_record(lua_State *L);
+void pf_push_running_self(lua_State *L);
 
 #endif

@@ -160,8 +160,7 @@ end
 
 local function new_run(store, id, shared, meta)
   local run = { store = store, id = id, shared = shared, step = 0, root = {},
-                interrupts = {}, transient = meta.transient,
-                durability = meta.durability,
+                interrupts = {}, meta = meta,
                 sopts = { root = "shared", skip = meta.transient, checkpoint = true },
                 save_opts = { sync = meta.durability ~= "async" } }
   -- the walk calls these (checkpoint.c): after a post or an item, and
@@ -187,15 +186,17 @@ local function walk(run, node, frames)
   local ok, last = xpcall(core.machine, core.walk_msgh, kind_of(node), node,
                           run.shared, nil, rec, frames)
   core.task_run(before)
-  if ok then
-    run.store:_finish(run.id, "done")
-    return last, record(run, "done")
+  local status = ok and "done" or run.stop or "failed"
+  local saved, meta = pcall(core.serialize, run.meta)
+  if not saved then
+    ok, last, status, meta = false, meta, "failed", nil
   end
-  if run.stop then
-    run.store:_finish(run.id, run.stop)
-    return nil, record(run, run.stop)
+  if ok or status ~= "failed" then
+    run.store:_finish(run.id, status, meta)
+    if not ok then last = nil end
+    return last, record(run, status)
   end
-  pcall(run.store._finish, run.store, run.id, "failed")
+  pcall(run.store._finish, run.store, run.id, "failed", meta)
   error(last, 0)
 end
 
@@ -322,7 +323,7 @@ function M.resume(node, store, id, opts)
   if not ok2 then give_back(store, got, err, 2) end
   meta.durability = opts.durability or meta.durability
   local run = new_run(store, got.id, shared, meta)
-  run.step, run.root, run.answers = c.step, frames, opts.answer
+  run.step, run.root, run.answers, run.resumed = c.step, frames, opts.answer, got.status
   return core.run(walk, run, node, frames)
 end
 
