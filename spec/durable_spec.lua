@@ -130,7 +130,6 @@ describe("durable runs: SIGKILL in the middle, resume in a new process", functio
     local pid = tonumber(line:match("^holding (%d+)$"))
     assert.is_number(pid, line)
     local store = pf.sqlite(db)
-    local a, b = pf.Node(), pf.Node()
     local ok, err = pcall(function()
       -- the same graph as the child's (names and kinds), not the same objects
       local A = pf.Node:extend("A")
@@ -144,7 +143,6 @@ describe("durable runs: SIGKILL in the middle, resume in a new process", functio
     p:close()
     assert.is_false(ok)
     assert.equals(("run 'run-node' is running (pid %d)"):format(pid), tostring(err))
-    assert.is_table(a) assert.is_table(b)
     store:close()
     rm_db(db)
     os.remove(log)
@@ -188,13 +186,29 @@ describe("durable runs in one process", function()
     local flow = chain({}, note, keys)
     local last, run = flow:run({}, { store = store, run_id = "r" })
     assert.is_nil(last)
-    assert.same({ id = "r", status = "done", step = 4, interrupts = {} }, run)
+    assert.same({ id = "r", status = "done", step = 5, interrupts = {} }, run)
     local h = store:history("r")
     local paths = {}
     for i, e in ipairs(h) do paths[i] = e.path end
-    assert.same({ "Main", "Main > B", "Main > C", "Main" }, paths)
+    assert.same({ "Main", "Main > B", "Main > C", "Main", "Main" }, paths)
     assert.same({ "r:Main/A#1", "r:Main/B#2", "r:Main/C#3" }, keys)
     assert.equals(1, n["A exec"])
+  end)
+
+  it("saves after the first node's post too: a run cut after it only ends", function()
+    local n, note = counter()
+    local flow = chain({}, note)
+    local post = flow.post
+    flow.post = function(self, s, p, e) s.posted = true return post(self, s, p, e) end
+    flow:run({}, { store = store, run_id = "e" })
+    assert.is_true(store:get("e").shared.posted)
+    assert.same({ finished = true }, store:get("e").state)
+    -- as if the process died before the run was marked done
+    store:fork("e", nil, "e2")
+    local last, run = flow:resume(store, "e2")
+    assert.is_nil(last)
+    assert.equals("done", run.status)
+    assert.equals(1, n["C exec"])
   end)
 
   it("generates a run id when none is given", function()
@@ -438,7 +452,7 @@ describe("durable runs on SQLite", function()
       store:close()
       store = pf.sqlite(db)
       assert.same({ 2, 4, 6 }, store:get("x").shared.r)
-      assert.equals(3, #store:history("x"))
+      assert.equals(4, #store:history("x"))
       store:close()
       rm_db(db)
     end

@@ -263,12 +263,22 @@ int pf_ckpt_push_item(lua_State *L, int b, lua_Integer i) {
 }
 
 /* The first frame ended, its result on top: an item of a parallel
-** batch pushes run.item_done, its record and the result; else 0. */
+** batch pushes run.item_done, its record and the result; the run's
+** first task, run.save and frames that say the walk is over (a resume
+** from them only ends the run), after the last post. */
 int pf_ckpt_push_end(lua_State *L) {
   lua_getfield(L, RUN, "group");
   if (lua_isnil(L, -1)) {
+    lua_getfield(L, RUN, "run");
+    lua_getfield(L, -1, "save");
+    lua_replace(L, -3);
     lua_pop(L, 1);
-    return 0;
+    lua_pushvalue(L, RUN);
+    lua_createtable(L, 0, 1);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "finished");
+    lua_pushstring(L, pf_node_name(L, 2));
+    return 3;
   }
   lua_getfield(L, RUN, "run");
   lua_getfield(L, -1, "item_done");

@@ -264,7 +264,8 @@ static int ret_top_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 /* The first frame of a durable walk ended, its result on top: an item of
-** a parallel batch records it (hook: item end); the walk returns it. */
+** a parallel batch records it (hook: item end), a run saves its end; the
+** walk returns it. */
 static int durable_end(lua_State *L) {
   int n = pf_ckpt_push_end(L);
   if (n > 0) lua_callk(L, n, 0, 0, ret_top_k);

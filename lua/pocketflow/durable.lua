@@ -381,14 +381,18 @@ function M.resume(node, store, id, opts)
     give_back(store, got, fmt("run '%s' has no checkpoint to resume from", id), 2)
   end
   local shared, frames = c.shared, c.state or {}
+  meta.durability = opts.durability or meta.durability
+  local run = new_run(store, got.id, shared, meta)
+  run.step, run.root, run.answers, run.resumed = c.step, frames, opts.answer, got.status
+  if frames.finished then   -- it died after its last post: it is done
+    store:_finish(got.id, "done", core.serialize(meta))
+    return nil, record(run, "done")
+  end
   for k, v in pairs(opts.shared or {}) do shared[k] = v end
   local ok2, err = pcall(function()
     resolve(id, finder(), load_rows(store, id), frames, node, nil)
   end)
   if not ok2 then give_back(store, got, err, 2) end
-  meta.durability = opts.durability or meta.durability
-  local run = new_run(store, got.id, shared, meta)
-  run.step, run.root, run.answers, run.resumed = c.step, frames, opts.answer, got.status
   return core.run(walk, run, node, frames)
 end
 
