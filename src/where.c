@@ -424,3 +424,45 @@ void pf_drop_record(lua_State *L) {
     lua_pop(L, 1);
   }
 }
+
+/* The error at err leaves a task the walk waited for, the one at child
+** (a timed attempt or flow; 0: the walk made the error itself), and
+** becomes the running task's record: the child's record for it, or this
+** thread's traceback, after the where line of frame b in state st (b 0:
+** none; attempt as in push_where). */
+void pf_adopt_record(lua_State *L, int err, int child, int b, int st,
+                     lua_Integer attempt) {
+  pf_task *t = pf_current(L);
+  Walk w;
+  int n = 0, top = lua_gettop(L);
+  err = lua_absindex(L, err);
+  if (t == NULL || lua_type(L, err) != LUA_TSTRING ||
+      pf_has_traceback(L, err) || !lua_checkstack(L, 8))
+    return;
+  w.co = L;
+  w.t = t;
+  if (b > 0 && lua_getstack(L, 0, &w.ar)) {
+    push_where(L, &w, b, st, 0, phase_of(st), attempt);
+    lua_pushliteral(L, "\n");
+    n = 2;
+  }
+  /* the child has ended: its userdata, not its anchor, holds the record */
+  if (child && lua_getiuservalue(L, child, PF_UV_TRACE) == LUA_TTABLE &&
+      lua_rawgeti(L, -1, 1) != LUA_TNIL && lua_rawequal(L, -1, err) &&
+      lua_rawgeti(L, -2, 2) == LUA_TSTRING) {
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+  } else {
+    lua_settop(L, top + n);
+    luaL_traceback(L, L, NULL, 0);
+  }
+  lua_concat(L, n + 1);
+  pf_push_task(L, t);
+  lua_createtable(L, 3, 0);
+  lua_pushvalue(L, err);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, -3);
+  lua_rawseti(L, -2, 2);
+  lua_setiuservalue(L, -2, PF_UV_TRACE);
+  lua_pop(L, 2);
+}
