@@ -104,6 +104,7 @@ static int walk_k(lua_State *L, int status, lua_KContext ctx) {
 ** to go on with them, or the value the walk returns. */
 typedef struct Pc {
   int b, st, status;
+  int armed;   /* timeouts may be set (K_ARMED), read when the walk resumes */
 } Pc;
 #define GO (-1)
 
@@ -239,7 +240,6 @@ static int call_post(lua_State *L, int b) {
   return POSTED;
 }
 
-static int armed(lua_State *L);
 static lua_Number flow_timeout(lua_State *L, int b);
 static int timed_flow(lua_State *L, Pc *pc, lua_Number limit);
 
@@ -248,7 +248,7 @@ static int timed_flow(lua_State *L, Pc *pc, lua_Number limit);
 ** a timeout runs in a task of its own first. */
 static int node_begin(lua_State *L, Pc *pc) {
   lua_Number limit;
-  if (ST_KIND(pc->st) >= PF_K_FLOW && armed(L) &&
+  if (ST_KIND(pc->st) >= PF_K_FLOW && pc->armed &&
       (limit = flow_timeout(L, pc->b)) > 0)
     return timed_flow(L, pc, limit);
   pc->st = ST(ST_KIND(pc->st), P_PREPPED);
@@ -495,6 +495,16 @@ static lua_Number seconds(lua_State *L, int b, int key) {
   return s > 0 ? s : -1;
 }
 
+/* Pushes seconds as messages show them: whole ones without decimals,
+** others as Lua prints numbers; nan, inf and -inf alike everywhere. */
+static const char *push_seconds(lua_State *L, lua_Number s) {
+  if (s != s) return lua_pushliteral(L, "nan");
+  if (s - s != 0) return lua_pushstring(L, s > 0 ? "inf" : "-inf");
+  if (s == (lua_Number)(lua_Integer)s)
+    return lua_pushfstring(L, "%I", (LUAI_UACINT)(lua_Integer)s);
+  return lua_pushfstring(L, "%f", s);
+}
+
 static lua_Number now(void) {
   return (lua_Number)uv_hrtime() / 1e9;
 }
@@ -616,7 +626,7 @@ static int attempt(lua_State *L, Pc *pc) {
   pc->st = ST(ST_KIND(pc->st), P_EXECUTED);
   pc->status = LUA_OK;
   if (push_method(L, b, K_EXEC)) {
-    if (armed(L)) return timed_attempt(L, pc, fails);
+    if (pc->armed) return timed_attempt(L, pc, fails);
     lua_pushvalue(L, b + F_PREP);
     pc->status = pcall(L, b, pc->st, 1);
   }
@@ -633,17 +643,19 @@ static int attempt_ended(lua_State *L, Pc *pc) {
   if (timed_out || pc->status == ATTEMPT_CANCELLED) {
     const char *name = pf_node_name(L, b + F_SELF);
     lua_Integer max = checked_retries(L, b, pc->st);
-    if (pc->status == ATTEMPT_CANCELLED)
-      lua_pushfstring(L, "%s: exec attempt %I of %I was cancelled", name,
-                      (LUAI_UACINT)n, (LUAI_UACINT)max);
-    else if (lua_toboolean(L, b + F_BOUND))
-      lua_pushfstring(L, "%s: exec attempt %I of %I ran past the deadline "
-                      "of %f s", name, (LUAI_UACINT)n, (LUAI_UACINT)max,
-                      seconds(L, b, K_DEADLINE));
-    else
-      lua_pushfstring(L, "%s: exec attempt %I of %I timed out after %f s",
-                      name, (LUAI_UACINT)n, (LUAI_UACINT)max,
-                      seconds(L, b, K_TIMEOUT));
+    lua_pushfstring(L, "%s: exec attempt %I of %I ", name, (LUAI_UACINT)n,
+                    (LUAI_UACINT)max);
+    if (pc->status == ATTEMPT_CANCELLED) {
+      lua_pushliteral(L, "was cancelled");
+    } else {
+      int bound = lua_toboolean(L, b + F_BOUND);
+      lua_pushstring(L, bound ? "ran past the deadline of " : "timed out "
+                     "after ");
+      push_seconds(L, seconds(L, b, bound ? K_DEADLINE : K_TIMEOUT));
+      lua_pushliteral(L, " s");
+      lua_concat(L, 3);
+    }
+    lua_concat(L, 2);
   }
   if (pc->status != LUA_OK)
     pf_adopt_record(L, -1, timed_out ? 0 : c, b, pc->st, n);
@@ -742,14 +754,12 @@ static lua_Number asked_wait(lua_State *L, Pc *pc) {
   if (pc->status != LUA_OK && pc->status != LUA_YIELD)
     pf_walk_error(L, b, pc->st, 0, NULL, "%s: retry_on failed: %s", name,
                   pf_tostring(L, -1));
-  if (t == LUA_TNUMBER && !good_seconds(L, -1))
+  if ((t == LUA_TNUMBER && !good_seconds(L, -1)) ||
+      (t != LUA_TNUMBER && t != LUA_TBOOLEAN && t != LUA_TNIL))
     pf_walk_error(L, b, pc->st, 0, NULL, "%s: retry_on must return a "
                   "boolean or a finite number of seconds >= 0 (got %s)",
-                  name, lua_tostring(L, -1));
-  if (t != LUA_TNUMBER && t != LUA_TBOOLEAN && t != LUA_TNIL)
-    pf_walk_error(L, b, pc->st, 0, NULL, "%s: retry_on must return a "
-                  "boolean or a finite number of seconds >= 0 (got %s)",
-                  name, lua_typename(L, t));
+                  name, t == LUA_TNUMBER ? push_seconds(L, lua_tonumber(L, -1))
+                                        : lua_typename(L, t));
   if (t == LUA_TNUMBER) w = lua_tonumber(L, -1);
   else if (!lua_toboolean(L, -1)) w = -2;
   lua_pop(L, 1);
@@ -863,7 +873,7 @@ static int flow_ended(lua_State *L, Pc *pc) {
   const char *name = pf_node_name(L, b + F_SELF);
   if (timed_out)
     return pf_walk_error(L, b, pc->st, 0, "walk", "%s: flow timed out "
-                         "after %f s", name, flow_limit(L, b));
+                         "after %s s", name, push_seconds(L, flow_limit(L, b)));
   if (status == ATTEMPT_CANCELLED)
     return pf_walk_error(L, b, pc->st, 0, "walk", "%s: flow was "
                          "cancelled", name);
@@ -1192,6 +1202,7 @@ static int walk(lua_State *L, int status, int b, int st) {
   pc.b = b;
   pc.st = st;
   pc.status = status;
+  pc.armed = armed(L);
   for (;;) {
     switch (pc.st) {
       case NODE_PREP: case BATCH_PREP: case PBATCH_PREP: case FLOW_PREP:
