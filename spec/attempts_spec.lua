@@ -535,6 +535,14 @@ describe("a flow's timeout", function()
     _, err = run(s)
     assert.equal(("attempts_spec.lua:%d: in prep"):format(line), first_line(err):match("[^/]*$"))
   end)
+  it("names the whole path in the where line of an error inside it", function()
+    local X = pf.Node:extend("X")
+    function X.exec() error("deep") end
+    local outer = pf.Flow{ name = "Outer", start = pf.Flow{ name = "Inner", start = X{}, timeout = 5 } }
+    local err = select(2, pcall(pf.run, function() return pf.spawn(outer.run, outer, {}):wait() end))
+    assert.truthy(err:find(": deep\nin Outer > Inner > X (exec, attempt 1 of 1)\nstack traceback:\n",
+      1, true), err)
+  end)
 end)
 
 describe("an attempt's deadline", function()

@@ -878,7 +878,7 @@ static int flow_ended(lua_State *L, Pc *pc) {
     return pf_walk_error(L, b, pc->st, 0, "walk", "%s: flow was "
                          "cancelled", name);
   if (status != LUA_OK) {
-    pf_adopt_record(L, -1, c, 0, pc->st, 0);
+    pf_adopt_record(L, -1, c, b, pc->st, 0);
     return lua_error(L);
   }
   lua_replace(L, c);
