@@ -472,6 +472,26 @@ describe("an attempt's timeout", function()
     end
   end)
 
+  it("ends with the task that runs it: a pf.timeout around the run, a failing sibling item", function()
+    local m = left.marker()
+    local n = pf.Node{ timeout = 60, max_retries = 5, exec = function() pf.exec({ "sleep", m }) end,
+      exec_fallback = function() error("no fallback after a cancel") end }
+    local ok, err = pcall(pf.timeout, 0.3, n.run, n, {})
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("pf.timeout: timeout after 0.3 s", 1, true), err)
+    assert.equal(0, left.wait_gone(m))
+    local B = pf.ParallelBatchNode:extend("Items")
+    function B.prep() return { 1, 2, 3 } end
+    function B.exec(_, i)
+      if i == 2 then pf.sleep(0.2) error("item 2 fails", 0) end
+      pf.exec({ "sleep", m })
+    end
+    ok, err = pcall(function() local b = B{ timeout = 60 } return b:run({}) end)
+    assert.is_false(ok)
+    assert.equal("item 2 fails", first_line(err))
+    assert.equal(0, left.wait_gone(m))
+  end)
+
   it("names where the error of a timed attempt was raised, and the user's line", function()
     local line
     local Bad = pf.Node:extend("Bad")
@@ -506,11 +526,14 @@ describe("a flow's timeout", function()
       local F = cls:extend("Main")
       function F.prep() return { {}, {} } end
       function F.post() posted = true end
-      local shared, err = run(F{ start = Work{ timeout = 60 }, timeout = 0.3 })
-      assert.is_table(shared)
-      assert.equal("Main: flow timed out after 0.3 s", first_line(err))
-      assert.is_false(posted)
-      assert.equal(0, left.wait_gone(m))
+      for _, opts in ipairs{ { timeout = 0.3 }, { deadline = 0.3 }, { timeout = 30, deadline = 0.3 } } do
+        opts.start = Work{ timeout = 60 }
+        local shared, err = run(F(opts))
+        assert.is_table(shared)
+        assert.equal("Main: flow timed out after 0.3 s", first_line(err))
+        assert.is_false(posted)
+        assert.equal(0, left.wait_gone(m))
+      end
     end
   end)
 
