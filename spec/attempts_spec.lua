@@ -472,6 +472,18 @@ describe("an attempt's timeout", function()
     end
   end)
 
+  it("bounds a parallel batch's items of one attempt without a fallback (no direct item body)", function()
+    local B = pf.ParallelBatchNode:extend("Items")
+    function B.prep() return { 0.01, 30 } end
+    function B.exec(_, d) pf.sleep(d) end
+    local t0 = pf.now()
+    local ok, err = pcall(function() local b = B{ timeout = 0.2 } return b:run({}) end)
+    assert.is_false(ok)
+    assert.equal("Items: exec attempt 1 of 1 timed out after 0.2 s", first_line(err))
+    assert.truthy(err:find("in Items (exec, attempt 1 of 1, item 2)", 1, true), err)
+    assert.is_true(pf.now() - t0 < 20)
+  end)
+
   it("ends with the task that runs it: a pf.timeout around the run, a failing sibling item", function()
     local m = left.marker()
     local n = pf.Node{ timeout = 60, max_retries = 5, exec = function() pf.exec({ "sleep", m }) end,
