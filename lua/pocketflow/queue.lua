@@ -147,13 +147,24 @@ local function ensure_group(q, r)
   if not ok and not errstr(e):find("BUSYGROUP", 1, true) then error(e, 0) end
 end
 
--- The queue's own client, for stats and the coordinators of this process.
+-- The queue's own client, for stats and the coordinators of this process;
+-- tasks that want it while it connects wait for that connection.
 function Queue:_client()
   local r = rawget(self, "r")
-  if r == nil then
-    r = connect(self)
-    rawset(self, "r", r)
+  if r then return r end
+  local waiters = rawget(self, "connecting")
+  if waiters then
+    core.await(function(resume) waiters[#waiters + 1] = resume end)
+    return self:_client()
   end
+  waiters = {}
+  rawset(self, "connecting", waiters)
+  local done <close> = setmetatable({}, { __close = function()
+    rawset(self, "connecting", nil)
+    for _, w in ipairs(waiters) do w() end
+  end })
+  r = connect(self)
+  rawset(self, "r", r)
   return r
 end
 
@@ -443,7 +454,8 @@ function Queue:_distribute(run, shared, items, params, maxc, flow, path)
   local rb <close> = connect(self)   -- BLPOP holds its connection
   b.rb = rb
   ensure_group(self, r)
-  b.id = tostring(call(self, r, "INCR", self.seq))
+  -- unique even when Redis restarts empty and seq starts again
+  b.id = ("%d.%x"):format(call(self, r, "INCR", self.seq), math.random(0, 0x7fffffff))
   b.meta_key, b.res_key = self.prefix .. "m:" .. b.id, self.prefix .. "r:" .. b.id
   call(self, r, "SET", b.meta_key, b.meta, "PX", meta_ttl(self))
   -- cancelled: the cleanup waits, so it runs in a task of its own
