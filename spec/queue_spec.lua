@@ -89,6 +89,13 @@ local function build(o)
   return flow, q
 end
 
+-- a client closed after the spec, whatever happens
+local function redis(url)
+  local r = pf.redis.connect(url)
+  queues[#queues + 1] = r
+  return r
+end
+
 local function close_all()
   pf.run(function()
     for _, q in ipairs(queues) do q:close() end
@@ -191,7 +198,7 @@ describe("pf.queue", function()
   it("finishes a batch whose worker is SIGKILLed mid-item, each item counted once", function()
     local name = new_name()
     local flow, q = build{ url = srv.url, name = name, lease = 1, sleep = 0.4 }
-    local r = pf.redis.connect(srv.url)
+    local r = redis(srv.url)
     r:call("DEL", "runs", "running", "max_running")
     local a = start_worker(srv, name, 1, "count", 4)
     local shared = { n = 24, keep = "kept" }
@@ -226,7 +233,7 @@ describe("pf.queue", function()
     assert.matches("^item 17 failed on 3 workers: .*poison 17", err)
     pf.run(function()
       assert.equal(1, q:stats().dead)
-      local r = pf.redis.connect(srv.url)
+      local r = redis(srv.url)
       local dead = r:call("XRANGE", "pf:{" .. name .. "}:dead", "-", "+")
       local f = {}
       for j = 1, #dead[1][2], 2 do f[dead[1][2][j]] = dead[1][2][j + 1] end
@@ -267,7 +274,7 @@ describe("pf.queue", function()
 
   it("keeps pending + in_flight within max_concurrency", function()
     local name = new_name()
-    local r = pf.redis.connect(srv.url)
+    local r = redis(srv.url)
     r:call("DEL", "runs", "running", "max_running")
     start_worker(srv, name, 30, "count", 8)
     start_worker(srv, name, 30, "count", 8)
@@ -291,13 +298,40 @@ describe("pf.queue", function()
     pf.run(function() r:close() q:close() end)
   end)
 
+  it("takes a cancelled batch's items off the queue", function()
+    local name = new_name()
+    local flow, q = build{ url = srv.url, name = name, lease = 1 }
+    pf.run(function()
+      local ok, err = pcall(pf.timeout, 0.3, flow.run, flow, { n = 50, keep = "kept" })
+      assert.is_false(ok)
+      assert.matches("timeout", err)
+      wait_until(function() return q:stats().pending == 0 end, "the items gone")
+      local r = redis(srv.url)
+      assert.same({}, r:call("KEYS", "pf:{" .. name .. "}:[mr]:*"))
+    end)
+  end)
+
+  it("runs a worker in a task of the coordinator's process; cancelled, it leaves nothing", function()
+    local name = new_name()
+    local flow, q = build{ url = srv.url, name = name, lease = 1 }
+    local shared = { n = 30, keep = "kept" }
+    pf.run(function()
+      local w = pf.spawn(pf.work, q, flow, { concurrency = 3 })
+      flow:run(shared)
+      assert.equal(1, q:stats().workers)
+      w:cancel()
+      wait_until(function() return q:stats().workers == 0 end, "the worker gone")
+    end)
+    assert.same(local_result(30), shared)
+  end)
+
   it("goes on when Redis restarts within the lease: coordinator and workers", function()
     local name = new_name()
     start_worker(srv, name, 10, "count", 4)
     local flow, q = build{ url = srv.url, name = name, lease = 10, sleep = 0.1 }
     local shared = { n = 40, keep = "kept" }
     pf.run(function()
-      local r = pf.redis.connect(srv.url)
+      local r = redis(srv.url)
       r:call("DEL", "runs", "running", "max_running")
       local run = pf.spawn(function() flow:run(shared) end)
       wait_until(function()

@@ -80,7 +80,7 @@ function qf.build(o)
 
   local dist = o.distribute ~= false and q or nil
   local square = Square{ distribute = dist, max_concurrency = o.max_concurrency }
-  local per = PerItem{ start = Set(), distribute = dist }
+  local per = PerItem{ start = Set(), distribute = dist, max_concurrency = o.max_concurrency }
   square:next(per)
   local flow = pf.Flow{ start = square, name = "Main" }
   flow:set_params({ url = o.url, sleep = o.sleep })
