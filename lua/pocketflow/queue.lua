@@ -66,22 +66,23 @@ local OPTIONS = {
                      "a positive integer" },
 }
 
-function M.new(opts)
+function M.new(opts, level)
+  level = level or 2
   if type(opts) ~= "table" then
-    error(("pf.queue: options must be a table (got %s)"):format(type(opts)), 2)
+    error(("pf.queue: options must be a table (got %s)"):format(type(opts)), level)
   end
   for k in pairs(opts) do
     if OPTIONS[k] == nil then
-      error(("pf.queue: unknown option '%s'"):format(errstr(k)), 2)
+      error(("pf.queue: unknown option '%s'"):format(errstr(k)), level)
     end
   end
   local o = { lease = 30, max_deliveries = 3 }
   for k, v in pairs(opts) do o[k] = v end
   for _, k in ipairs { "redis", "name", "lease", "max_deliveries" } do
     local spec, v = OPTIONS[k], o[k]
-    if v == nil then error(("pf.queue: %s is required (%s)"):format(k, spec[2]), 2) end
+    if v == nil then error(("pf.queue: %s is required (%s)"):format(k, spec[2]), level) end
     if not spec[1](v) then
-      error(("pf.queue: %s must be %s (got %s)"):format(k, spec[2], shown(v)), 2)
+      error(("pf.queue: %s must be %s (got %s)"):format(k, spec[2], shown(v)), level)
     end
   end
   local p = "pf:{" .. o.name .. "}:"
@@ -834,25 +835,26 @@ local function work(q, flow, conc)
 end
 
 -- pf.work(q, flow, { concurrency = 16 }): runs until cancelled or killed
-function M.work(q, flow, opts)
+function M.work(q, flow, opts, level)
+  level = level or 2
   if getmetatable(q) ~= Queue then
-    error(("pf.work: the queue must be a pf.queue (got %s)"):format(type(q)), 2)
+    error(("pf.work: the queue must be a pf.queue (got %s)"):format(type(q)), level)
   end
   if kind_of(flow) == nil then
-    error(("pf.work: the flow must be a pocketflow node (got %s)"):format(type(flow)), 2)
+    error(("pf.work: the flow must be a pocketflow node (got %s)"):format(type(flow)), level)
   end
   if opts ~= nil and type(opts) ~= "table" then
-    error(("pf.work: options must be a table (got %s)"):format(type(opts)), 2)
+    error(("pf.work: options must be a table (got %s)"):format(type(opts)), level)
   end
   opts = opts or {}
   for k in pairs(opts) do
     if k ~= "concurrency" then
-      error(("pf.work: unknown option '%s'"):format(errstr(k)), 2)
+      error(("pf.work: unknown option '%s'"):format(errstr(k)), level)
     end
   end
   local conc = opts.concurrency or 16
   if math.type(conc) ~= "integer" or conc < 1 then
-    error(("pf.work: concurrency must be a positive integer (got %s)"):format(shown(conc)), 2)
+    error(("pf.work: concurrency must be a positive integer (got %s)"):format(shown(conc)), level)
   end
   return core.run(work, q, flow, conc)
 end
