@@ -437,7 +437,10 @@ function Queue:_distribute(run, shared, items, params, maxc, flow, path)
   local node = getmetatable(run)
   local n = #items
   local name = name_of(run)
-  if n == 0 then return flow and nil or {} end
+  if n == 0 then
+    if flow then return nil end
+    return {}
+  end
   local r = self:_client()
   local b = setmetatable({ q = self, r = r, n = n, flow = flow, got = {},
     ids = {}, results = {}, changes = {}, done = 0, next = 1, next_tick = 0,
@@ -525,15 +528,13 @@ local function fields_of(list)
   return f
 end
 
--- the batch's meta, cached; nil once the batch is over
+-- the batch's meta, cached; nil when the batch is over (or, for a
+-- moment after Redis restarted empty, not back yet: not cached)
 function Worker:meta(b)
   local m = self.metas[b]
-  if m ~= nil then return m or nil end
+  if m ~= nil then return m end
   local blob = call(self.q, self.r, "GET", self.q.prefix .. "m:" .. b)
-  if blob == nil then
-    self.metas[b] = false
-    return nil
-  end
+  if blob == nil then return nil end
   m = deserialize(blob)
   if m.flow then
     local before = deserialize(m.shared)
@@ -620,8 +621,10 @@ function Worker:node_for(e, f)
   local key = f.b .. SEP .. f.p
   if not self.warned[key] then
     self.warned[key] = true
+    local path = f.p:gsub(SEP, " > ")
     warn(("pf.work: item %s of %s comes from a different graph (%s); this worker's %s: left for another worker")
-      :format(f.i, f.p:gsub(SEP, " > "), f.h, node and "differs" or "lacks that node"))
+      :format(f.i, path, f.h, node and "differs" or self.map[f.p] == false and
+        "has two nodes at that path (give them unique names)" or "lacks that node"))
   end
   -- others may take it at once; the takeover is not a delivery
   call(self.q, self.r, "XCLAIM", self.q.stream, GROUP, self.id, 0, e,
@@ -727,7 +730,7 @@ function Worker:drop_dead_batches()
     local e, b = eb[1], eb[2]
     if seen[b] == nil then
       seen[b] = call(q, self.r, "EXISTS", q.prefix .. "m:" .. b) == 1
-      if not seen[b] then self.metas[b] = false end
+      if not seen[b] then self.metas[b] = nil end
     end
     if not seen[b] and self.held[e] then
       local t = self.held[e]
