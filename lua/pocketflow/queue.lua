@@ -342,7 +342,9 @@ local function encode_item(name, i, v)
   return s
 end
 
--- the state of one distributed batch, in the coordinator
+-- The state of one distributed batch, in the coordinator. Items are
+-- serialized as they go (and again if Redis lost them), so that the
+-- coordinator holds no second copy of a batch.
 local Batch = {}
 Batch.__index = Batch
 
@@ -351,7 +353,7 @@ function Batch:add(from, to)
   args[4] = "x"   -- pads ARGV so that items start at 5
   for i = from, to do
     args[#args + 1] = tostring(i)
-    args[#args + 1] = self.enc[i]
+    args[#args + 1] = encode_item(self.name, i, self.items[i])
   end
   local ids = run_script(q, self.r, ADD, { q.stream }, args)
   for k, i in ipairs(ids) do self.ids[from + k - 1] = i end
@@ -395,6 +397,7 @@ function Batch:take(blob)
     error(("item %d failed on %d workers: %s"):format(i, m.tries, errstr(m.err)), 0)
   end
   self.got[i] = true
+  self.ids[i] = nil
   self.done = self.done + 1
   if self.flow then self.changes[i] = m.set or {} else self.results[i] = m.v end
 end
@@ -444,8 +447,8 @@ function Queue:_distribute(run, shared, items, params, maxc, flow, path)
   local r = self:_client()
   local b = setmetatable({ q = self, r = r, n = n, flow = flow, got = {},
     ids = {}, results = {}, changes = {}, done = 0, next = 1, next_tick = 0,
-    path = table.concat(path, SEP), hash = graph_hash(node), enc = {} }, Batch)
-  for i = 1, n do b.enc[i] = encode_item(name, i, items[i]) end
+    path = table.concat(path, SEP), hash = graph_hash(node), items = items,
+    name = name }, Batch)
   local meta = { path = path, params = flow and params or run.params, flow = flow }
   if flow then
     local ok, s = pcall(serialize, shared, "shared")
