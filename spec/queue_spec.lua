@@ -41,11 +41,11 @@ local workers = {}
 local names = 0
 
 -- a worker process: { marker, err = its stderr file }
-local function start_worker(srv, name, lease, variant, conc)
+local function start_worker(srv, name, lease, variant, conc, max_deliveries)
   local m = left.marker()
   local w = { marker = m, err = ("%s/w%s.err"):format(tmp, m) }
-  local cmd = ("%s %s/spec/support/queue_worker.lua %s %s %s %s %d %s 2>%s >/dev/null &")
-    :format(bin, src, srv.url, name, lease, variant, conc or 4, m, w.err)
+  local cmd = ("%s %s/spec/support/queue_worker.lua %s %s %s %s %d %s %d 2>%s >/dev/null &")
+    :format(bin, src, srv.url, name, lease, variant, conc or 4, m, max_deliveries or 3, w.err)
   assert(os.execute(cmd))
   workers[#workers + 1] = w
   return w
@@ -221,6 +221,20 @@ describe("pf.queue", function()
     -- each counted once: the same result as a local run
     assert.same(local_result(24), shared)
     pf.run(function() r:close() q:close() end)
+  end)
+
+  it("runs items on the worker with the node's retries and exec_fallback", function()
+    -- with max_deliveries = 1 a failed run would fail the batch: the
+    -- retry and the fallback happened within the one run on the worker
+    for _, variant in ipairs { "flaky", "fallback" } do
+      local name = new_name()
+      start_worker(srv, name, 30, variant, 4, 1)
+      local flow = build{ url = srv.url, name = name, variant = variant, max_deliveries = 1 }
+      local shared = { n = 12, keep = "kept" }
+      flow:run(shared)
+      assert.same(local_result(12), shared)
+      kill_all()
+    end
   end)
 
   it("puts a poison item on the dead-letter stream and fails the batch", function()
