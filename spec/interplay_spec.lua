@@ -1,0 +1,116 @@
+-- The features together: durable runs (API.md section 8) inside timed
+-- flows and attempts (section 6), and with distributed batches (9).
+local pf = require "pocketflow"
+
+-- a1(timeout) -> Inner(Flow, start = a2 -> a3) -> b(BatchNode, timeout,
+-- deadline); Inner timed or not; fail(name) says whether a node's exec
+-- raises this time
+local ran = {}
+local function graph(timed, fail, sleep)
+  local N = pf.Node:extend("N")
+  function N:prep(s)
+    ran[#ran + 1] = self.name
+    s.ran = (s.ran or "") .. self.name .. " "
+  end
+  function N:exec()
+    if fail and fail(self.name) then error(self.name .. " failed", 0) end
+    if sleep and sleep[self.name] then pf.sleep(sleep[self.name]) end
+  end
+  function N:post(s)
+    s.keys = s.keys or {}
+    s.keys[self.name] = self.idempotency_key
+  end
+  local B = pf.BatchNode:extend("B")
+  function B:prep() return { 1, 2 } end
+  function B:exec(x) return x * 2 end
+  function B:post(s, _, r)
+    s.b = r
+    s.keys.b = self.idempotency_key
+  end
+  local a1, a2, a3 = N{ name = "a1", timeout = 1 }, N{ name = "a2" }, N{ name = "a3" }
+  a2:next(a3)
+  local inner = pf.Flow{ start = a2, name = "Inner", timeout = timed and 5 or nil }
+  local b = B{ name = "b", timeout = 1, deadline = 3 }
+  a1:next(inner):next(b)
+  return pf.Flow{ start = a1, name = "Main" }
+end
+
+local function paths(h)
+  local out = {}
+  for i, e in ipairs(h) do out[i] = e.path end
+  return out
+end
+
+describe("durable runs through timed flows", function()
+  it("save after every post inside a timed flow, with the keys of an untimed one", function()
+    local got = {}
+    for _, timed in ipairs { false, true } do
+      local store, s = pf.memory(), {}
+      local _, run = graph(timed):run(s, { store = store, run_id = "x" })
+      assert.equals("done", run.status)
+      got[timed] = { paths(store:history("x")), s.keys, s.b }
+    end
+    assert.equals(8, #got[false][1])
+    assert.same(got[false], got[true])
+    assert.equals("x:Main/Inner#2/a3#2", got[true][2].a3)
+  end)
+
+  it("a run failed inside a timed flow resumes there: done nodes once, keys kept", function()
+    local store, s = pf.memory(), {}
+    local once = true
+    local flow = graph(true, function(name)
+      if name == "a3" and once then once = false return true end
+    end)
+    ran = {}
+    local ok, err = pcall(flow.run, flow, s, { store = store, run_id = "r" })
+    assert.is_false(ok)
+    assert.matches("^a3 failed", tostring(err))
+    assert.equals("a1 a2 a3 ", s.ran)
+    local _, run = flow:resume(store, "r")
+    assert.equals("done", run.status)
+    assert.equals("a1 a2 a3 a3", table.concat(ran, " "))
+    local c = store:get("r").shared
+    assert.equals("a1 a2 a3 ", c.ran)
+    assert.same({ 2, 4 }, c.b)
+    assert.equals("r:Main/Inner#2/a2#1", c.keys.a2)
+    assert.equals("r:Main/Inner#2/a3#2", c.keys.a3)
+    assert.equals("r:Main/b#3", c.keys.b)
+  end)
+
+  it("the flow's timeout bounds the resumed rest again", function()
+    local store = pf.memory()
+    local first = true
+    local flow = graph(true, function(name)
+      if name == "a3" and first then first = false return true end
+    end, nil)
+    assert.is_false(pcall(flow.run, flow, {}, { store = store, run_id = "t" }))
+    -- the resume: a3 now sleeps past a shorter timeout of Inner
+    flow = graph(true, nil, { a3 = 30 })
+    flow.start_node.successors.default.timeout = 0.3
+    local t0 = pf.now()
+    ran = {}
+    local ok, err = pcall(flow.resume, flow, store, "t")
+    assert.is_false(ok)
+    assert.matches("^Inner: flow timed out after 0.3 s", tostring(err))
+    assert.is_true(pf.now() - t0 < 25)
+    assert.same({ "a3" }, ran)
+    assert.equals("a1 a2 ", store:get("t").shared.ran)   -- saved before a3 ran
+    assert.equals("failed", store:runs()[1].status)
+  end)
+
+  it("a timed flow as the run's node, and nested timed flows, keep their keys", function()
+    local got = {}
+    for _, timed in ipairs { false, true } do
+      local N = pf.Node:extend("N")
+      function N:post(s) s[self.name] = self.idempotency_key end
+      local leaf = N{ name = "leaf" }
+      local mid = pf.Flow{ start = leaf, name = "Mid", timeout = timed and 9 or nil }
+      local top = pf.Flow{ start = mid, name = "Top", timeout = timed and 9 or nil }
+      local store, s = pf.memory(), {}
+      top:run(s, { store = store, run_id = "n" })
+      got[timed] = { paths(store:history("n")), s }
+    end
+    assert.same(got[false], got[true])
+    assert.equals("n:Top/Mid#1/leaf#1", got[true][2].leaf)
+  end)
+end)
