@@ -114,3 +114,52 @@ describe("durable runs through timed flows", function()
     assert.equals("n:Top/Mid#1/leaf#1", got[true][2].leaf)
   end)
 end)
+
+describe("durable runs with distributed batches", function()
+  local redisd = require "support.redisd"
+  local qf = require "support.queueflow"
+  local srv
+  setup(function() srv = redisd.start() end)
+  teardown(function()
+    pf.run(function() qf.close() end)
+    if srv then srv:kill() end
+  end)
+
+  local function local_result(n)
+    local flow = qf.build{ url = "redis://127.0.0.1:1", name = "local", distribute = false }
+    local shared = { n = n, keep = "kept" }
+    flow:run(shared)
+    return shared
+  end
+
+  it("a run cut while its items are on workers resumes: the batch runs again", function()
+    local flow, q = qf.build{ url = srv.url, name = "durable_cut", lease = 1, variant = "slow" }
+    local store = pf.memory()
+    local shared = { n = 12, keep = "kept" }
+    pf.run(function()
+      local r = pf.redis.connect(srv.url)
+      local w = pf.spawn(pf.work, q, flow, { concurrency = 3 })
+      -- the cut: the run's task is cancelled once some items ran
+      local run = pf.spawn(function()
+        flow:run(shared, { store = store, run_id = "d" })
+      end)
+      while q:stats().in_flight == 0 do pf.sleep(0.01) end
+      run:cancel()
+      local last, rec = flow:resume(store, "d")
+      local st = q:stats()
+      w:cancel()
+      while q:stats().workers > 0 do pf.sleep(0.02) end
+      -- the cut batch's cleanup (a task of its own) takes its keys away
+      while #r:call("KEYS", "pf:{durable_cut}:[mr]:*") > 0 do pf.sleep(0.02) end
+      r:close()
+      q:close()
+      qf.close()
+      assert.equals("done", rec.status)
+      assert.is_nil(last)
+      assert.same({ pending = 0, in_flight = 0, dead = 0 },
+                  { pending = st.pending, in_flight = st.in_flight, dead = st.dead })
+    end)
+    local got = store:get("d").shared
+    assert.same(local_result(12), got)
+  end)
+end)
