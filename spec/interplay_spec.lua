@@ -162,4 +162,37 @@ describe("durable runs with distributed batches", function()
     local got = store:get("d").shared
     assert.same(local_result(12), got)
   end)
+
+  it("an item's timeout and deadline apply on the worker", function()
+    local q = pf.queue{ redis = srv.url, name = "timed_items", lease = 5 }
+    local Slow = pf.ParallelBatchNode:extend("Slow")
+    function Slow.prep() return { 1, 2, 3 } end
+    function Slow.exec(self, x)
+      -- the first attempt of item 2 hangs: only its timeout ends it
+      if x == 2 and self.cur_retry == 0 then pf.sleep(60) end
+      return x * 2
+    end
+    function Slow.post(_, s, _, r) s.slow = r end
+    local Late = pf.ParallelBatchNode:extend("Late")
+    function Late.prep() return { 1 } end
+    function Late.exec() pf.sleep(60) end
+    function Late.exec_fallback(_, _, err) return tostring(err):match("^[^\n]*") end
+    function Late.post(_, s, _, r) s.late = r[1] end
+    local slow = Slow{ distribute = q, timeout = 0.3, max_retries = 2 }
+    slow:next(Late{ distribute = q, deadline = 0.5, max_retries = 5, wait = 0.1 })
+    local flow = pf.Flow{ start = slow, name = "Main" }
+    local shared = {}
+    local t0 = pf.now()
+    pf.run(function()
+      local w = pf.spawn(pf.work, q, flow, { concurrency = 4 })
+      local ok, err = pcall(pf.timeout, 50, flow.run, flow, shared)
+      w:cancel()
+      while q:stats().workers > 0 do pf.sleep(0.02) end
+      q:close()
+      assert(ok, err)
+    end)
+    assert.is_true(pf.now() - t0 < 45)
+    assert.same({ 2, 4, 6 }, shared.slow)
+    assert.matches("^Late: exec attempt 1 of 5 ran past the deadline of 0.5 s", shared.late)
+  end)
 end)
