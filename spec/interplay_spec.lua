@@ -195,47 +195,4 @@ describe("durable runs with distributed batches", function()
     assert.same({ 2, 4, 6 }, shared.slow)
     assert.matches("^Late: exec attempt 1 of 5 ran past the deadline of 0.5 s", shared.late)
   end)
-
-  it("a resumed distributed batch reuses the results saved before the cut", function()
-    local q = pf.queue{ redis = srv.url, name = "reuse", lease = 5 }
-    local runs = {}
-    local Sq = pf.ParallelBatchNode:extend("Sq")
-    function Sq.prep() local t = {} for i = 1, 12 do t[i] = i end return t end
-    function Sq.exec(_, x)
-      runs[x] = (runs[x] or 0) + 1
-      pf.sleep(0.05)
-      return x * x
-    end
-    function Sq.post(_, s, _, r) s.sq = r end
-    local flow = pf.Flow{ start = Sq{ distribute = q, max_concurrency = 3 }, name = "Main" }
-    local store = pf.memory()
-    local saved
-    pf.run(function()
-      local w = pf.spawn(pf.work, q, flow, { concurrency = 2 })
-      local run = pf.spawn(function() flow:run({}, { store = store, run_id = "u" }) end)
-      -- the cut: once 4 results are saved (and the prep result)
-      while #store:_items("u") < 5 and run:status() == "running" do pf.sleep(0.005) end
-      run:cancel()
-      saved = {}
-      for _, it in ipairs(store:_items("u")) do
-        if it.idx > 0 then saved[#saved + 1] = it.idx end
-      end
-      local before = {}
-      for i, n in pairs(runs) do before[i] = n end
-      local _, rec = flow:resume(store, "u")
-      assert.equals("done", rec.status)
-      for _, i in ipairs(saved) do assert.equals(before[i], runs[i], "item " .. i .. " ran again") end
-      w:cancel()
-      while q:stats().workers > 0 do pf.sleep(0.02) end
-      local r = pf.redis.connect(srv.url)
-      while #r:call("KEYS", "pf:{reuse}:[mr]:*") > 0 do pf.sleep(0.02) end
-      r:close()
-      q:close()
-    end)
-    assert.is_true(#saved >= 4, "results saved before the cut: " .. #saved)
-    local want = {}
-    for i = 1, 12 do want[i] = i * i; assert.is_true(runs[i] >= 1) end
-    assert.same(want, store:get("u").shared.sq)
-    assert.equals(0, #store:_items("u"))   -- a done run's items are dropped
-  end)
 end)

@@ -337,27 +337,6 @@ void pf_ckpt_stash(lua_State *L, lua_Integer i) {
   lua_setfield(L, RUN, "snap");
 }
 
-/* The parallel batch at b, in state st, sends its items to workers:
-** saves its prep result and a checkpoint, as a local one does, and
-** pushes what the coordinator needs to save its results as they come
-** and reuse those of before a resume: { run, key, done } (queue.lua). */
-void pf_ckpt_distribute(lua_State *L, int b, int st) {
-  luaL_checkstack(L, 8, "checkpoint");
-  save_start(L, b, st, 0);
-  lua_createtable(L, 0, 3);
-  lua_getfield(L, RUN, "run");
-  lua_setfield(L, -2, "run");
-  push_node_key(L, b);
-  lua_setfield(L, -2, "key");
-  if (lua_getfield(L, RUN, "resume") == LUA_TTABLE) {
-    lua_getfield(L, -1, "done");
-    lua_setfield(L, -3, "done");
-    lua_pushnil(L);
-    lua_setfield(L, RUN, "resume");
-  }
-  lua_pop(L, 1);
-}
-
 /* --------------------------------------------------------------- groups */
 
 /* The frame at b, in state st, starts the items of the group at gidx:

@@ -1248,7 +1248,7 @@ static void push_path(lua_State *L, int b) {
 }
 
 /* distribute = q (API.md section 9): the items go to workers through
-** q:_distribute(self, shared, items, params, maxc, flow, path [, ckpt]), Lua in
+** q:_distribute(self, shared, items, params, maxc, flow, path), Lua in
 ** lua/pocketflow/queue.lua, which returns the results (or nil) in place
 ** of the group's; the distribute field is on top. */
 static int distribute(lua_State *L, Pc *pc, lua_Integer maxc, int flow) {
@@ -1262,12 +1262,7 @@ static int distribute(lua_State *L, Pc *pc, lua_Integer maxc, int flow) {
   lua_pushinteger(L, maxc);
   lua_pushboolean(L, flow);
   push_path(L, b);
-  if (DURABLE(L) && !flow) {   /* its finished items are saved, reused */
-    pf_ckpt_distribute(L, b, pc->st);
-    lua_callk(L, 9, 1, CTX(b, pc->st), walk_k);
-  } else {
-    lua_callk(L, 8, 1, CTX(b, pc->st), walk_k);
-  }
+  lua_callk(L, 8, 1, CTX(b, pc->st), walk_k);
   return GO;
 }
 

@@ -132,7 +132,6 @@ int pf_ckpt_item_rec(lua_State *L, int gidx, lua_Integer i, int self);
 int pf_ckpt_push_end(lua_State *L);
 int pf_ckpt_push_inner(lua_State *L, int b, int st);
 void pf_ckpt_stash(lua_State *L, lua_Integer i);
-void pf_ckpt_distribute(lua_State *L, int b, int st);
 int pf_ckpt_run(lua_State *L);
 
 /* walk.c, for where.c */

@@ -391,27 +391,6 @@ function Batch:tick()
   end
 end
 
--- A durable run's batch: the results done before a resume are taken as
--- they were; the others are saved as they come (Batch:take).
-function Batch:reuse(ckpt)
-  for i, r in pairs(ckpt.done or {}) do
-    if math.type(i) == "integer" and i >= 1 and i <= self.n and not self.got[i] then
-      self.got[i], self.results[i], self.done = true, r[1], self.done + 1
-    end
-  end
-  self.ahead = self.done
-  local save, key = ckpt.run.item, ckpt.key
-  self.save = function(i, v) save(key, i, v) end
-  self:skip()
-end
-
--- moves next past the items done before a resume
-function Batch:skip()
-  while self.next <= self.n and self.got[self.next] do
-    self.next, self.ahead = self.next + 1, self.ahead - 1
-  end
-end
-
 function Batch:take(blob)
   local ok, m = pcall(deserialize, blob)
   if not ok or type(m) ~= "table" or math.type(m.i) ~= "integer" then
@@ -427,7 +406,6 @@ function Batch:take(blob)
   self.ids[i] = nil
   self.done = self.done + 1
   if self.flow then self.changes[i] = m.set or {} else self.results[i] = m.v end
-  if self.save then self.save(i, m.v) end
 end
 
 function Batch:cleanup()
@@ -447,16 +425,10 @@ function Batch:loop(maxc)
   local n, q = self.n, self.q
   local limit = maxc > 0 and maxc or n
   while self.done < n do
-    -- out: items sent and not done; reused ones ahead of next not sent
-    local out = self.next - 1 - self.done + self.ahead
-    while self.next <= n and out < limit do
-      local from, k = self.next, math.min(CHUNK, limit - out)
-      local to = from
-      while to < n and to - from + 1 < k and not self.got[to + 1] do to = to + 1 end
-      self:add(from, to)
-      self.next = to + 1
-      self:skip()
-      out = self.next - 1 - self.done + self.ahead
+    while self.next <= n and self.next - 1 - self.done < limit do
+      local k = math.min(CHUNK, limit - (self.next - 1 - self.done), n - self.next + 1)
+      self:add(self.next, self.next + k - 1)
+      self.next = self.next + k
     end
     self:tick()
     local got = call(q, self.rb, "BLPOP", self.res_key, 1)
@@ -468,12 +440,9 @@ function Batch:loop(maxc)
   end
 end
 
--- q:_distribute(self, shared, items, params, maxc, flow, path [, ckpt]):
--- called by the walk (walk.c, parallel_step) in place of the local group.
--- ckpt, a parallel batch node's in a durable run: { run, key, done }, the
--- results done before a resume ({ [i] = { v } }) and where each result
--- is saved as it comes (checkpoint.c).
-function Queue:_distribute(run, shared, items, params, maxc, flow, path, ckpt)
+-- q:_distribute(self, shared, items, params, maxc, flow, path): called by
+-- the walk (walk.c, parallel_step) in place of the local group.
+function Queue:_distribute(run, shared, items, params, maxc, flow, path)
   local node = getmetatable(run)
   local n = #items
   local name = name_of(run)
@@ -484,7 +453,7 @@ function Queue:_distribute(run, shared, items, params, maxc, flow, path, ckpt)
   local r = self:_client()
   local b = setmetatable({ q = self, r = r, n = n, flow = flow, got = {},
     ids = {}, results = {}, changes = {}, done = 0, next = 1, next_tick = 0,
-    seen_done = 0, since = now(), ahead = 0,
+    seen_done = 0, since = now(),
     path = table.concat(path, SEP), hash = graph_hash(node), items = items,
     name = name }, Batch)
   local meta = { path = path, params = flow and params or run.params, flow = flow }
@@ -496,8 +465,6 @@ function Queue:_distribute(run, shared, items, params, maxc, flow, path, ckpt)
   local okm, blob = pcall(serialize, meta, "params")
   if not okm then error(("%s: params cannot go to workers: %s"):format(name, errstr(blob)), 0) end
   b.meta = blob
-  if ckpt then b:reuse(ckpt) end
-  if b.done == n then return b.results end
   local rb <close> = connect(self)   -- BLPOP holds its connection
   b.rb = rb
   ensure_group(self, r)
