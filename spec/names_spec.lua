@@ -92,7 +92,7 @@ describe("run options", function()
 
   it("say which known keys are not supported yet", function()
     for _, k in ipairs({ "on_event", "trace", "capture", "progress", "store",
-                         "run_id", "durability", "transient", "on_interrupt" }) do
+                         "run_id", "durability", "transient" }) do
       local ok, err = pcall(function() return pf.Node():run({}, { [k] = true }) end)
       assert.is_false(ok)
       assert.matches(": run option '" .. k .. "' is not supported yet$", err)

@@ -91,6 +91,10 @@ int pf_noop(lua_State *L);
 int pf_reraise(lua_State *L);
 int pf_run_node(lua_State *L);
 void pf_add_where(lua_State *L, pf_task *t, lua_State *co);
+/* where.c: for pf.interrupt */
+int pf_node_here(lua_State *L);
+int pf_mark_no_retry(lua_State *L);
+int pf_no_retry(lua_State *L, int idx);
 
 /* node kinds: a node class's __pfkind */
 enum pf_kind { PF_K_NODE = 1, PF_K_BATCH, PF_K_PBATCH, PF_K_FLOW,

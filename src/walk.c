@@ -500,6 +500,7 @@ static int call_fallback(lua_State *L, int b, int st) {
 ** after the wait, or the fallback. */
 static int attempt_failed(lua_State *L, Pc *pc) {
   int b = pc->b, kind = ST_KIND(pc->st);
+  if (pf_no_retry(L, -1)) return lua_error(L);   /* pf.interrupt's */
   lua_replace(L, b + F_ERROR);
   set_int(L, b, F_FAILS, get_int(L, b, F_FAILS) + 1);
   if (get_int(L, b, F_FAILS) < checked_retries(L, b, pc->st)) {
@@ -917,7 +918,7 @@ static const struct {
 } run_options[] = {
   {"on_event", 0}, {"trace", 0}, {"capture", 0}, {"progress", 0},
   {"store", 0}, {"run_id", 0}, {"durability", 0}, {"transient", 0},
-  {"on_interrupt", 0}, {NULL, 0}
+  {"on_interrupt", 1}, {NULL, 0}
 };
 
 /* Checks run's options at idx, raising at the caller's position. */
@@ -942,15 +943,28 @@ static void check_run_options(lua_State *L, int idx) {
   }
 }
 
+static void check_on_interrupt(lua_State *L, int idx) {
+  int t;
+  lua_pushliteral(L, "on_interrupt");
+  t = lua_rawget(L, idx);
+  if (t != LUA_TNIL && t != LUA_TFUNCTION)
+    luaL_error(L, "run: on_interrupt must be a function (got %s)",
+               lua_typename(L, t));
+  lua_pop(L, 1);
+}
+
 /* node:run(shared [, opts]) */
 int pf_run_node(lua_State *L) {
   int kind = node_kind(L, 1, 0);
   if (kind == 0)
     return luaL_error(L, "run: expected a pocketflow node (got %s)",
                       luaL_typename(L, 1));
-  if (!lua_isnoneornil(L, 3)) check_run_options(L, 3);
+  if (!lua_isnoneornil(L, 3)) {
+    check_run_options(L, 3);
+    check_on_interrupt(L, 3);
+  }
   if (pf_current(L) == NULL) return pf_wait_outside(L, pf_run_node, "run");
-  lua_settop(L, 2);
+  lua_settop(L, 3);            /* the options stay in slot 4 (node_here) */
   if (lua_getfield(L, 1, "successors") == LUA_TTABLE) {
     lua_pushnil(L);
     if (lua_next(L, -2)) {
@@ -963,6 +977,6 @@ int pf_run_node(lua_State *L) {
   }
   lua_pop(L, 1);
   lua_pushinteger(L, kind);
-  lua_insert(L, 1);            /* kind, node, shared */
+  lua_insert(L, 1);            /* kind, node, shared, opts */
   return walk_begin(L, kind, 1);
 }

@@ -424,3 +424,176 @@ void pf_drop_record(lua_State *L) {
     lua_pop(L, 1);
   }
 }
+
+
+/* ------------------------------------------------------------ the node here */
+
+/* For pf.interrupt (lua/pocketflow/interrupt.lua): which node run the
+** calling user code belongs to, read off the walks like the where line. */
+
+/* Appends "[i]" to the string on top. */
+static void add_item(lua_State *L, lua_Integer i) {
+  lua_pushfstring(L, "%s[%I]", lua_tostring(L, -1), (LUAI_UACINT)i);
+  lua_remove(L, -2);
+}
+
+/* Pushes the key of frame top of w (in state st, or -1): its path with
+** every item on it, "Main/Docs[2]/Ask": the names joined by "/", a batch
+** or batch flow followed by the item running in it; after the key of the
+** walk that started w's task as an item. */
+static void push_key(lua_State *L, Walk *w, int top, int st) {
+  Walk ow;
+  int f, frame, direct, kind, n = 0;
+  luaL_checkstack(L, 4, "pf.interrupt");
+  kind = frame_kind(L, w, ROOT, top, st);
+  if ((kind == PF_K_WALK || kind == PF_K_EXEC) &&
+      (kind = owner_walk(w->t, &ow, &frame, &direct)) != 0) {
+    push_key(L, &ow, frame,
+             kind == PF_K_PBATCH ? PBATCH_GATHERED : PBFLOW_GATHERED);
+    add_item(L, w->t->group_idx);
+    n = 1;
+  } else {
+    lua_pushliteral(L, "");
+  }
+  for (f = ROOT; f <= top; f += FS) {
+    kind = frame_kind(L, w, f, top, st);
+    if (kind == PF_K_WALK || kind == PF_K_EXEC) continue;
+    walk_slot(L, w, f + F_SELF);
+    push_name(L, -1);
+    lua_remove(L, -2);
+    if (n++ > 0) {
+      lua_pushliteral(L, "/");
+      lua_insert(L, -2);
+    }
+    lua_concat(L, n > 1 ? 3 : 2);
+    if (f < top && (kind == PF_K_BATCH || kind == PF_K_BFLOW))
+      add_item(L, walk_int(L, w, f + F_INDEX));
+  }
+}
+
+/* Pushes the options of the run w belongs to: the third argument of the
+** innermost node:run, through the walks that started items. */
+static void push_run_opts(lua_State *L, Walk w) {
+  int frame, direct;
+  for (;;) {
+    lua_CFunction f;
+    if (!lua_checkstack(w.co, 1)) break;
+    lua_getinfo(w.co, "f", &w.ar);
+    f = lua_tocfunction(w.co, -1);
+    lua_pop(w.co, 1);
+    if (f == pf_run_node) {
+      walk_slot(L, &w, 4);
+      return;
+    }
+    if (owner_walk(w.t, &w, &frame, &direct) == 0) break;
+  }
+  lua_pushnil(L);
+}
+
+/* True if the function at the walk's level - 1 is the prep, exec,
+** exec_fallback or post of frame top (of that kind), or was replaced by
+** a tail call. */
+static int in_method(lua_State *L, Walk *w, int level, int top, int kind) {
+  static const char *const names[] = {"prep", "post", "exec",
+                                      "exec_fallback"};
+  lua_Debug mar;
+  int i, found = 0;
+  if (!lua_getstack(w->co, level - 1, &mar) || !lua_checkstack(w->co, 1))
+    return 0;
+  lua_getinfo(w->co, "tf", &mar);
+  if (mar.istailcall) {   /* return pf.interrupt(...): the method is gone */
+    lua_pop(w->co, 1);
+    return 1;
+  }
+  lua_xmove(w->co, L, 1);
+  walk_slot(L, w, top + F_SELF);
+  for (i = kind == PF_K_EXEC ? 2 : 0; i < 4 && !found; i++) {
+    lua_pushvalue(L, -1);
+    raw_lookup(L, names[i]);
+    found = lua_rawequal(L, -1, -3);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return found;
+}
+
+/* core.node_here() -> opts, key, run: for user code that runs in a
+** node's prep, exec, exec_fallback or post (in its task): the options
+** of its run (or nil), the node's key (push_key) and the table that
+** stands for this run of the node (for a batch item: of the batch), a
+** new one each time the node runs. Nothing elsewhere. */
+int pf_node_here(lua_State *L) {
+  Walk w;
+  int level, top, kind, frame, direct;
+  pf_task *t = pf_current(L);
+  if (t == NULL) return 0;
+  level = find_walk(L, t, &w, 1);
+  if (level < 0) {   /* a parallel item running exec as its body? */
+    if (owner_walk(t, &w, &frame, &direct) != PF_K_PBATCH || !direct)
+      return 0;
+    push_run_opts(L, w);
+    push_key(L, &w, frame, PBATCH_GATHERED);
+    add_item(L, t->group_idx);
+    walk_slot(L, &w, frame + F_SELF);
+    return 3;
+  }
+  top = count_slots(&w) - FS + 1;
+  if (top < ROOT || (top - ROOT) % FS != 0) return 0;
+  kind = frame_kind(L, &w, top, top, -1);
+  if (kind == PF_K_WALK || !in_method(L, &w, level, top, kind)) return 0;
+  push_run_opts(L, w);
+  push_key(L, &w, top, -1);
+  if (kind == PF_K_EXEC && top == ROOT &&
+      owner_walk(t, &w, &frame, &direct) != 0)
+    walk_slot(L, &w, frame + F_SELF);   /* a parallel item's batch */
+  else
+    walk_slot(L, &w, top + F_SELF);
+  return 3;
+}
+
+/* Errors that end a node's attempts at once, without retry or fallback
+** (pf.interrupt's): the value about to be raised, per thread, in a
+** weak-keyed registry table. */
+static const char NO_RETRY_KEY = 'R';
+
+/* core.no_retry(v): v is about to be raised on this thread and must not
+** be retried. */
+int pf_mark_no_retry(lua_State *L) {
+  lua_settop(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NO_RETRY_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &NO_RETRY_KEY);
+  }
+  lua_pushthread(L);
+  lua_pushvalue(L, 1);
+  lua_rawset(L, -3);
+  return 0;
+}
+
+/* True (and the mark is taken) if the error at idx was marked on this
+** thread by core.no_retry. Called on the failure path only. */
+int pf_no_retry(lua_State *L, int idx) {
+  int r;
+  idx = lua_absindex(L, idx);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NO_RETRY_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_pushthread(L);
+  lua_rawget(L, -2);
+  r = !lua_isnil(L, -1) && lua_rawequal(L, -1, idx);
+  lua_pop(L, 1);
+  if (r) {
+    lua_pushthread(L);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+  }
+  lua_pop(L, 1);
+  return r;
+}

@@ -320,6 +320,7 @@ pf.json = require "pocketflow.json"
 local store = require "pocketflow.store"
 pf.sqlite, pf.memory, pf.store_id = store.sqlite, store.memory, store.id
 pf.redis = { connect = core.redis_connect, null = pf.json.null }
+pf.interrupt = require("pocketflow.interrupt").interrupt
 
 local events = require "pocketflow.events"
 pf.on = events.on

@@ -1,0 +1,325 @@
+-- pf.interrupt: human input (API.md section 8, "Human input"). This file:
+-- the run option on_interrupt (no store), the ids, and that an interrupt
+-- is never retried nor given to exec_fallback.
+local pf = require "pocketflow"
+
+-- on_interrupt that records each question and answers "<payload>!"
+local function recorder()
+  local log = {}
+  local function answer(payload, id)
+    log[#log + 1] = { payload = payload, id = id }
+    return tostring(payload) .. "!"
+  end
+  return log, answer
+end
+
+local function ids(log, sorted)
+  local out = {}
+  for i, q in ipairs(log) do out[i] = q.id end
+  if sorted then table.sort(out) end
+  return out
+end
+
+local function errmsg(f, ...)
+  local ok, err = pcall(f, ...)
+  assert.is_false(ok, "expected an error")
+  return tostring(err)
+end
+
+describe("pf.interrupt with on_interrupt", function()
+  it("answers in prep, exec and post, in order", function()
+    local Ask = pf.Node:extend("Ask")
+    function Ask:prep() return pf.interrupt("p") end
+    function Ask:exec(p)
+      local a = pf.interrupt("e1")
+      return { p, a, pf.interrupt("e2") }
+    end
+    function Ask:post(shared, _, e)
+      shared.got = e
+      shared.post = pf.interrupt("q")
+    end
+    local log, answer = recorder()
+    local shared = {}
+    pf.Flow{ name = "Main", start = Ask() }:run(shared, { on_interrupt = answer })
+    assert.same({ "p!", "e1!", "e2!" }, shared.got)
+    assert.equal("q!", shared.post)
+    assert.same({ "p", "e1", "e2", "q" },
+                { log[1].payload, log[2].payload, log[3].payload, log[4].payload })
+    assert.same({ "Main/Ask#1", "Main/Ask#2", "Main/Ask#3", "Main/Ask#4" }, ids(log))
+  end)
+
+  it("works in node:run and with a tail call", function()
+    local n = pf.Node{ name = "Solo", exec = function() return pf.interrupt(7) end,
+                       post = function(_, s, _, e) s.e = e end }
+    local log, answer = recorder()
+    local shared = {}
+    n:run(shared, { on_interrupt = answer })
+    assert.equal("7!", shared.e)
+    assert.same({ "Solo#1" }, ids(log))
+  end)
+
+  it("passes the payload as it is and returns the answer as it is", function()
+    local payload = { text = "ok?", n = 3 }
+    local seen, back
+    local answer = { approved = true }
+    local n = pf.Node{ name = "N", exec = function() back = pf.interrupt(payload) end }
+    n:run({}, { on_interrupt = function(p) seen = p return answer, "dropped" end })
+    assert.equal(payload, seen)
+    assert.equal(answer, back)
+  end)
+
+  it("answers every item of a batch node, its id naming the item", function()
+    local B = pf.BatchNode:extend("Review")
+    function B:prep() return { "a", "b", "c" } end
+    function B:exec(x) return pf.interrupt(x) end
+    function B:post(s, _, r) s.r = r end
+    for _, retries in ipairs { 1, 3 } do   -- the item runs in a frame of its own with retries
+      local log, answer = recorder()
+      local shared = {}
+      pf.Flow{ name = "Main", start = B{ max_retries = retries } }:run(shared, { on_interrupt = answer })
+      assert.same({ "a!", "b!", "c!" }, shared.r)
+      assert.same({ "Main/Review[1]#1", "Main/Review[2]#1", "Main/Review[3]#1" }, ids(log))
+    end
+  end)
+
+  it("answers the items of a parallel batch while on_interrupt waits", function()
+    local waiting, most = 0, 0
+    local function answer(p, id)
+      waiting = waiting + 1
+      most = math.max(most, waiting)
+      pf.sleep(0.02)
+      waiting = waiting - 1
+      return id
+    end
+    for _, retries in ipairs { 1, 2 } do   -- exec as the item's body, or an item frame
+      local P = pf.ParallelBatchNode:extend("Ask")
+      function P:prep() return { 1, 2, 3, 4 } end
+      function P:exec(i) return pf.interrupt(i) end
+      function P:post(s, _, r) s.r = r end
+      local shared = {}
+      most = 0
+      pf.Flow{ name = "Main", start = P{ max_retries = retries } }:run(shared, { on_interrupt = answer })
+      assert.same({ "Main/Ask[1]#1", "Main/Ask[2]#1", "Main/Ask[3]#1", "Main/Ask[4]#1" }, shared.r)
+      assert.equal(4, most)   -- all four questions were open at once
+    end
+  end)
+
+  it("names the walk of a parallel batch flow and of a batch flow in the id", function()
+    for _, Kind in ipairs { pf.ParallelBatchFlow, pf.BatchFlow } do
+      local F = Kind:extend("PerDoc")
+      function F:prep() return { { doc = "x" }, { doc = "y" } } end
+      local Q = pf.Node:extend("Q")
+      function Q:exec() return pf.interrupt(self.params.doc) end
+      function Q:post(s, _, e) s[#s + 1] = e end
+      local log, answer = recorder()
+      local shared = {}
+      pf.Flow{ name = "Main", start = F{ start = Q() } }:run(shared, { on_interrupt = answer })
+      table.sort(shared)
+      assert.same({ "x!", "y!" }, shared)
+      assert.same({ "Main/PerDoc[1]/Q#1", "Main/PerDoc[2]/Q#1" }, ids(log, true))
+    end
+  end)
+
+  it("lets on_interrupt wait for an answer from another task", function()
+    local inbox = {}
+    local Ask = pf.Node:extend("Approve")
+    function Ask:exec() return pf.interrupt("ship it?") end
+    function Ask:post(s, _, e) s.answer = e end
+    local shared = {}
+    pf.run(function()
+      local person = pf.spawn(function()
+        pf.sleep(0.02)
+        inbox.answer = "yes"
+      end)
+      pf.Flow{ name = "Main", start = Ask() }:run(shared, { on_interrupt = function(q)
+        while inbox.answer == nil do pf.sleep(0.005) end
+        return q .. " " .. inbox.answer
+      end })
+      person:wait()
+    end)
+    assert.equal("ship it? yes", shared.answer)
+  end)
+
+  it("is cancelled with its run while on_interrupt waits", function()
+    local reached, ended = false, false
+    local n = pf.Node{ name = "N", exec = function()
+      pf.interrupt("?")
+      ended = true
+    end }
+    local err = errmsg(pf.timeout, 0.05, function()
+      n:run({}, { on_interrupt = function()
+        reached = true
+        pf.sleep(60)
+      end })
+    end)
+    assert.matches("timeout", err)
+    assert.is_true(reached)
+    assert.is_false(ended)
+  end)
+end)
+
+describe("pf.interrupt ids", function()
+  it("are the same for the same run", function()
+    local function once()
+      local P = pf.ParallelBatchNode:extend("Items")
+      function P:prep() return { 1, 2, 3 } end
+      function P:exec(i)
+        pf.sleep(0.001 * (4 - i))   -- they ask in another order than they started
+        local a = pf.interrupt("first")
+        return a .. pf.interrupt("second")
+      end
+      local Ask = pf.Node:extend("Ask")
+      function Ask:prep() return pf.interrupt("prep") end
+      local a, p = Ask(), P()
+      local _ = a >> p
+      local log, answer = recorder()
+      pf.Flow{ name = "Main", start = a }:run({}, { on_interrupt = answer })
+      return ids(log, true)
+    end
+    local first = once()
+    assert.same({ "Main/Ask#1", "Main/Items[1]#1", "Main/Items[1]#2", "Main/Items[2]#1",
+                  "Main/Items[2]#2", "Main/Items[3]#1", "Main/Items[3]#2" }, first)
+    assert.same(first, once())
+  end)
+
+  it("count the questions of one run of a node: a node run again starts at 1", function()
+    local Ask = pf.Node:extend("Ask")
+    function Ask:exec()
+      for i = 1, 3 do pf.interrupt(i) end
+    end
+    function Ask:post(s)
+      s.n = (s.n or 0) + 1
+      return s.n < 2 and "again" or "stop"
+    end
+    local a = Ask()
+    local _ = a - "again" >> a
+    _ = a - "stop" >> pf.Node()
+    local log, answer = recorder()
+    pf.Flow{ name = "Loop", start = a }:run({}, { on_interrupt = answer })
+    assert.same({ "Loop/Ask#1", "Loop/Ask#2", "Loop/Ask#3",
+                  "Loop/Ask#1", "Loop/Ask#2", "Loop/Ask#3" }, ids(log))
+  end)
+
+  it("belong to the innermost run", function()
+    local inner = pf.Flow{ name = "Inner", start = pf.Node{ name = "Q",
+      exec = function() return pf.interrupt("in") end } }
+    local outer_log, outer = recorder()
+    local inner_log, inner_answer = recorder()
+    local Call = pf.Node:extend("Call")
+    function Call:exec()
+      pf.interrupt("out")
+      inner:run({}, { on_interrupt = inner_answer })
+      return errmsg(inner.run, inner, {})   -- no options: its own run has no on_interrupt
+    end
+    function Call:post(s, _, e) s.err = e end
+    local shared = {}
+    pf.Flow{ name = "Outer", start = Call() }:run(shared, { on_interrupt = outer })
+    assert.same({ "Outer/Call#1" }, ids(outer_log))
+    assert.same({ "Inner/Q#1" }, ids(inner_log))
+    assert.matches("pf.interrupt needs a store or on_interrupt", shared.err)
+  end)
+end)
+
+describe("pf.interrupt is not an error", function()
+  local Count = pf.Node:extend("Ask")
+  function Count:exec()
+    self.tries.n = self.tries.n + 1
+    return pf.interrupt("?")
+  end
+  function Count:exec_fallback()
+    self.tries.fell_back = true
+    return "fallback"
+  end
+
+  it("runs exec once when answered", function()
+    local tries = { n = 0 }
+    local shared = {}
+    pf.Flow{ name = "Main", start = Count{ max_retries = 3, tries = tries,
+      post = function(_, s, _, e) s.e = e end } }:run(shared, { on_interrupt = function() return "a" end })
+    assert.equal(1, tries.n)
+    assert.is_nil(tries.fell_back)
+    assert.equal("a", shared.e)
+  end)
+
+  it("is not retried nor given to exec_fallback when on_interrupt fails", function()
+    for _, Kind in ipairs { pf.Node, pf.BatchNode, pf.ParallelBatchNode } do
+      local tries = { n = 0 }
+      local K = Kind:extend("Ask")
+      K.exec, K.exec_fallback = Count.exec, Count.exec_fallback
+      if Kind ~= pf.Node then function K.prep() return { 1 } end end
+      local node = K{ max_retries = 3, tries = tries }
+      local err = errmsg(pf.Flow{ name = "Main", start = node }.run, pf.Flow{ name = "Main", start = node }, {},
+        { on_interrupt = function() error("nobody answered") end })
+      assert.matches("nobody answered", err)
+      assert.equal(1, tries.n)
+      assert.is_nil(tries.fell_back)
+    end
+  end)
+
+  it("keeps the error a table when on_interrupt raises one", function()
+    local e = { code = 42 }
+    local tries = { n = 0 }
+    local ok, err = pcall(Count{ max_retries = 2, tries = tries }.run,
+      Count{ max_retries = 2, tries = tries }, {}, { on_interrupt = function() error(e) end })
+    assert.is_false(ok)
+    assert.equal(e, err)
+    assert.equal(1, tries.n)
+  end)
+
+  it("still lets exec's own errors retry, asking again", function()
+    local log, answer = recorder()
+    local n = 0
+    local node = pf.Node{ name = "Ask", max_retries = 3, exec = function()
+      local a = pf.interrupt("q")
+      n = n + 1
+      if n < 3 then error("flaky") end
+      return a
+    end, post = function(_, s, _, e) s.e = e end }
+    local shared = {}
+    node:run(shared, { on_interrupt = answer })
+    assert.equal("q!", shared.e)
+    assert.same({ "Ask#1", "Ask#2", "Ask#3" }, ids(log))
+  end)
+end)
+
+describe("pf.interrupt errors", function()
+  it("needs a store or on_interrupt, and is not retried then either", function()
+    local tries = { n = 0 }
+    local Ask = pf.Node:extend("Ask")
+    function Ask:exec()
+      tries.n = tries.n + 1
+      local a = pf.interrupt("?")
+      return a
+    end
+    function Ask:exec_fallback() tries.fell_back = true end
+    local flow = pf.Flow{ name = "Main", start = Ask{ max_retries = 3 } }
+    local err = errmsg(flow.run, flow, {})
+    assert.matches("^[^\n]*interrupt_spec.lua:%d+: pf.interrupt needs a store or on_interrupt\n", err)
+    assert.matches("\nin Main > Ask %(exec, attempt 1 of 3%)", err)
+    assert.equal(1, tries.n)
+    assert.is_nil(tries.fell_back)
+    -- options without on_interrupt are the same
+    assert.matches("pf.interrupt needs a store or on_interrupt", errmsg(flow.run, flow, {}, {}))
+  end)
+
+  it("outside a node's prep, exec or post", function()
+    assert.matches("^[^\n]*interrupt_spec.lua:%d+: pf.interrupt: not in a node's prep, exec or post",
+                   errmsg(function() pf.interrupt("?") end))
+    assert.matches("pf.interrupt: not in a node's prep, exec or post",
+                   errmsg(pf.run, function() pf.interrupt("?") end))
+    -- a task the node spawned is not the node
+    local n = pf.Node{ name = "N", exec = function()
+      return pf.spawn(function() return pf.interrupt("?") end):wait()
+    end }
+    assert.matches("pf.interrupt: not in a node's prep, exec or post",
+                   errmsg(n.run, n, {}, { on_interrupt = function() return 1 end }))
+  end)
+
+  it("rejects an on_interrupt that is not a function", function()
+    local n = pf.Node()
+    assert.matches("run: on_interrupt must be a function %(got number%)",
+                   errmsg(n.run, n, {}, { on_interrupt = 42 }))
+    assert.matches("run: on_interrupt must be a function %(got table%)",
+                   errmsg(pf.Flow{ start = n }.run, pf.Flow{ start = n }, {}, { on_interrupt = {} }))
+  end)
+end)
