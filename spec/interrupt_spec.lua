@@ -323,3 +323,90 @@ describe("pf.interrupt errors", function()
                    errmsg(pf.Flow{ start = n }.run, pf.Flow{ start = n }, {}, { on_interrupt = {} }))
   end)
 end)
+
+-- The group's side of interrupts (src/group.c): an item that ends with a
+-- pending value (core.pending_mt(), what pf.interrupt raises with a store)
+-- lets its siblings run to their end.
+describe("a pending value in a parallel batch", function()
+  local core = require "pocketflow.core"
+  local MT = core.pending_mt()
+  local function pending(v) return setmetatable(v, MT) end
+
+  local function batch(kind, exec, n)
+    local P = (kind or pf.ParallelBatchNode):extend("P")
+    function P:prep()
+      local items = {}
+      for i = 1, n or 4 do items[i] = i end
+      return items
+    end
+    P.exec = exec
+    function P:post(s, _, r) s.r = r end
+    return P
+  end
+
+  it("lets the other items finish, then is raised as it is", function()
+    local ended = {}
+    local p = pending { id = "x" }
+    local P = batch(nil, function(_, i)
+      if i == 1 then error(p) end
+      pf.sleep(0.01)
+      ended[#ended + 1] = i
+      return i
+    end)
+    for _, maxc in ipairs { 4, 1 } do   -- all at once, and one at a time after it
+      ended = {}
+      local shared = {}
+      local ok, err = pcall(P{ max_concurrency = maxc }.run, P{ max_concurrency = maxc }, shared)
+      assert.is_false(ok)
+      assert.equal(p, err)
+      table.sort(ended)
+      assert.same({ 2, 3, 4 }, ended)
+      assert.is_nil(shared.r)   -- post did not run
+    end
+  end)
+
+  it("gathers several in the order they ended", function()
+    local P = batch(nil, function(_, i)
+      pf.sleep(0.005 * (5 - i))
+      if i % 2 == 0 then error(pending { i = i }) end
+      return i
+    end)
+    local ok, err = pcall(P().run, P(), {})
+    assert.is_false(ok)
+    assert.equal(MT, getmetatable(err))
+    assert.same({ 4, 2 }, { err.pending[1].i, err.pending[2].i })
+  end)
+
+  it("gives way to a real error, which cancels the others", function()
+    local ended = {}
+    local P = batch(nil, function(_, i)
+      if i == 1 then error(pending { i = 1 }) end
+      if i == 2 then pf.sleep(0.01) error("boom") end
+      pf.sleep(30)
+      ended[#ended + 1] = i
+    end)
+    local ok, err = pcall(P().run, P(), {})
+    assert.is_false(ok)
+    assert.matches("boom", tostring(err))
+    assert.same({}, ended)
+  end)
+
+  it("works the same for the walks of a parallel batch flow, nested", function()
+    local F = pf.ParallelBatchFlow:extend("F")
+    function F:prep() return { { k = 1 }, { k = 2 }, { k = 3 } } end
+    local done = {}
+    local Q = pf.Node:extend("Q")
+    function Q:exec()
+      if self.params.k ~= 2 then error(pending { k = self.params.k }) end
+      pf.sleep(0.01)
+      done[#done + 1] = self.params.k
+    end
+    local ok, err = pcall(pf.Flow{ start = F{ start = Q() } }.run, pf.Flow{ start = F{ start = Q() } }, {})
+    assert.is_false(ok)
+    assert.equal(MT, getmetatable(err))
+    local ks = { err.pending[1].k, err.pending[2].k }
+    table.sort(ks)
+    assert.same({ 1, 3 }, ks)
+    assert.same({ 2 }, done)
+  end)
+end)

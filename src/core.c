@@ -57,8 +57,16 @@ static int l_retry_delay(lua_State *L) {
   return 1;
 }
 
+/* core.pending_mt(): the metatable of values that end a parallel item
+** without failing its group (group.c): pf.interrupt's */
+static int l_pending_mt(lua_State *L) {
+  pf_pending_mt(L);
+  return 1;
+}
+
 static const luaL_Reg attempt_funcs[] = {
   {"retry_delay", l_retry_delay},
+  {"pending_mt", l_pending_mt},
   {NULL, NULL}
 };
 
