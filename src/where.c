@@ -517,11 +517,11 @@ static int in_method(lua_State *L, Walk *w, int level, int top, int kind) {
   return found;
 }
 
-/* core.node_here() -> opts, key, run: for user code that runs in a
-** node's prep, exec, exec_fallback or post (in its task): the options
-** of its run (or nil), the node's key (push_key) and the table that
-** stands for this run of the node (for a batch item: of the batch), a
-** new one each time the node runs. Nothing elsewhere. */
+/* core.node_here() -> opts, key, run, name: for user code that runs in
+** a node's prep, exec, exec_fallback or post (in its task): the options
+** of its run (or nil), the node's key (push_key), the table that stands
+** for this run of the node (for a batch item: of the batch), a new one
+** each time the node runs, and the node's name. Nothing elsewhere. */
 int pf_node_here(lua_State *L) {
   Walk w;
   int level, top, kind, frame, direct;
@@ -535,7 +535,8 @@ int pf_node_here(lua_State *L) {
     push_key(L, &w, frame, PBATCH_GATHERED);
     add_item(L, t->group_idx);
     walk_slot(L, &w, frame + F_SELF);
-    return 3;
+    push_name(L, -1);
+    return 4;
   }
   top = count_slots(&w) - FS + 1;
   if (top < ROOT || (top - ROOT) % FS != 0) return 0;
@@ -548,7 +549,8 @@ int pf_node_here(lua_State *L) {
     walk_slot(L, &w, frame + F_SELF);   /* a parallel item's batch */
   else
     walk_slot(L, &w, top + F_SELF);
-  return 3;
+  push_name(L, -1);
+  return 4;
 }
 
 /* Errors that end a node's attempts at once, without retry or fallback

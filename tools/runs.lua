@@ -105,8 +105,8 @@ local function load_flow(script)
   for _, s in ipairs(saved) do rawset(s[1], s[2], s[3]) end
   if is_flow(ret) then return ret end
   if found ~= nil and is_flow(found) then return found end
-  if not ok and ret ~= STOP then
-    error(("%s failed: %s"):format(script, tostring(ret)), 0)
+  if not ok and ret ~= STOP then   -- a table: its message keeps its position
+    error({ msg = ("%s failed: %s"):format(script, tostring(ret):gsub("\nstack traceback:.*", "")) }, 0)
   end
   error(("%s made no flow: return it from the script, or run it"):format(script), 0)
 end
@@ -281,4 +281,5 @@ local ok, err = pcall(function()
   end
   store:close()
 end)
+if not ok and type(err) == "table" and err.msg then die(err.msg) end
 if not ok then die((tostring(err):gsub("\nstack traceback:.*", ""):gsub("^[^\n]-:%d+: ", ""))) end
