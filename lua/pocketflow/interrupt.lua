@@ -35,11 +35,131 @@ local function next_id(key, run)
   return key .. "#" .. n
 end
 
+-- ------------------------------------------------------ with a store
+-- The question ends the run: pf.interrupt raises a pending value (the
+-- metatable of src/group.c, so the other items of a parallel batch run
+-- to their end), never retried; the run ends "interrupted" with the
+-- questions in run.interrupts. flow:resume gives the answers, by id; the
+-- node reruns from prep and its questions get their answers in order.
+
+local Pending = core.pending_mt()
+Pending.__name = "pocketflow.interrupt"
+
+-- the questions a pending value carries, in order: { { id, node, payload } }
+local function list(v, out)
+  out = out or {}
+  if getmetatable(v) ~= Pending then return out end
+  if rawget(v, "pending") then
+    for _, e in ipairs(v.pending) do list(e, out) end
+  else
+    out[#out + 1] = { id = v.id, node = v.node, payload = v.payload }
+  end
+  return out
+end
+M.list = list
+
+function Pending.__tostring(v)
+  local ids = {}
+  for i, q in ipairs(list(v)) do ids[i] = q.id end
+  return "interrupted: " .. table.concat(ids, ", ")
+end
+
+-- True if v ends a run as interrupted.
+function M.is_pending(v)
+  return getmetatable(v) == Pending
+end
+
+-- the key of an id: "Main/Ask[2]#3" -> "Main/Ask[2]"
+local function key_of(id)
+  return (id:gsub("#%d+$", ""))
+end
+
+-- The answers a run's resume gives: pending is run.interrupts (of the
+-- run as it stopped), answer resume's option. Returns { [id] = answer },
+-- or raises at level.
+function M.answers(run_id, pending, answer, level)
+  local out = {}
+  if answer == nil then return out end
+  if #pending == 0 then
+    error(("run '%s' has no question pending; answer is not used"):format(run_id), level)
+  end
+  local by_id = type(answer) == "table" and getmetatable(answer) == nil
+  if by_id then   -- every key a pending id?
+    local ids = {}
+    for _, q in ipairs(pending) do ids[q.id] = true end
+    for k in pairs(answer) do
+      if not ids[k] then
+        if #pending == 1 then by_id = false break end
+        local known = {}
+        for i, q in ipairs(pending) do known[i] = q.id end
+        error(("run '%s' has no question '%s' pending (pending: %s)"):format(
+          run_id, tostring(k), table.concat(known, ", ")), level)
+      end
+    end
+    if next(answer) == nil and #pending == 1 then by_id = false end
+  end
+  if by_id then
+    for k, v in pairs(answer) do out[k] = v end
+  elseif #pending == 1 then
+    out[pending[1].id] = answer
+  else
+    error(("%d interrupts pending; answer by id"):format(#pending), level)
+  end
+  return out
+end
+
+-- The answers to keep with an interrupted run: those of the node runs
+-- the run was cut in (the keys of the pending questions), so that they
+-- replay when those nodes run again.
+function M.kept_answers(answers, pending)
+  local keys, out = {}, {}
+  for _, q in ipairs(pending) do keys[key_of(q.id)] = true end
+  for id, v in pairs(answers or {}) do
+    if keys[key_of(id)] then out[id] = v end
+  end
+  return out
+end
+
+-- rec: the run's record, rec.answers { [id] = answer } (the kept ones and
+-- resume's); rec.owner { [key] = run }: the node run the answers of a
+-- key belong to, the first to ask after the resume (the node cut by the
+-- interrupt reruns first). Another run of that node (a loop) finds none.
+local function ask_store(rec, id, key, run, name, payload)
+  local answers = rec.answers
+  if answers ~= nil then
+    local owner = rec.owner
+    if owner == nil then   -- strong: a finished run must not be taken for none
+      owner = {}
+      rec.owner = owner
+    end
+    if owner[key] == nil then owner[key] = run end
+    if owner[key] ~= run then   -- a later run of the node: drop them
+      for k in pairs(answers) do
+        if key_of(k) == key then answers[k] = nil end
+      end
+      owner[key] = run
+    end
+    local v = answers[id]
+    if v ~= nil then return v end
+  end
+  local p = setmetatable({ id = id, node = name, payload = payload }, Pending)
+  core.no_retry(p)
+  error(p, 0)
+end
+
+-- the run's record of a durable run (store), or nil: set after the
+-- durable merge
+local function store_record()
+  return nil
+end
+
 -- pf.interrupt(payload) -> the answer
 function M.interrupt(payload)
-  local opts, key, run = core.node_here()
+  local opts, key, run, name = core.node_here()
   if key == nil then fail("pf.interrupt: not in a node's prep, exec or post") end
   local id = next_id(key, run)
+  local rec = store_record()
+  if rec ~= nil then return ask_store(rec, id, key, run, name, payload) end
   local answer = opts and rawget(opts, "on_interrupt")
   if answer == nil then fail("pf.interrupt needs a store or on_interrupt") end
   local ok, v = pcall(answer, payload, id)
