@@ -554,14 +554,18 @@ int pf_node_here(lua_State *L) {
 }
 
 /* Errors that end a node's attempts at once, without retry or fallback
-** (pf.interrupt's): the value about to be raised, per thread, in a
-** weak-keyed registry table. */
+** (pf.interrupt's): the values about to be raised, as keys of a registry
+** table, weak for tables. Keyed by value, not by thread, as exec may run
+** in a task of its own (timeouts). A mark is taken when the walk sees
+** it; a string left unseen (raised in prep or post, or caught) stays. */
 static const char NO_RETRY_KEY = 'R';
 
-/* core.no_retry(v): v is about to be raised on this thread and must not
-** be retried. */
+/* core.no_retry(v): v is about to be raised and must not be retried. */
 int pf_mark_no_retry(lua_State *L) {
   lua_settop(L, 1);
+  if (lua_isnil(L, 1) || (lua_type(L, 1) == LUA_TNUMBER &&
+                          lua_tonumber(L, 1) != lua_tonumber(L, 1)))
+    return 0;   /* not a key */
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NO_RETRY_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_newtable(L);
@@ -572,29 +576,29 @@ int pf_mark_no_retry(lua_State *L) {
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &NO_RETRY_KEY);
   }
-  lua_pushthread(L);
   lua_pushvalue(L, 1);
+  lua_pushboolean(L, 1);
   lua_rawset(L, -3);
   return 0;
 }
 
-/* True (and the mark is taken) if the error at idx was marked on this
-** thread by core.no_retry. Called on the failure path only. */
+/* True (and the mark is taken) if the error at idx was marked by
+** core.no_retry. Called on the failure path only. */
 int pf_no_retry(lua_State *L, int idx) {
-  int r;
+  int r = 0;
   idx = lua_absindex(L, idx);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NO_RETRY_KEY) != LUA_TTABLE) {
-    lua_pop(L, 1);
+  if (lua_isnil(L, idx) || (lua_type(L, idx) == LUA_TNUMBER &&
+                            lua_tonumber(L, idx) != lua_tonumber(L, idx)))
     return 0;
-  }
-  lua_pushthread(L);
-  lua_rawget(L, -2);
-  r = !lua_isnil(L, -1) && lua_rawequal(L, -1, idx);
-  lua_pop(L, 1);
-  if (r) {
-    lua_pushthread(L);
-    lua_pushnil(L);
-    lua_rawset(L, -3);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NO_RETRY_KEY) == LUA_TTABLE) {
+    lua_pushvalue(L, idx);
+    r = lua_rawget(L, -2) != LUA_TNIL;
+    lua_pop(L, 1);
+    if (r) {
+      lua_pushvalue(L, idx);
+      lua_pushnil(L);
+      lua_rawset(L, -3);
+    }
   }
   lua_pop(L, 1);
   return r;
