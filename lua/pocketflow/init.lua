@@ -319,6 +319,7 @@ pf.http = require "pocketflow.http"
 pf.json = require "pocketflow.json"
 local store = require "pocketflow.store"
 pf.sqlite, pf.memory, pf.store_id = store.sqlite, store.memory, store.id
+BaseNode.resume = require("pocketflow.durable").resume
 pf.redis = { connect = core.redis_connect, null = pf.json.null }
 pf.interrupt = require("pocketflow.interrupt").interrupt
 

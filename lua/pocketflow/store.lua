@@ -12,6 +12,7 @@ local FORMAT = 1           -- PRAGMA user_version of the files we write
 local KEEP = 100
 local BUSY = 5             -- seconds a writer waits for another process
 local FINAL = { done = true, interrupted = true, failed = true }
+local STATE = "__pocketflow_run"   -- the walk's frames in a checkpoint's shared
 
 local fmt = string.format
 
@@ -361,6 +362,10 @@ local function decode(id, c)
   if not ok then
     return nil, fmt("run '%s' step %d: the checkpoint cannot be decoded: %s", id, c.step,
                     tostring(v))
+  end
+  if type(v) == "table" then   -- a durable run's own part (durable.lua)
+    c.state = rawget(v, STATE)
+    rawset(v, STATE, nil)
   end
   c.shared = v
   return c
