@@ -410,3 +410,281 @@ describe("a pending value in a parallel batch", function()
     assert.same({ 2 }, done)
   end)
 end)
+
+-- With a store: the question ends the run, flow:resume answers it.
+describe("pf.interrupt with a store", function()
+  local BIN = os.getenv("PF_BIN")
+
+  local function rm_db(path)
+    os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm")
+  end
+
+  local function ids_of(run)
+    local out = {}
+    for i, q in ipairs(run.interrupts) do out[i] = q.id end
+    return out
+  end
+
+  it("ends the run as interrupted; resume answers; each question is asked once", function()
+    local preps, asked = 0, {}
+    local Ask = pf.Node:extend("Ask")
+    function Ask:prep() preps = preps + 1 end
+    function Ask:exec()
+      local out = {}
+      for i = 1, 3 do out[i] = pf.interrupt("question " .. i) end
+      return out
+    end
+    function Ask:post(s, _, e) s.answers = e end
+    local flow = pf.Flow{ name = "Main", start = Ask() }
+    local store = pf.memory()
+    local shared = { n = 1 }
+    local last, run = flow:run(shared, { store = store, run_id = "q3" })
+    assert.is_nil(last)
+    assert.equal("interrupted", run.status)
+    assert.equal("q3", run.id)
+    assert.same({ { id = "Main/Ask#1", node = "Ask", payload = "question 1" } }, run.interrupts)
+    asked[#asked + 1] = run.interrupts[1].id
+    for i = 1, 3 do
+      last, run = flow:resume(store, "q3", { answer = "a" .. i })
+      if i < 3 then
+        assert.equal("interrupted", run.status)
+        assert.equal(1, #run.interrupts)
+        assert.equal("question " .. (i + 1), run.interrupts[1].payload)
+        asked[#asked + 1] = run.interrupts[1].id
+      end
+    end
+    assert.equal("done", run.status)
+    assert.same({}, run.interrupts)
+    assert.same({ "Main/Ask#1", "Main/Ask#2", "Main/Ask#3" }, asked)   -- no question twice
+    assert.equal(4, preps)   -- the node reran from prep at each resume
+    assert.same({ "a1", "a2", "a3" }, store:get("q3").shared.answers)
+    assert.equal("done", store:runs()[1].status)
+  end)
+
+  it("asks in prep and post too, and in a node run again by a loop afresh", function()
+    local Ask = pf.Node:extend("Ask")
+    function Ask:prep(s) s.p = pf.interrupt("prep") end
+    function Ask:post(s)
+      s.visits = (s.visits or 0) + 1
+      s["post" .. s.visits] = pf.interrupt("post")
+      return s.visits < 2 and "again" or "stop"
+    end
+    local a = Ask()
+    local _ = a - "again" >> a
+    _ = a - "stop" >> pf.Node{ name = "End" }
+    local flow = pf.Flow{ name = "Loop", start = a }
+    local store = pf.memory()
+    local _, run = flow:run({}, { store = store, run_id = "loop" })
+    local asked = { run.interrupts[1].payload }
+    for _, answer in ipairs { "p1", "x1", "p2", "x2" } do
+      _, run = flow:resume(store, "loop", { answer = answer })
+      asked[#asked + 1] = run.interrupts[1] and run.interrupts[1].payload
+    end
+    assert.equal("done", run.status)
+    -- the second visit asks its prep and post questions again: the first
+    -- visit's answers are not replayed to it
+    assert.same({ "prep", "post", "prep", "post" }, asked)
+    local s = store:get("loop").shared
+    assert.same({ "p2", "x1", "x2", 2 }, { s.p, s.post1, s.post2, s.visits })
+  end)
+
+  it("is not retried nor given to exec_fallback", function()
+    local tries, fell = 0, 0
+    local Ask = pf.Node:extend("Ask")
+    function Ask:exec()
+      tries = tries + 1
+      return pf.interrupt("?")
+    end
+    function Ask:exec_fallback() fell = fell + 1 return "fallback" end
+    function Ask:post(s, _, e) s.e = e end
+    for _, Kind in ipairs { "node", "batch" } do
+      tries, fell = 0, 0
+      local node = Ask{ max_retries = 3, wait = 0 }
+      if Kind == "batch" then
+        local B = pf.BatchNode:extend("Ask")
+        B.exec, B.exec_fallback, B.post = Ask.exec, Ask.exec_fallback, Ask.post
+        function B.prep() return { 1 } end
+        node = B{ max_retries = 3 }
+      end
+      local flow = pf.Flow{ name = "Main", start = node }
+      local store = pf.memory()
+      local _, run = flow:run({}, { store = store, run_id = "r" })
+      assert.equal("interrupted", run.status)
+      assert.same({ 1, 0 }, { tries, fell })
+      _, run = flow:resume(store, "r", { answer = "yes" })
+      assert.equal("done", run.status)
+      assert.same({ 2, 0 }, { tries, fell })
+    end
+  end)
+
+  it("lets the other items of a parallel batch finish; their results are kept", function()
+    local runs = {}
+    local P = pf.ParallelBatchNode:extend("Review")
+    function P:prep() return { 1, 2, 3, 4 } end
+    function P:exec(i)
+      runs[i] = (runs[i] or 0) + 1
+      if i % 2 == 0 then return pf.interrupt("item " .. i) end
+      pf.sleep(0.01)   -- still running when the questions are asked
+      return "auto" .. i
+    end
+    function P:post(s, _, r) s.r = r end
+    local flow = pf.Flow{ name = "Main", start = P() }
+    local path = os.tmpname()
+    rm_db(path)
+    local store = pf.sqlite(path)
+    local _, run = flow:run({}, { store = store, run_id = "pb" })
+    assert.equal("interrupted", run.status)
+    assert.same({ "Main/Review[2]#1", "Main/Review[4]#1" }, ids_of(run))
+    assert.same({ 1, 1, 1, 1 }, runs)
+    -- two pending: a plain answer, or an id that is not pending, is refused
+    -- and the run stays as it was
+    local ok, err = pcall(flow.resume, flow, store, "pb", { answer = "yes" })
+    assert.is_false(ok)
+    assert.matches("2 interrupts pending; answer by id", err)
+    ok, err = pcall(flow.resume, flow, store, "pb", { answer = { ["Main/Review[3]#1"] = 1 } })
+    assert.is_false(ok)
+    assert.matches("run 'pb' has no question 'Main/Review%[3%]#1' pending %(pending: " ..
+                   "Main/Review%[2%]#1, Main/Review%[4%]#1%)", err)
+    assert.equal("interrupted", store:runs()[1].status)
+    -- one answered by id: the other asks again
+    _, run = flow:resume(store, "pb", { answer = { ["Main/Review[2]#1"] = "two" } })
+    assert.equal("interrupted", run.status)
+    assert.same({ "Main/Review[4]#1" }, ids_of(run))
+    assert.same({ 1, 2, 1, 2 }, runs)   -- finished items did not run again
+    _, run = flow:resume(store, "pb", { answer = "four" })
+    assert.equal("done", run.status)
+    assert.same({ 1, 2, 1, 3 }, runs)
+    assert.same({ "auto1", "two", "auto3", "four" }, store:get("pb").shared.r)
+    store:close()
+    rm_db(path)
+  end)
+
+  it("answers both at once by id", function()
+    local P = pf.ParallelBatchNode:extend("Review")
+    function P:prep() return { "a", "b" } end
+    function P:exec(x) return pf.interrupt(x) end
+    function P:post(s, _, r) s.r = r end
+    local flow = pf.Flow{ name = "Main", start = P() }
+    local store = pf.memory()
+    local _, run = flow:run({}, { store = store, run_id = "two" })
+    assert.same({ "Main/Review[1]#1", "Main/Review[2]#1" }, ids_of(run))
+    _, run = flow:resume(store, "two", { answer = { ["Main/Review[1]#1"] = 1, ["Main/Review[2]#1"] = 2 } })
+    assert.equal("done", run.status)
+    assert.same({ 1, 2 }, store:get("two").shared.r)
+  end)
+
+  it("a real error of another item wins: the run fails", function()
+    local P = pf.ParallelBatchNode:extend("Review")
+    function P:prep() return { 1, 2 } end
+    function P:exec(i)
+      if i == 1 then return pf.interrupt("?") end
+      pf.sleep(0.01)
+      error("broken item")
+    end
+    local flow = pf.Flow{ name = "Main", start = P() }
+    local store = pf.memory()
+    local ok, err = pcall(flow.run, flow, {}, { store = store, run_id = "bad" })
+    assert.is_false(ok)
+    assert.matches("broken item", tostring(err))
+    assert.equal("failed", store:runs()[1].status)
+  end)
+
+  it("works in nested flows and the walks of batch flows", function()
+    for _, Kind in ipairs { pf.BatchFlow, pf.ParallelBatchFlow } do
+      local done = {}
+      local F = Kind:extend("PerDoc")
+      function F:prep() return { { doc = "x" }, { doc = "y" } } end
+      local Q = pf.Node:extend("Q")
+      function Q:exec() return pf.interrupt(self.params.doc) end
+      function Q:post(_, _, e) done[#done + 1] = self.params.doc .. "=" .. e end
+      local flow = pf.Flow{ name = "Main", start = pf.Flow{ name = "Inner", start = F{ start = Q() } } }
+      local store = pf.memory()
+      local _, run = flow:run({}, { store = store, run_id = "nest" })
+      assert.equal("interrupted", run.status)
+      local answers = {}
+      while run.status == "interrupted" do
+        for _, q in ipairs(run.interrupts) do answers[q.id] = q.payload:upper() end
+        local pending = {}
+        for _, q in ipairs(run.interrupts) do pending[q.id] = answers[q.id] end
+        _, run = flow:resume(store, "nest", { answer = pending })
+      end
+      assert.equal("done", run.status)
+      table.sort(done)
+      assert.same({ "x=X", "y=Y" }, done)
+      local ids = {}
+      for id in pairs(answers) do ids[#ids + 1] = id end
+      table.sort(ids)
+      assert.same({ "Main/Inner/PerDoc[1]/Q#1", "Main/Inner/PerDoc[2]/Q#1" }, ids)
+    end
+  end)
+
+  it("resume without an answer asks again; an answer with nothing pending is refused", function()
+    local flow = pf.Flow{ name = "Main", start = pf.Node{ name = "Ask",
+      exec = function() return pf.interrupt("?") end } }
+    local store = pf.memory()
+    local _, run = flow:run({}, { store = store, run_id = "again" })
+    _, run = flow:resume(store, "again")
+    assert.equal("interrupted", run.status)
+    assert.same({ "Main/Ask#1" }, ids_of(run))
+    -- a table answer to one question is the answer itself
+    local given
+    local flow2 = pf.Flow{ name = "Main", start = pf.Node{ name = "Ask",
+      exec = function() given = pf.interrupt("?") end } }
+    _, run = flow2:resume(store, "again", { answer = { ok = true } })
+    assert.equal("done", run.status)
+    assert.same({ ok = true }, given)
+    -- a run stopped elsewhere than at a question takes no answer
+    store:fork("again", nil, "copy")
+    local ok, err = pcall(flow2.resume, flow2, store, "copy", { answer = 1 })
+    assert.is_false(ok)
+    assert.matches("run 'copy' has no question pending; answer is not used", err)
+  end)
+
+  it("refuses on_interrupt with a store", function()
+    local flow = pf.Flow{ start = pf.Node() }
+    local ok, err = pcall(flow.run, flow, {}, { store = pf.memory(), on_interrupt = print })
+    assert.is_false(ok)
+    assert.matches("run: on_interrupt is for runs without a store; with a store, answer with flow:resume",
+                   err)
+  end)
+
+  it("is answered from a second process", function()
+    local path, script = os.tmpname(), os.tmpname()
+    rm_db(path)
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+local pf = require "pocketflow"
+local Ask = pf.Node:extend("Ask")
+function Ask:prep(s) return s.text end
+function Ask:exec(text) return pf.interrupt({ text = text }) end
+function Ask:post(s, _, answer) s.answer = answer end
+local flow = pf.Flow{ name = "Main", start = Ask() }
+local store = pf.sqlite(%q)
+local _, run
+if arg[1] == "start" then
+  _, run = flow:run({ text = "ship?" }, { store = store, run_id = "proc" })
+else
+  _, run = flow:resume(store, "proc", { answer = arg[2] })
+end
+print(run.status, run.interrupts[1] and run.interrupts[1].id, (require("pocketflow.core").store_proc()))
+store:close()
+]]):format(path))
+    f:close()
+    local function child(...)
+      local r = pf.exec({ BIN, script, ... }, { timeout = 60 })
+      assert.equal(0, r.code, r.stderr)
+      return r.stdout
+    end
+    local first = child("start")
+    assert.matches("^interrupted\tMain/Ask#1\t%d+\n$", first)
+    local second = child("answer", "yes")
+    assert.matches("^done\tnil\t%d+\n$", second)
+    assert.not_equal(first:match("(%d+)\n$"), second:match("(%d+)\n$"))   -- two processes
+    local store = pf.sqlite(path)
+    assert.equal("yes", store:get("proc").shared.answer)
+    assert.equal("done", store:runs()[1].status)
+    store:close()
+    rm_db(path)
+    os.remove(script)
+  end)
+end)

@@ -1088,7 +1088,11 @@ static void check_on_interrupt(lua_State *L, int idx) {
   if (t != LUA_TNIL && t != LUA_TFUNCTION)
     luaL_error(L, "run: on_interrupt must be a function (got %s)",
                lua_typename(L, t));
-  lua_pop(L, 1);
+  lua_pushliteral(L, "store");
+  if (t != LUA_TNIL && lua_rawget(L, idx) != LUA_TNIL)
+    luaL_error(L, "run: on_interrupt is for runs without a store; with a "
+               "store, answer with flow:resume");
+  lua_pop(L, 2);
 }
 
 /* node:run(shared [, opts]) */

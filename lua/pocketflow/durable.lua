@@ -9,6 +9,7 @@
 -- frames (prep results, items, params) keep their shared references.
 local core = require "pocketflow.core"
 local store_mod = require "pocketflow.store"
+local interrupt = require "pocketflow.interrupt"
 
 local M = {}
 
@@ -186,7 +187,7 @@ local function walk(run, node, frames)
   local ok, last = xpcall(core.machine, core.walk_msgh, kind_of(node), node,
                           run.shared, nil, rec, frames)
   core.task_run(before)
-  local status = ok and "done" or run.stop or "failed"
+  local status = ok and "done" or run.stop or interrupt.stopped(run, last) or "failed"
   local saved, meta = pcall(core.serialize, run.meta)
   if not saved then
     ok, last, status, meta = false, meta, "failed", nil
@@ -321,9 +322,11 @@ function M.resume(node, store, id, opts)
   for k, v in pairs(opts.shared or {}) do shared[k] = v end
   local ok2, err = pcall(resolve, id, finder(), frames, node, nil)
   if not ok2 then give_back(store, got, err, 2) end
+  local ok3, answers = pcall(interrupt.resume_answers, got.id, meta, opts.answer)
+  if not ok3 then give_back(store, got, answers, 2) end
   meta.durability = opts.durability or meta.durability
   local run = new_run(store, got.id, shared, meta)
-  run.step, run.root, run.answers, run.resumed = c.step, frames, opts.answer, got.status
+  run.step, run.root, run.answers, run.resumed = c.step, frames, answers, got.status
   return core.run(walk, run, node, frames)
 end
 

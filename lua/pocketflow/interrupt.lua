@@ -74,36 +74,38 @@ local function key_of(id)
   return (id:gsub("#%d+$", ""))
 end
 
--- The answers a run's resume gives: pending is run.interrupts (of the
--- run as it stopped), answer resume's option. Returns { [id] = answer },
--- or raises at level.
-function M.answers(run_id, pending, answer, level)
+-- The answers a run's resume gives: pending is the questions the run
+-- stopped on, answer resume's option. Returns { [id] = answer }, or
+-- raises (level 0: the message alone).
+local function given(run_id, pending, answer)
   local out = {}
   if answer == nil then return out end
   if #pending == 0 then
-    error(("run '%s' has no question pending; answer is not used"):format(run_id), level)
+    error(("run '%s' has no question pending; answer is not used"):format(run_id), 0)
   end
-  local by_id = type(answer) == "table" and getmetatable(answer) == nil
-  if by_id then   -- every key a pending id?
-    local ids = {}
-    for _, q in ipairs(pending) do ids[q.id] = true end
+  local ids, known = {}, {}
+  for i, q in ipairs(pending) do
+    ids[q.id] = true
+    known[i] = q.id
+  end
+  -- by id: a plain table whose keys are all pending ids (with one
+  -- question pending, any other value, a table among them, is the answer)
+  local by_id = type(answer) == "table" and getmetatable(answer) == nil and next(answer) ~= nil
+  if by_id then
     for k in pairs(answer) do
       if not ids[k] then
         if #pending == 1 then by_id = false break end
-        local known = {}
-        for i, q in ipairs(pending) do known[i] = q.id end
         error(("run '%s' has no question '%s' pending (pending: %s)"):format(
-          run_id, tostring(k), table.concat(known, ", ")), level)
+          run_id, tostring(k), table.concat(known, ", ")), 0)
       end
     end
-    if next(answer) == nil and #pending == 1 then by_id = false end
   end
   if by_id then
     for k, v in pairs(answer) do out[k] = v end
   elseif #pending == 1 then
     out[pending[1].id] = answer
   else
-    error(("%d interrupts pending; answer by id"):format(#pending), level)
+    error(("%d interrupts pending; answer by id"):format(#pending), 0)
   end
   return out
 end
@@ -111,7 +113,7 @@ end
 -- The answers to keep with an interrupted run: those of the node runs
 -- the run was cut in (the keys of the pending questions), so that they
 -- replay when those nodes run again.
-function M.kept_answers(answers, pending)
+local function kept(answers, pending)
   local keys, out = {}, {}
   for _, q in ipairs(pending) do keys[key_of(q.id)] = true end
   for id, v in pairs(answers or {}) do
@@ -120,24 +122,53 @@ function M.kept_answers(answers, pending)
   return out
 end
 
--- rec: the run's record, rec.answers { [id] = answer } (the kept ones and
--- resume's); rec.owner { [key] = run }: the node run the answers of a
--- key belong to, the first to ask after the resume (the node cut by the
--- interrupt reruns first). Another run of that node (a loop) finds none.
-local function ask_store(rec, id, key, run, name, payload)
-  local answers = rec.answers
+-- durable.lua, resuming run_id with its saved meta: the answers the walk
+-- replays, the kept ones and resume's (answer), by id. meta forgets the
+-- questions: they are asked again or answered.
+function M.resume_answers(run_id, meta, answer)
+  local pending = type(meta.interrupts) == "table" and meta.interrupts or {}
+  local out = given(run_id, pending, answer)
+  if type(meta.answers) == "table" then
+    for id, v in pairs(meta.answers) do
+      if out[id] == nil then out[id] = v end
+    end
+  end
+  meta.interrupts, meta.answers = nil, nil
+  return out
+end
+
+-- durable.lua, a walk that ended with the error err: "interrupted" if it
+-- is a pending value, the run's interrupts and answers to keep then set
+-- (run.interrupts, run.meta); else nil.
+function M.stopped(run, err)
+  if getmetatable(err) ~= Pending then return nil end
+  local pending = list(err)
+  run.interrupts = pending
+  run.meta.interrupts = pending
+  run.meta.answers = kept(run.answers, pending)
+  return "interrupted"
+end
+
+-- With a store: run.answers { [id] = answer } (the kept ones and
+-- resume's); run.owner { [key] = node run }: the node run the answers of
+-- a key belong to, the first to ask after the resume (the node cut by
+-- the interrupt reruns first). Another run of that node (a loop) finds
+-- none: they are dropped.
+local function ask_store(run, id, key, node_run, name, payload)
+  local answers = run.answers
   if answers ~= nil then
-    local owner = rec.owner
+    local owner = run.owner
     if owner == nil then   -- strong: a finished run must not be taken for none
       owner = {}
-      rec.owner = owner
+      run.owner = owner
     end
-    if owner[key] == nil then owner[key] = run end
-    if owner[key] ~= run then   -- a later run of the node: drop them
+    local first = owner[key]
+    if first == nil then owner[key] = node_run end
+    if first ~= nil and first ~= node_run then
       for k in pairs(answers) do
         if key_of(k) == key then answers[k] = nil end
       end
-      owner[key] = run
+      owner[key] = node_run
     end
     local v = answers[id]
     if v ~= nil then return v end
@@ -147,10 +178,10 @@ local function ask_store(rec, id, key, run, name, payload)
   error(p, 0)
 end
 
--- the run's record of a durable run (store), or nil: set after the
--- durable merge
-local function store_record()
-  return nil
+-- the durable run of the running task, or nil
+local function store_run()
+  local rec = core.run_context()
+  return rec and rec.run
 end
 
 -- pf.interrupt(payload) -> the answer
@@ -158,8 +189,8 @@ function M.interrupt(payload)
   local opts, key, run, name = core.node_here()
   if key == nil then fail("pf.interrupt: not in a node's prep, exec or post") end
   local id = next_id(key, run)
-  local rec = store_record()
-  if rec ~= nil then return ask_store(rec, id, key, run, name, payload) end
+  local durable = store_run()
+  if durable ~= nil then return ask_store(durable, id, key, run, name, payload) end
   local answer = opts and rawget(opts, "on_interrupt")
   if answer == nil then fail("pf.interrupt needs a store or on_interrupt") end
   local ok, v = pcall(answer, payload, id)
