@@ -42,31 +42,37 @@ _ = approve - "drop" >> Drop()
 local flow = pf.Flow{ name = "Reply", start = draft }
 
 -- the command line
+local usage = "usage: pocketflow examples/approve.lua [--db FILE] [MESSAGE | --resume ID ANSWER]\n"
 local db, resume, words = "approve.db", nil, {}
 local i = 1
 while arg[i] do
   local a = arg[i]
-  if a == "--db" then db, i = arg[i + 1], i + 1
-  elseif a == "--resume" then resume, i = arg[i + 1], i + 1
-  else words[#words + 1] = a end
+  if a == "--db" or a == "--resume" then
+    if arg[i + 1] == nil then
+      io.stderr:write(usage)
+      os.exit(2)
+    end
+    if a == "--db" then db = arg[i + 1] else resume = arg[i + 1] end
+    i = i + 1
+  else
+    words[#words + 1] = a
+  end
   i = i + 1
 end
-if db == nil or (resume == nil and arg[#arg] == "--resume") then
-  io.stderr:write("usage: pocketflow examples/approve.lua [--db FILE] [MESSAGE | --resume ID ANSWER]\n")
+if resume and #words ~= 1 then
+  io.stderr:write("approve: --resume ID needs one answer, yes or no\n")
   os.exit(2)
 end
 
 local store = pf.sqlite(db)
-local _, run
-if resume then
-  if #words ~= 1 then
-    io.stderr:write("approve: --resume ID needs one answer, yes or no\n")
-    os.exit(2)
-  end
-  _, run = flow:resume(store, resume, { answer = words[1] })
-else
+local ok, _, run = pcall(function()
+  if resume then return flow:resume(store, resume, { answer = words[1] }) end
   local message = #words > 0 and table.concat(words, " ") or "Where is my refund?"
-  _, run = flow:run({ message = message }, { store = store })
+  return flow:run({ message = message }, { store = store })
+end)
+if not ok then   -- an unknown or finished run: the message without the traceback
+  io.stderr:write("approve: ", (tostring(_):match("^[^\n]*"):gsub("^.-:%d+: ", "")), "\n")
+  os.exit(1)
 end
 
 if run.status == "interrupted" then

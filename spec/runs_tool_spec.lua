@@ -51,17 +51,16 @@ describe("tools/runs.lua diagram", function()
     marker = app .. ".ran"
     rm_db(db)
     local s = pf.sqlite(db)
-    s:_begin("cut")
-    s:_save("cut", 1, "Main > Review", pf.serialize({}))
-    s:_save("cut", 2, "Main > Review > Approve", pf.serialize({}))
-    s:_finish("cut", "interrupted")
-    s:_begin("bad")
-    s:_save("bad", 1, "Main > Review", pf.serialize({}))
-    s:_finish("bad", "failed")
-    s:_begin("ok")
-    s:_save("ok", 1, "Main > Review", pf.serialize({}))
-    s:_save("ok", 2, "Main > Send", pf.serialize({}))
-    s:_finish("ok", "done")
+    local function run(id, status, paths)
+      s:_begin(id)
+      for i, path in ipairs(paths) do s:_save(id, i, path, pf.serialize({})) end
+      s:_finish(id, status)
+    end
+    -- checkpoints as a run saves them: the path of the node to run next,
+    -- the flow alone at the start and at the end
+    run("cut", "interrupted", { "Main", "Main > Review", "Main > Review > Approve" })
+    run("bad", "failed", { "Main", "Main > Review" })
+    run("ok", "done", { "Main", "Main > Review", "Main > Review > Approve", "Main > Send", "Main" })
     s:close()
   end)
 
@@ -90,13 +89,14 @@ flow:run({}, { store = pf.sqlite(%q) })
     assert.is_false(exists(marker))
     assert.is_false(exists(marker .. ".db"))
     assert.matches('n3%["Approve"%]', r.stdout)
-    assert.same({ current = "n2,n3" }, classes(r.stdout))   -- Review and Approve in it
-    assert.equal("run cut: interrupted, step 2, next Main > Review > Approve\n", r.stderr)
+    -- Draft done; Review and Approve in it current
+    assert.same({ done = "n1", current = "n2,n3" }, classes(r.stdout))
+    assert.equal("run cut: interrupted, step 3, next Main > Review > Approve\n", r.stderr)
   end)
 
   it("takes the flow the script returns", function()
     script(app, "return flow\n")
-    local r = tool("diagram", "cut", "--script", app, "--step", "1", "--format", "dot",
+    local r = tool("diagram", "cut", "--script", app, "--step", "2", "--format", "dot",
                    "--direction", "LR")
     assert.equal(0, r.code, r.stderr)
     assert.matches('^digraph "Main" {\n  rankdir=LR;', r.stdout)
@@ -107,10 +107,10 @@ flow:run({}, { store = pf.sqlite(%q) })
     script(app, "return flow\n")
     local r = tool("diagram", "ok", "--script", app)
     assert.equal(0, r.code, r.stderr)
-    assert.same({ done = "n2,n4" }, classes(r.stdout))   -- Review, Send
+    assert.same({ done = "n1,n2,n3,n4" }, classes(r.stdout))   -- all but Drop
     r = tool("diagram", "bad", "--script", app)
     assert.equal(0, r.code, r.stderr)
-    assert.same({ failed = "n2" }, classes(r.stdout))
+    assert.same({ done = "n1", failed = "n2" }, classes(r.stdout))
   end)
 
   it("says what is wrong", function()

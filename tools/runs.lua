@@ -79,32 +79,36 @@ local function is_flow(x)
 end
 
 -- The flow of a script: the one it returns, else the first one it runs
--- or resumes (which is then not run: run and resume raise a sentinel).
--- The script gets no arguments; print does nothing meanwhile, and its
--- stores are in memory, so loading it changes no file.
+-- or resumes, which is then not run: the script runs in a coroutine,
+-- and run and resume yield the flow out of it (through the script's own
+-- pcalls); the script is left there. The script gets no arguments; print
+-- does nothing meanwhile, and its stores are in memory, so loading it
+-- changes no file.
 local function load_flow(script)
   local chunk, err = loadfile(script)
   if not chunk then error(err, 0) end
-  local STOP, found = {}, nil
+  local STOP, co = {}, nil
   local function catch(self)
-    found = self
-    error(STOP, 0)
+    if coroutine.running() == co then coroutine.yield(STOP, self) end
+    error(STOP, 0)   -- in a task of the script's: stop it
   end
   local saved = {
-    { pf.BaseNode, "run" }, { pf.BaseNode, "run_async" }, { pf.Flow, "resume" },
+    { pf.BaseNode, "run" }, { pf.BaseNode, "run_async" }, { pf.BaseNode, "resume" },
     { pf, "sqlite" }, { _G, "print" }, { _G, "arg" },
   }
   for _, s in ipairs(saved) do s[3] = rawget(s[1], s[2]) end
   rawset(pf.BaseNode, "run", catch)
   rawset(pf.BaseNode, "run_async", catch)
-  if saved[3][3] ~= nil then rawset(pf.Flow, "resume", catch) end
+  rawset(pf.BaseNode, "resume", catch)
   pf.sqlite = function(_, opts) return pf.memory(opts and { keep = opts.keep }) end
   print = function() end
   arg = { [0] = script }
-  local ok, ret = pcall(chunk)
+  co = coroutine.create(chunk)
+  local ok, ret, flow = coroutine.resume(co)
   for _, s in ipairs(saved) do rawset(s[1], s[2], s[3]) end
-  if is_flow(ret) then return ret end
-  if found ~= nil and is_flow(found) then return found end
+  if coroutine.status(co) == "suspended" then coroutine.close(co) end
+  if ok and ret == STOP and is_flow(flow) then return flow end
+  if ok and is_flow(ret) then return ret end
   if not ok and ret ~= STOP then   -- a table: its message keeps its position
     error({ msg = ("%s failed: %s"):format(script, tostring(ret):gsub("\nstack traceback:.*", "")) }, 0)
   end
@@ -147,7 +151,8 @@ local function child_named(flow, name)
 end
 
 -- the nodes on path, outermost first (the flow itself left out); as far
--- as they are found
+-- as they are found. A path that names the flow alone is its start: the
+-- start node is next.
 local function path_nodes(flow, path)
   local names, out, at = path_names(path), {}, flow
   local first = 1
@@ -158,6 +163,9 @@ local function path_nodes(flow, path)
     if node == nil then break end
     out[#out + 1] = node
     at = node
+  end
+  if first > #names and kind_of(rawget(flow, "start_node")) then
+    out[1] = rawget(flow, "start_node")
   end
   return out
 end
