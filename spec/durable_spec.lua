@@ -358,6 +358,29 @@ describe("durable runs in one process", function()
                   errmsg(flow.run, flow, {}, { store = {} }))
   end)
 
+  it("a run whose task was cancelled can be resumed in the same process", function()
+    local slow = true
+    local n, note = counter()
+    local S = pf.Node:extend("S")
+    function S:exec()
+      note("S", "exec")
+      if slow then slow = false pf.sleep(30) end
+    end
+    local flow = pf.Flow{ start = S(), name = "F" }
+    pf.run(function()
+      local t = pf.spawn(function() flow:run({}, { store = store, run_id = "cx" }) end)
+      pf.sleep(0.01)
+      -- held by this process and walked: refused
+      assert.equals("run 'cx' is running (pid " .. core.store_proc() .. ")",
+                    errmsg(flow.resume, flow, store, "cx"))
+      t:cancel()
+    end)
+    assert.equals("running", store:runs()[1].status)
+    local _, run = flow:resume(store, "cx")
+    assert.equals("done", run.status)
+    assert.equals(2, n["S exec"])
+  end)
+
   it("a changed graph refuses resume unless force = true", function()
     local flow = chain({ B = true }, function() end)
     errmsg(flow.run, flow, {}, { store = store, run_id = "g" })

@@ -394,7 +394,25 @@ function Store:_begin(id, opts)
   return call(self, do_begin, id, opts.graph, opts.meta)
 end
 
-local function do_acquire(b, id)
+-- The runs a walk of this process runs now (durable.lua marks them): a
+-- run held by this process but by no walk (its task was cancelled) can be
+-- taken again.
+local WALKING = {}
+
+local function walk_key(self, id)
+  return (self._path or tostring(self._b)) .. "\0" .. id
+end
+
+-- _walking(id, on): marks run id as walked (on) or not by this process
+function Store:_walking(id, on)
+  WALKING[walk_key(self, id)] = on or nil
+end
+
+local function ours(row, holder, walking)
+  return row.pid == holder.pid and row.pstart == holder.start and not walking
+end
+
+local function do_acquire(b, id, walking)
   local holder = me()
   for _ = 1, 8 do
     local row, err = b:load(id)
@@ -404,7 +422,7 @@ local function do_acquire(b, id)
       if row.host ~= holder.host then
         return nil, fmt("run '%s' is running (pid %d on host %s)", id, row.pid, row.host)
       end
-      if core.store_alive(row.pid, row.pstart) then
+      if core.store_alive(row.pid, row.pstart) and not ours(row, holder, walking) then
         return nil, fmt("run '%s' is running (pid %d)", id, row.pid)
       end
     end
@@ -428,7 +446,7 @@ end
 -- _acquire(id) -> record: takes an existing run to resume it
 function Store:_acquire(id)
   check_id("store:_acquire", id)
-  return call(self, do_acquire, id)
+  return call(self, do_acquire, id, WALKING[walk_key(self, id)])
 end
 
 local function do_save(b, ...) return b:save(...) end
