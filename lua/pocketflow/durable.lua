@@ -183,16 +183,17 @@ end
 -- through the walk, ends the run early with that status.
 local function walk(run, node, frames)
   local rec = { run = run, prefix = run.id, path = "" }
-  -- while it walks; a cancelled task closes it too, and the run, left
-  -- running, can be resumed in this process
-  local walking <close> = setmetatable({}, { __close = function()
-    run.store:_walking(run.id, false)
+  -- a cancelled task closes it: the run, left running, can be resumed in
+  -- this process
+  local walked = false
+  local _ <close> = setmetatable({}, { __close = function()
+    if not walked then run.store:_abandon(run.id) end
   end })
-  run.store:_walking(run.id, true)
   local before = core.task_run(rec)
   local ok, last = xpcall(core.machine, core.walk_msgh, kind_of(node), node,
                           run.shared, nil, rec, frames)
   core.task_run(before)
+  walked = true
   local status = ok and "done" or run.stop or interrupt.stopped(run, last) or "failed"
   local saved, meta = pcall(core.serialize, run.meta)
   if not saved then

@@ -394,25 +394,24 @@ function Store:_begin(id, opts)
   return call(self, do_begin, id, opts.graph, opts.meta)
 end
 
--- The runs a walk of this process runs now (durable.lua marks them): a
--- run held by this process but by no walk (its task was cancelled) can be
--- taken again.
-local WALKING = {}
+-- The runs this process holds but no longer walks (durable.lua marks a
+-- run whose walk's task was cancelled): they can be taken again here.
+local ABANDONED = {}
 
 local function walk_key(self, id)
   return (self._path or tostring(self._b)) .. "\0" .. id
 end
 
--- _walking(id, on): marks run id as walked (on) or not by this process
-function Store:_walking(id, on)
-  WALKING[walk_key(self, id)] = on or nil
+-- _abandon(id): this process holds run id but no longer runs it
+function Store:_abandon(id)
+  ABANDONED[walk_key(self, id)] = true
 end
 
-local function ours(row, holder, walking)
-  return row.pid == holder.pid and row.pstart == holder.start and not walking
+local function ours(row, holder, abandoned)
+  return row.pid == holder.pid and row.pstart == holder.start and abandoned
 end
 
-local function do_acquire(b, id, walking)
+local function do_acquire(b, id, abandoned)
   local holder = me()
   for _ = 1, 8 do
     local row, err = b:load(id)
@@ -422,7 +421,7 @@ local function do_acquire(b, id, walking)
       if row.host ~= holder.host then
         return nil, fmt("run '%s' is running (pid %d on host %s)", id, row.pid, row.host)
       end
-      if core.store_alive(row.pid, row.pstart) and not ours(row, holder, walking) then
+      if core.store_alive(row.pid, row.pstart) and not ours(row, holder, abandoned) then
         return nil, fmt("run '%s' is running (pid %d)", id, row.pid)
       end
     end
@@ -446,7 +445,10 @@ end
 -- _acquire(id) -> record: takes an existing run to resume it
 function Store:_acquire(id)
   check_id("store:_acquire", id)
-  return call(self, do_acquire, id, WALKING[walk_key(self, id)])
+  local key = walk_key(self, id)
+  local got = call(self, do_acquire, id, ABANDONED[key])
+  ABANDONED[key] = nil
+  return got
 end
 
 local function do_save(b, ...) return b:save(...) end
