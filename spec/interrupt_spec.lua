@@ -640,6 +640,23 @@ describe("pf.interrupt with a store", function()
     assert.matches("run 'copy' has no question pending; answer is not used", err)
   end)
 
+  it("refuses a payload that cannot be saved, at the question, without retry", function()
+    local tries = 0
+    local flow = pf.Flow{ name = "Main", start = pf.Node{ name = "Ask", max_retries = 3,
+      exec = function()
+        tries = tries + 1
+        local a = pf.interrupt({ reply = print })
+        return a
+      end } }
+    local store = pf.memory()
+    local ok, err = pcall(flow.run, flow, {}, { store = store, run_id = "fn" })
+    assert.is_false(ok)
+    assert.matches("^[^\n]*interrupt_spec.lua:%d+: pf.interrupt: cannot serialize payload.reply %(function%)",
+                   err)
+    assert.equal(1, tries)
+    assert.equal("failed", store:runs()[1].status)
+  end)
+
   it("refuses on_interrupt with a store", function()
     local flow = pf.Flow{ start = pf.Node() }
     local ok, err = pcall(flow.run, flow, {}, { store = pf.memory(), on_interrupt = print })

@@ -11,10 +11,10 @@ local M = {}
 -- table goes
 local asked = setmetatable({}, { __mode = "k" })
 
--- raises msg at the level of pf.interrupt's caller, marked so that the
--- node's attempts end at once (no retry, no fallback)
-local function fail(msg)
-  local info = debug.getinfo(3, "Sl")
+-- raises msg at level (as error's: 2 is the caller of fail's caller),
+-- marked so that the node's attempts end at once (no retry, no fallback)
+local function fail(msg, level)
+  local info = debug.getinfo(level + 1, "Sl")
   if info and info.currentline > 0 then
     msg = ("%s:%d: %s"):format(info.short_src, info.currentline, msg)
   end
@@ -173,6 +173,10 @@ local function ask_store(run, id, key, node_run, name, payload)
     local v = answers[id]
     if v ~= nil then return v end
   end
+  local ok, err = pcall(core.serialize, payload, { root = "payload" })
+  if not ok then   -- saved with the run: say so now, not as the run ends
+    fail(("pf.interrupt: %s"):format(tostring(err):gsub("^pf%.serialize: ", "")), 3)
+  end
   local p = setmetatable({ id = id, node = name, payload = payload }, Pending)
   core.no_retry(p)
   error(p, 0)
@@ -187,12 +191,15 @@ end
 -- pf.interrupt(payload) -> the answer
 function M.interrupt(payload)
   local opts, key, run, name = core.node_here()
-  if key == nil then fail("pf.interrupt: not in a node's prep, exec or post") end
+  if key == nil then fail("pf.interrupt: not in a node's prep, exec or post", 2) end
   local id = next_id(key, run)
   local durable = store_run()
-  if durable ~= nil then return ask_store(durable, id, key, run, name, payload) end
+  if durable ~= nil then
+    local v = ask_store(durable, id, key, run, name, payload)
+    return v
+  end
   local answer = opts and rawget(opts, "on_interrupt")
-  if answer == nil then fail("pf.interrupt needs a store or on_interrupt") end
+  if answer == nil then fail("pf.interrupt needs a store or on_interrupt", 2) end
   local ok, v = pcall(answer, payload, id)
   if not ok then
     core.no_retry(v)
