@@ -126,7 +126,12 @@ end
 -- replays, the kept ones and resume's (answer), by id. meta forgets the
 -- questions: they are asked again or answered.
 function M.resume_answers(run_id, meta, answer)
-  local pending = type(meta.interrupts) == "table" and meta.interrupts or {}
+  local pending = {}
+  if type(meta.interrupts) == "table" then   -- what a run saved: checked all the same
+    for _, q in ipairs(meta.interrupts) do
+      if type(q) == "table" and type(q.id) == "string" then pending[#pending + 1] = q end
+    end
+  end
   local out = given(run_id, pending, answer)
   if type(meta.answers) == "table" then
     for id, v in pairs(meta.answers) do
