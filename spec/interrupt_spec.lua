@@ -120,6 +120,29 @@ describe("pf.interrupt with on_interrupt", function()
     end
   end)
 
+  it("works in an exec with a timeout (which may run it in a task of its own)", function()
+    local Ask = pf.Node:extend("Ask")
+    function Ask:exec()
+      local a = pf.interrupt("q")
+      return a
+    end
+    function Ask:post(s, _, e) s.e = e end
+    local log, answer = recorder()
+    local shared = {}
+    pf.Flow{ name = "Main", start = Ask{ timeout = 30, max_retries = 2 } }:run(shared, { on_interrupt = answer })
+    assert.equal("q!", shared.e)
+    assert.same({ "Main/Ask#1" }, ids(log))
+    -- with a store
+    local flow = pf.Flow{ name = "Main", start = Ask{ timeout = 30, max_retries = 2 } }
+    local store = pf.memory()
+    local _, run = flow:run({}, { store = store, run_id = "t" })
+    assert.equal("interrupted", run.status)
+    assert.equal("Main/Ask#1", run.interrupts[1].id)
+    _, run = flow:resume(store, "t", { answer = "yes" })
+    assert.equal("done", run.status)
+    assert.equal("yes", store:get("t").shared.e)
+  end)
+
   it("lets on_interrupt wait for an answer from another task", function()
     local inbox = {}
     local Ask = pf.Node:extend("Approve")

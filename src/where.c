@@ -505,22 +505,23 @@ static void push_run_opts(lua_State *L, Walk w) {
   lua_pushnil(L);
 }
 
-/* True if the function at the walk's level - 1 is the prep, exec,
-** exec_fallback or post of frame top (of that kind), or was replaced by
-** a tail call. */
-static int in_method(lua_State *L, Walk *w, int level, int top, int kind) {
+/* True if the function at level of thread co is the prep, exec,
+** exec_fallback or post of frame top (of that kind) of w, or was
+** replaced by a tail call. */
+static int is_method(lua_State *L, lua_State *co, int level, Walk *w,
+                     int top, int kind) {
   static const char *const names[] = {"prep", "post", "exec",
                                       "exec_fallback"};
   lua_Debug mar;
   int i, found = 0;
-  if (!lua_getstack(w->co, level - 1, &mar) || !lua_checkstack(w->co, 1))
+  if (level < 0 || !lua_getstack(co, level, &mar) || !lua_checkstack(co, 1))
     return 0;
-  lua_getinfo(w->co, "tf", &mar);
+  lua_getinfo(co, "tf", &mar);
   if (mar.istailcall) {   /* return pf.interrupt(...): the method is gone */
-    lua_pop(w->co, 1);
+    lua_pop(co, 1);
     return 1;
   }
-  lua_xmove(w->co, L, 1);
+  lua_xmove(co, L, 1);
   walk_slot(L, w, top + F_SELF);
   for (i = kind == PF_K_EXEC ? 2 : 0; i < 4 && !found; i++) {
     lua_pushvalue(L, -1);
@@ -530,6 +531,39 @@ static int in_method(lua_State *L, Walk *w, int level, int top, int kind) {
   }
   lua_pop(L, 2);
   return found;
+}
+
+/* The top frame of the walk w, whose thread is at level: its base, or 0
+** if the slots do not end on a frame or it is a walk's. */
+static int top_frame(lua_State *L, Walk *w, int *kind) {
+  int top = count_slots(w) - FS + 1;
+  if (top < ROOT || (top - ROOT) % FS != 0) return 0;
+  *kind = frame_kind(L, w, top, top, -1);
+  return *kind == PF_K_WALK ? 0 : top;
+}
+
+/* Task t has no walk: is its parent's walk waiting for it (a task the
+** walk runs a method in, as an attempt with a timeout), with t running
+** that method? Fills w and returns the top frame, else 0. */
+static int waited_by_walk(lua_State *L, pf_task *t, Walk *w, int *kind) {
+  lua_CFunction f;
+  int top, deepest = 0;
+  lua_Debug ar;
+  pf_task *p = t->parent;
+  if (p == NULL || p->co == NULL || !lua_checkstack(p->co, 1) ||
+      !lua_getstack(p->co, 0, &w->ar))
+    return 0;
+  lua_getinfo(p->co, "f", &w->ar);
+  f = lua_tocfunction(p->co, -1);
+  lua_pop(p->co, 1);
+  if (f != pf_run_node && f != pf_walk_body) return 0;
+  w->co = p->co;
+  w->t = p;
+  if ((top = top_frame(L, w, kind)) == 0) return 0;
+  while (deepest < MAX_LEVEL && lua_getstack(L, deepest + 1, &ar)) deepest++;
+  /* the task's body is the method, or a function that called it */
+  return is_method(L, L, deepest, w, top, *kind) ||
+         is_method(L, L, deepest - 1, w, top, *kind) ? top : 0;
 }
 
 /* core.node_here() -> opts, key, run, name: for user code that runs in
@@ -543,9 +577,8 @@ int pf_node_here(lua_State *L) {
   pf_task *t = pf_current(L);
   if (t == NULL) return 0;
   level = find_walk(L, t, &w, 1);
-  if (level < 0) {   /* a parallel item running exec as its body? */
-    if (owner_walk(t, &w, &frame, &direct) != PF_K_PBATCH || !direct)
-      return 0;
+  if (level < 0 && owner_walk(t, &w, &frame, &direct) == PF_K_PBATCH &&
+      direct) {   /* a parallel item running exec as its body */
     push_run_opts(L, w);
     push_key(L, &w, frame, PBATCH_GATHERED);
     add_item(L, t->group_idx);
@@ -553,14 +586,16 @@ int pf_node_here(lua_State *L) {
     push_name(L, -1);
     return 4;
   }
-  top = count_slots(&w) - FS + 1;
-  if (top < ROOT || (top - ROOT) % FS != 0) return 0;
-  kind = frame_kind(L, &w, top, top, -1);
-  if (kind == PF_K_WALK || !in_method(L, &w, level, top, kind)) return 0;
+  if (level < 0) {
+    if ((top = waited_by_walk(L, t, &w, &kind)) == 0) return 0;
+  } else {
+    top = top_frame(L, &w, &kind);
+    if (top == 0 || !is_method(L, L, level - 1, &w, top, kind)) return 0;
+  }
   push_run_opts(L, w);
   push_key(L, &w, top, -1);
   if (kind == PF_K_EXEC && top == ROOT &&
-      owner_walk(t, &w, &frame, &direct) != 0)
+      owner_walk(w.t, &w, &frame, &direct) != 0)
     walk_slot(L, &w, frame + F_SELF);   /* a parallel item's batch */
   else
     walk_slot(L, &w, top + F_SELF);
