@@ -141,6 +141,19 @@ describe("pf.interrupt with on_interrupt", function()
     _, run = flow:resume(store, "t", { answer = "yes" })
     assert.equal("done", run.status)
     assert.equal("yes", store:get("t").shared.e)
+    -- an error of on_interrupt is not retried there either
+    local tries = 0
+    local Once = pf.Node:extend("Once")
+    function Once:exec()
+      tries = tries + 1
+      local a = pf.interrupt("q")
+      return a
+    end
+    local f2 = pf.Flow{ name = "Main", start = Once{ timeout = 30, max_retries = 3 } }
+    local ok, err = pcall(f2.run, f2, {}, { on_interrupt = function() error("no one") end })
+    assert.is_false(ok)
+    assert.matches("no one", err)
+    assert.equal(1, tries)
   end)
 
   it("lets on_interrupt wait for an answer from another task", function()

@@ -533,11 +533,13 @@ static int is_method(lua_State *L, lua_State *co, int level, Walk *w,
   return found;
 }
 
-/* The top frame of the walk w, whose thread is at level: its base, or 0
-** if the slots do not end on a frame or it is a walk's. */
-static int top_frame(lua_State *L, Walk *w, int *kind) {
-  int top = count_slots(w) - FS + 1;
-  if (top < ROOT || (top - ROOT) % FS != 0) return 0;
+/* The top frame of the walk w: its base, or 0 if it is a walk's, or if
+** the slots do not end on a frame. A walk waiting for a task may keep a
+** few slots above its frames (with extra): the frame below them. */
+static int top_frame(lua_State *L, Walk *w, int *kind, int extra) {
+  int n = count_slots(w) - ROOT + 1, top;
+  if (n < FS || (!extra && n % FS != 0)) return 0;
+  top = ROOT + (n / FS - 1) * FS;
   *kind = frame_kind(L, w, top, top, -1);
   return *kind == PF_K_WALK ? 0 : top;
 }
@@ -559,7 +561,7 @@ static int waited_by_walk(lua_State *L, pf_task *t, Walk *w, int *kind) {
   if (f != pf_run_node && f != pf_walk_body) return 0;
   w->co = p->co;
   w->t = p;
-  if ((top = top_frame(L, w, kind)) == 0) return 0;
+  if ((top = top_frame(L, w, kind, 1)) == 0) return 0;
   while (deepest < MAX_LEVEL && lua_getstack(L, deepest + 1, &ar)) deepest++;
   /* the task's body is the method, or a function that called it */
   return is_method(L, L, deepest, w, top, *kind) ||
@@ -589,7 +591,7 @@ int pf_node_here(lua_State *L) {
   if (level < 0) {
     if ((top = waited_by_walk(L, t, &w, &kind)) == 0) return 0;
   } else {
-    top = top_frame(L, &w, &kind);
+    top = top_frame(L, &w, &kind, 0);
     if (top == 0 || !is_method(L, L, level - 1, &w, top, kind)) return 0;
   }
   push_run_opts(L, w);
