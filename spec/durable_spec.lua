@@ -55,15 +55,14 @@ local function with(t)
   return out
 end
 
--- the lines of walks 1-4 of C -> D, walk 'cut' cut in D
-local function walks(cut)
+-- the lines of walks 1-4 of C -> D, walk 'cut' cut in D (or C: in_c)
+local function walks(cut, in_c)
   local t = { ["X prep"] = 1, ["X post"] = 1 }
   for w = 1, 4 do
     w = tostring(w)
-    t["C prep " .. w], t["C exec " .. w], t["C post " .. w] = 1, 1, 1
-    t["D prep " .. w] = w == cut and 2 or 1
-    t["D exec " .. w] = w == cut and 2 or 1
-    t["D post " .. w] = 1
+    local c, d = w == cut and in_c and 2 or 1, w == cut and not in_c and 2 or 1
+    t["C prep " .. w], t["C exec " .. w], t["C post " .. w] = c, c, 1
+    t["D prep " .. w], t["D exec " .. w], t["D post " .. w] = d, d, 1
   end
   return with(t)
 end
@@ -82,6 +81,7 @@ local KINDS = {
                    ["D prep"] = 2, ["D exec nil"] = 2, ["D post"] = 1, ["X post"] = 1 },
     "flow" },
   { "batch_flow", walks("2"), "batch flow" },
+  { "batch_flow_c", walks("2", true), "batch flow" },
   { "parallel_batch_flow", walks("3"), "parallel batch flow" },
 }
 
@@ -130,7 +130,6 @@ describe("durable runs: SIGKILL in the middle, resume in a new process", functio
     local pid = tonumber(line:match("^holding (%d+)$"))
     assert.is_number(pid, line)
     local store = pf.sqlite(db)
-    local a, b = pf.Node(), pf.Node()
     local ok, err = pcall(function()
       -- the same graph as the child's (names and kinds), not the same objects
       local A = pf.Node:extend("A")
@@ -144,7 +143,6 @@ describe("durable runs: SIGKILL in the middle, resume in a new process", functio
     p:close()
     assert.is_false(ok)
     assert.equals(("run 'run-node' is running (pid %d)"):format(pid), tostring(err))
-    assert.is_table(a) assert.is_table(b)
     store:close()
     rm_db(db)
     os.remove(log)
@@ -188,13 +186,29 @@ describe("durable runs in one process", function()
     local flow = chain({}, note, keys)
     local last, run = flow:run({}, { store = store, run_id = "r" })
     assert.is_nil(last)
-    assert.same({ id = "r", status = "done", step = 4, interrupts = {} }, run)
+    assert.same({ id = "r", status = "done", step = 5, interrupts = {} }, run)
     local h = store:history("r")
     local paths = {}
     for i, e in ipairs(h) do paths[i] = e.path end
-    assert.same({ "Main", "Main > B", "Main > C", "Main" }, paths)
+    assert.same({ "Main", "Main > B", "Main > C", "Main", "Main" }, paths)
     assert.same({ "r:Main/A#1", "r:Main/B#2", "r:Main/C#3" }, keys)
     assert.equals(1, n["A exec"])
+  end)
+
+  it("saves after the first node's post too: a run cut after it only ends", function()
+    local n, note = counter()
+    local flow = chain({}, note)
+    local post = flow.post
+    flow.post = function(self, s, p, e) s.posted = true return post(self, s, p, e) end
+    flow:run({}, { store = store, run_id = "e" })
+    assert.is_true(store:get("e").shared.posted)
+    assert.same({ finished = true }, store:get("e").state)
+    -- as if the process died before the run was marked done
+    store:fork("e", nil, "e2")
+    local last, run = flow:resume(store, "e2")
+    assert.is_nil(last)
+    assert.equals("done", run.status)
+    assert.equals(1, n["C exec"])
   end)
 
   it("generates a run id when none is given", function()
@@ -283,6 +297,35 @@ describe("durable runs in one process", function()
     assert.is_nil(last)
     assert.same({ id = "i", status = "interrupted", step = 1,
                   interrupts = { { id = "q1", node = "Stop", payload = "ok?" } } }, run2)
+  end)
+
+  it("a batch's items are saved one by one: checkpoints do not grow with them", function()
+    local runs = {}
+    local fail_at = 150
+    local B = pf.BatchNode:extend("B")
+    function B:prep()
+      local t = {}
+      for i = 1, 300 do t[i] = ("%03d"):format(i) .. ("x"):rep(200) end
+      return t
+    end
+    function B:exec(item)
+      local i = tonumber(item:sub(1, 3))
+      runs[i] = (runs[i] or 0) + 1
+      if i == fail_at then fail_at = nil error("cut", 0) end
+      return item:upper()
+    end
+    function B:post(s, _, r) s.n = #r s.last = r[300] end
+    local flow = pf.Flow{ start = B(), name = "F" }
+    errmsg(flow.run, flow, {}, { store = store, run_id = "big" })
+    local h = store:history("big")
+    assert.equals(2, #h)                        -- the start, the batch's start
+    assert.equals(150, #store:_items("big"))    -- prep and items 1..149
+    local _, run = flow:resume(store, "big")
+    assert.equals("done", run.status)
+    for i = 1, 300 do assert.equals(i == 150 and 2 or 1, runs[i], "item " .. i) end
+    local s = store:get("big").shared
+    assert.same({ 300, ("300" .. ("x"):rep(200)):upper() }, { s.n, s.last })
+    assert.same({}, store:_items("big"))         -- dropped once done
   end)
 
   it("a loop's visits get keys of their own", function()
@@ -409,7 +452,7 @@ describe("durable runs on SQLite", function()
       store:close()
       store = pf.sqlite(db)
       assert.same({ 2, 4, 6 }, store:get("x").shared.r)
-      assert.equals(5, #store:history("x"))
+      assert.equals(4, #store:history("x"))
       store:close()
       rm_db(db)
     end

@@ -21,13 +21,16 @@
 **   walk            { k, node = the node to run (its name), action,
 **                     params, visits }
 **   flow            { k, name, prep }
-**   batch           { k, name, prep, res, index }  (index: the next item)
-**   batch flow      { k, name, prep, index }       (the walk running)
-**   parallel kinds  { k, name, prep, group = G }
+**   batch kinds     { k, name, key, index }   (index: the item running)
+**   parallel kinds  { k, name, key, live = G.live }
 **
 ** A node's frame and an item's exec are not saved: they rerun from prep
 ** (from exec for an item). The run's root is the first task's array;
-** the items of a parallel batch are in its group.
+** the walks of a parallel batch flow are in its group's live. A batch's
+** prep result (item 0) and each finished item are saved on their own,
+** under the batch's key (its idempotency key), so that a checkpoint's
+** size does not grow with the items done; durable.lua puts them back
+** into the descriptors (prep, res, index, group) before a resume.
 */
 #include "pf.h"
 #include "pf_sched.h"
@@ -155,8 +158,12 @@ static int push_desc(lua_State *L, int b, int kind) {
     return 1;
   }
   desc_name(L, b + F_SELF, "name");
-  desc_slot(L, b, F_PREP, "prep");
-  if (kind == PF_K_BATCH) desc_slot(L, b, F_RES, "res");
+  if (kind == PF_K_FLOW) {
+    desc_slot(L, b, F_PREP, "prep");
+    return 1;
+  }
+  push_node_key(L, b);
+  lua_setfield(L, -2, "key");
   if (kind == PF_K_BATCH || kind == PF_K_BFLOW)
     desc_slot(L, b, F_INDEX, "index");
   return 1;
@@ -212,13 +219,66 @@ int pf_ckpt_push_save(lua_State *L, int top, int st) {
   return 3;
 }
 
+/* The batch at b starts its items, in state st: saves its prep result
+** (its item 0), then a checkpoint of the frames (the group's live walks,
+** at live if not 0, on the top one's). Neither waits: the saves after
+** them see them (a store writes in order). */
+static void save_start(lua_State *L, int b, int st, int live) {
+  lua_getfield(L, RUN, "run");
+  lua_getfield(L, -1, "item");
+  push_node_key(L, b);
+  lua_pushinteger(L, 0);
+  lua_pushvalue(L, b + F_PREP);
+  lua_pushboolean(L, 1);
+  lua_call(L, 4, 0);
+  lua_getfield(L, -1, "save");
+  lua_remove(L, -2);
+  lua_pushvalue(L, RUN);
+  push_frames(L, b, st);
+  if (live) {
+    lua_rawgeti(L, -1, (lua_Integer)lua_rawlen(L, -1));
+    lua_pushvalue(L, live);
+    lua_setfield(L, -2, "live");
+    lua_pop(L, 1);
+  }
+  push_path(L, b, st);
+  lua_pushboolean(L, 1);
+  lua_call(L, 4, 0);
+}
+
+void pf_ckpt_prep(lua_State *L, int b, int st) {
+  save_start(L, b, st, 0);
+}
+
+/* Item i of the batch at b ended, its result on top: pushes run.item, the
+** batch's key, i and the result (moved). */
+int pf_ckpt_push_item(lua_State *L, int b, lua_Integer i) {
+  lua_getfield(L, RUN, "run");
+  lua_getfield(L, -1, "item");
+  lua_remove(L, -2);
+  push_node_key(L, b);
+  lua_pushinteger(L, i);
+  lua_rotate(L, -4, -1);
+  return 3;
+}
+
 /* The first frame ended, its result on top: an item of a parallel
-** batch pushes run.item_done, its record and the result; else 0. */
+** batch pushes run.item_done, its record and the result; the run's
+** first task, run.save and frames that say the walk is over (a resume
+** from them only ends the run), after the last post. */
 int pf_ckpt_push_end(lua_State *L) {
   lua_getfield(L, RUN, "group");
   if (lua_isnil(L, -1)) {
+    lua_getfield(L, RUN, "run");
+    lua_getfield(L, -1, "save");
+    lua_replace(L, -3);
     lua_pop(L, 1);
-    return 0;
+    lua_pushvalue(L, RUN);
+    lua_createtable(L, 0, 1);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "finished");
+    lua_pushstring(L, pf_node_name(L, 2));
+    return 3;
   }
   lua_getfield(L, RUN, "run");
   lua_getfield(L, -1, "item_done");
@@ -248,24 +308,11 @@ void pf_ckpt_group(lua_State *L, int b, int st, int gidx) {
     lua_newtable(L);
     lua_setfield(L, -2, "live");
   }
-  push_frames(L, b, st);
-  lua_rawgeti(L, -1, (lua_Integer)lua_rawlen(L, -1));
-  lua_pushvalue(L, -3);
-  lua_setfield(L, -2, "group");
+  push_node_key(L, b);
+  lua_setfield(L, -2, "key");
+  lua_getfield(L, -1, "live");
+  save_start(L, b, st, lua_gettop(L));
   lua_pop(L, 1);
-  if (lua_getfield(L, RUN, "group") == LUA_TTABLE) {   /* an item's */
-    lua_getfield(L, -1, "live");
-    lua_getfield(L, RUN, "index");
-    lua_pushvalue(L, -4);
-    lua_settable(L, -3);
-    lua_pop(L, 3);
-  } else {
-    lua_pop(L, 1);
-    lua_getfield(L, RUN, "run");
-    lua_insert(L, -2);
-    lua_setfield(L, -2, "root");
-    lua_pop(L, 1);
-  }
   lua_createtable(L, 0, 4);
   lua_getfield(L, RUN, "run");
   lua_setfield(L, -2, "run");

@@ -251,13 +251,21 @@ static int save(lua_State *L, Pc *pc) {
   return GO;
 }
 
+/* ... and of item i of the batch at pc->b, its result on top (popped). */
+static int save_item(lua_State *L, Pc *pc, lua_Integer i) {
+  int n = pf_ckpt_push_item(L, pc->b, i);
+  lua_callk(L, n, 0, CTX(pc->b, pc->st), walk_k);
+  return GO;
+}
+
 static int ret_top_k(lua_State *L, int status, lua_KContext ctx) {
   (void)L; (void)status; (void)ctx;
   return 1;
 }
 
 /* The first frame of a durable walk ended, its result on top: an item of
-** a parallel batch records it (hook: item end); the walk returns it. */
+** a parallel batch records it (hook: item end), a run saves its end; the
+** walk returns it. */
 static int durable_end(lua_State *L) {
   int n = pf_ckpt_push_end(L);
   if (n > 0) lua_callk(L, n, 0, 0, ret_top_k);
@@ -578,6 +586,7 @@ static int batch_step(lua_State *L, Pc *pc) {
       lua_newtable(L);
       lua_replace(L, b + F_RES);
       set_int(L, b, F_INDEX, 1);
+      if (DURABLE(L)) pf_ckpt_prep(L, b, BATCH_NEXT);
       pc->st = BATCH_NEXT;
       return GO;
     case BATCH_NEXT:
@@ -595,10 +604,15 @@ static int batch_step(lua_State *L, Pc *pc) {
       lua_replace(L, pc->b + F_PREP);
       return GO;
     default:   /* BATCH_ITEM_DONE; hook: item end */
-      lua_rawseti(L, b + F_RES, i);
       set_int(L, b, F_INDEX, i + 1);
       pc->st = BATCH_NEXT;
-      return DURABLE(L) ? save(L, pc) : GO;
+      if (DURABLE(L)) {
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, b + F_RES, i);
+        return save_item(L, pc, i);
+      }
+      lua_rawseti(L, b + F_RES, i);
+      return GO;
   }
 }
 
@@ -634,6 +648,7 @@ static int bflow_step(lua_State *L, Pc *pc) {
       keep_items(L, b, pc->st, "param tables");
       check_param_sets(L, b, pc->st, b + F_ITEMS);
       set_int(L, b, F_INDEX, 1);
+      if (DURABLE(L)) pf_ckpt_prep(L, b, BFLOW_NEXT);
       pc->st = BFLOW_NEXT;
       return GO;
     case BFLOW_NEXT:
@@ -653,10 +668,11 @@ static int bflow_step(lua_State *L, Pc *pc) {
       pc->st = WALK_START;
       return GO;
     default:   /* BFLOW_WALKED; hook: item end */
-      lua_pop(L, 1);
       set_int(L, b, F_INDEX, i + 1);
       pc->st = BFLOW_NEXT;
-      return DURABLE(L) ? save(L, pc) : GO;
+      if (DURABLE(L)) return save_item(L, pc, i);
+      lua_pop(L, 1);
+      return GO;
   }
 }
 

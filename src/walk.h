@@ -115,6 +115,8 @@ void pf_ckpt_begin(lua_State *L, int kind);
 void pf_ckpt_node_start(lua_State *L, int w, int count);
 void pf_ckpt_item_key(lua_State *L, int b, lua_Integer i);
 int pf_ckpt_push_save(lua_State *L, int top, int st);
+void pf_ckpt_prep(lua_State *L, int b, int st);
+int pf_ckpt_push_item(lua_State *L, int b, lua_Integer i);
 void pf_ckpt_group(lua_State *L, int b, int st, int gidx);
 int pf_ckpt_item_done(lua_State *L, int gidx, lua_Integer i);
 int pf_ckpt_item_rec(lua_State *L, int gidx, lua_Integer i, int self);

@@ -6,7 +6,10 @@
 --
 -- A checkpoint is pf.serialize(shared) with the walk's saved frames under
 -- one more key of shared, STATE, for the time of the call: shared and the
--- frames (prep results, items, params) keep their shared references.
+-- frames (prep results, params) keep their shared references. A batch's
+-- prep result and finished items are saved one by one (store:_item),
+-- under the batch's idempotency key: a checkpoint stays the size of
+-- shared and the frames, however many items are done.
 local core = require "pocketflow.core"
 local store_mod = require "pocketflow.store"
 local interrupt = require "pocketflow.interrupt"
@@ -120,10 +123,40 @@ local function mismatch(id)
   error(fmt("run '%s': its checkpoint does not match the graph", id), 0)
 end
 
+local function first_missing(r)
+  local i = 1
+  while r[i] do i = i + 1 end
+  return i
+end
+
+-- Puts a batch's saved items back into its descriptor d (checkpoint.c);
+-- returns false if the walk saved above it has ended since.
+local function fill(id, d, rows)
+  local r = rows[d.key]
+  if not r or not r[0] then mismatch(id) end
+  d.prep = r[0][1]
+  if d.k == kinds.batch then
+    d.res, d.index = {}, first_missing(r)
+    for i = 1, d.index - 1 do d.res[i] = r[i][1] end
+  elseif d.k == kinds.batch_flow then
+    local running = d.index
+    d.index = first_missing(r)
+    return not r[running]
+  else
+    local done, live = {}, d.live or {}
+    for i, v in pairs(r) do
+      if i > 0 then done[i], live[i] = v, nil end
+    end
+    d.group, d.live = { done = done, live = live }, nil
+  end
+  return true
+end
+
 -- Finds the nodes of saved frames again: a walk's node by its name in
--- its flow. frames[1] runs node, or is a walk of flow.
-local function resolve(id, find, frames, node, flow)
-  for _, d in ipairs(frames) do
+-- its flow; puts the saved items of batches back. frames[1] runs node,
+-- or is a walk of flow.
+local function resolve(id, find, rows, frames, node, flow)
+  for i, d in ipairs(frames) do
     if d.k == WALK then
       if not flow then mismatch(id) end
       node = nil
@@ -135,11 +168,26 @@ local function resolve(id, find, frames, node, flow)
     else
       if not node or d.k ~= kind_of(node) then mismatch(id) end
       if is_flow(d.k) then flow = node end
+      if d.key ~= nil and not fill(id, d, rows) then
+        for j = #frames, i + 1, -1 do frames[j] = nil end   -- that walk is done
+        return
+      end
       if d.group then
-        for _, fr in pairs(d.group.live) do resolve(id, find, fr, nil, node) end
+        for _, fr in pairs(d.group.live) do resolve(id, find, rows, fr, nil, node) end
       end
     end
   end
+end
+
+-- the items saved of run id: rows[batch key][idx] = { value }
+local function load_rows(store, id)
+  local rows = {}
+  for _, it in ipairs(store:_items(id)) do
+    local r = rows[it.batch] or {}
+    rows[it.batch] = r
+    r[it.idx] = core.deserialize(it.blob)
+  end
+  return rows
 end
 
 -- ------------------------------------------------------------- the run
@@ -148,32 +196,40 @@ local function record(run, status)
   return { id = run.id, status = status, step = run.step, interrupts = run.interrupts }
 end
 
--- Serializes shared with the walk's frames and adds the checkpoint.
-local function commit(run, path)
+-- Serializes shared with the walk's frames and adds the checkpoint
+-- (async: without waiting, whatever the durability).
+local function commit(run, path, async)
   local shared = run.shared
   rawset(shared, STATE, run.root)
   local ok, blob = pcall(core.serialize, shared, run.sopts)
   rawset(shared, STATE, nil)
   if not ok then error(blob, 0) end
   run.step = run.step + 1
-  run.store:_save(run.id, run.step, path, blob, run.save_opts)
+  run.store:_save(run.id, run.step, path, blob, async and run.async_opts or run.save_opts)
 end
 
 local function new_run(store, id, shared, meta)
   local run = { store = store, id = id, shared = shared, step = 0, root = {},
                 interrupts = {}, meta = meta,
                 sopts = { root = "shared", skip = meta.transient, checkpoint = true },
+                iopts = { root = "item", checkpoint = true }, async_opts = { sync = false },
                 save_opts = { sync = meta.durability ~= "async" } }
   -- the walk calls these (checkpoint.c): after a post or an item, and
   -- when an item of a parallel batch ends
-  function run.save(rec, frames, path)
+  function run.save(rec, frames, path, async)
     if rec.group then rec.group.live[rec.index] = frames else run.root = frames end
-    commit(run, path)
+    commit(run, path, async)
+  end
+  -- item i of the batch of that key (0: its prep result) ended with v
+  function run.item(key, i, v, async)
+    local ok, blob = pcall(core.serialize, { v }, run.iopts)
+    if not ok then error(blob, 0) end
+    store:_item(id, key, i, blob, async and run.async_opts or run.save_opts)
   end
   function run.item_done(rec, r)
     local g = rec.group
     g.done[rec.index], g.live[rec.index] = { r }, nil
-    commit(run, rec.path)
+    run.item(g.key, rec.index, r)
   end
   return run
 end
@@ -326,14 +382,20 @@ function M.resume(node, store, id, opts)
     give_back(store, got, fmt("run '%s' has no checkpoint to resume from", id), 2)
   end
   local shared, frames = c.shared, c.state or {}
-  for k, v in pairs(opts.shared or {}) do shared[k] = v end
-  local ok2, err = pcall(resolve, id, finder(), frames, node, nil)
-  if not ok2 then give_back(store, got, err, 2) end
   local ok3, answers = pcall(interrupt.resume_answers, got.id, meta, opts.answer)
   if not ok3 then give_back(store, got, answers, 2) end
   meta.durability = opts.durability or meta.durability
   local run = new_run(store, got.id, shared, meta)
   run.step, run.root, run.answers, run.resumed = c.step, frames, answers, got.status
+  if frames.finished then   -- it died after its last post: it is done
+    store:_finish(got.id, "done", core.serialize(meta))
+    return nil, record(run, "done")
+  end
+  for k, v in pairs(opts.shared or {}) do shared[k] = v end
+  local ok2, err = pcall(function()
+    resolve(id, finder(), load_rows(store, id), frames, node, nil)
+  end)
+  if not ok2 then give_back(store, got, err, 2) end
   return core.run(walk, run, node, frames)
 end
 

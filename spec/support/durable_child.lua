@@ -17,11 +17,21 @@ local function log(...)
   f:close()
 end
 
--- The cut: once the run has n checkpoints, this process dies (run) or
--- waits to be killed (hold); a resumed run goes on.
+-- The cut: once the run has saved n checkpoints and items (the cut
+-- happens after exactly n: sequential kinds have saved them; a parallel
+-- item waits for the others), this process dies (run) or waits to be
+-- killed (hold); a resumed run goes on.
 local function cut(n)
   if mode == "resume" then return end
-  while #store:history(ID) < n do pf.sleep(0.005) end
+  local saved = 0
+  while saved < n do
+    saved = #store:history(ID) + #store:_items(ID)
+    if saved < n then pf.sleep(0.005) end
+  end
+  if saved ~= n then
+    print(("saved %d before the cut, not %d"):format(saved, n))
+    os.exit(3)
+  end
   if mode == "hold" then
     io.stdout:write("holding ", (core.store_proc()), "\n")
     io.stdout:flush()
@@ -51,13 +61,17 @@ end
 local A = logged(pf.Node, "A", { post = function(_, s) s.a = true end })
 local Z = logged(pf.Node, "Z", { post = function(_, s) s.z = true end })
 
--- an inner flow C -> D for the flow kinds; D is cut in walk 'cut_w'
-local function inner(cut_w, n)
-  local C = logged(pf.Node, "C", { post = function(self, s)
-    s["c" .. (self.params.w or "")] = self.idempotency_key
-  end })
+-- an inner flow C -> D for the flow kinds; D (or C: in_c) is cut in
+-- walk 'cut_w'
+local function inner(cut_w, n, in_c)
+  local function maybe_cut(self, here)
+    if here and (self.params.w or "") == cut_w then cut(n) end
+  end
+  local C = logged(pf.Node, "C", {
+    exec = function(self) maybe_cut(self, in_c) end,
+    post = function(self, s) s["c" .. (self.params.w or "")] = self.idempotency_key end })
   local D = logged(pf.Node, "D", {
-    exec = function(self) if (self.params.w or "") == cut_w then cut(n) end end,
+    exec = function(self) maybe_cut(self, not in_c) end,
     post = function(self, s) s["d" .. (self.params.w or "")] = self.idempotency_key end })
   local c = C()
   c:next(D())
@@ -76,13 +90,13 @@ local X = {
   batch = function()
     return logged(pf.BatchNode, "X", {
       prep = function() return { 1, 2, 3, 4, 5 } end,
-      exec = function(_, i) if i == 3 then cut(4) end return i * 10 end,
+      exec = function(_, i) if i == 3 then cut(6) end return i * 10 end,
       post = function(_, s, _, r) s.x = r end })()
   end,
   parallel_batch = function()
     return logged(pf.ParallelBatchNode, "X", {
       prep = function() return { 1, 2, 3, 4, 5 } end,
-      exec = function(_, i) if i == 3 then cut(6) end pf.sleep(0.001) return i * 10 end,
+      exec = function(_, i) if i == 3 then cut(8) end pf.sleep(0.001) return i * 10 end,
       post = function(_, s, _, r) s.x = r end })()
   end,
   flow = function()
@@ -92,12 +106,17 @@ local X = {
   batch_flow = function()
     local f = logged(pf.BatchFlow, "X", { prep = walks,
       post = function(_, s) s.x = "batch flow" end })
-    return f{ start = inner("2", 6) }
+    return f{ start = inner("2", 8) }
+  end,
+  batch_flow_c = function()   -- cut in the first node of walk 2
+    local f = logged(pf.BatchFlow, "X", { prep = walks,
+      post = function(_, s) s.x = "batch flow" end })
+    return f{ start = inner("2", 7, true) }
   end,
   parallel_batch_flow = function()
     local f = logged(pf.ParallelBatchFlow, "X", { prep = walks,
       post = function(_, s) s.x = "parallel batch flow" end })
-    return f{ start = inner("3", 12) }
+    return f{ start = inner("3", 14) }
   end,
 }
 
