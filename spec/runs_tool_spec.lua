@@ -113,6 +113,34 @@ flow:run({}, { store = pf.sqlite(%q) })
     assert.same({ done = "n1", failed = "n2" }, classes(r.stdout))
   end)
 
+  it("marks the nodes whose questions a real interrupted run waits on", function()
+    -- Pre, then a parallel batch flow PerDoc (Q >> R) whose walk 2 asks in Q
+    local real = os.tmpname()
+    rm_db(real)
+    write(app, ([[
+local pf = require "pocketflow"
+local F = pf.ParallelBatchFlow:extend("PerDoc")
+function F:prep() return { { doc = "x" }, { doc = "y" } } end
+local Q = pf.Node:extend("Q")
+function Q:exec() if self.params.doc == "y" then return pf.interrupt("?") end end
+local q = Q()
+q:next(pf.Node{ name = "R" })
+local pre = pf.Node{ name = "Pre" }
+pre:next(F{ start = q })
+local flow = pf.Flow{ name = "Main", start = pre }
+local _, run = flow:run({}, { store = pf.sqlite(%q), run_id = "real" })
+print(run.status, run.interrupts[1].id)
+]]):format(real))
+    local r = pf.exec({ BIN, app }, { timeout = 60 })
+    assert.same({ 0, "interrupted\tMain/PerDoc[2]/Q#1\n" }, { r.code, r.stdout })
+    r = pf.exec({ BIN, TOOL, real, "diagram", "real", "--script", app }, { timeout = 60 })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches('subgraph n2%["PerDoc %(parallel batch%)"%]\n    n3%["Q"%]\n    n4%["R"%]', r.stdout)
+    -- Pre and walk 1's R done; PerDoc and Q (asking in walk 2) current
+    assert.same({ done = "n1,n4", current = "n2,n3" }, classes(r.stdout))
+    rm_db(real)
+  end)
+
   it("says what is wrong", function()
     script(app, "local x = 1\n")
     local r = tool("diagram", "cut", "--script", app)

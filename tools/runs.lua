@@ -170,9 +170,25 @@ local function path_nodes(flow, path)
   return out
 end
 
+-- the questions an interrupted run waits on ({ { id, node, payload } }),
+-- from the meta the run saved (read through the store's back end: the
+-- store's API has no call for it)
+local function questions(store, id)
+  local ok, row = pcall(require("pocketflow.core").run, function() return store._b:load(id) end)
+  if not ok or type(row) ~= "table" or type(row.meta) ~= "string" then return {} end
+  local ok2, meta = pcall(pf.deserialize, row.meta)
+  if not ok2 or type(meta) ~= "table" or type(meta.interrupts) ~= "table" then return {} end
+  local out = {}
+  for _, q in ipairs(meta.interrupts) do
+    if type(q) == "table" and type(q.id) == "string" then out[#out + 1] = q end
+  end
+  return out
+end
+
 -- marks from a run's history: nodes the run went on from are done; the
--- node of the latest checkpoint (or of a pending question) is current,
--- failed if the run failed; a finished run's nodes are all done
+-- node of the latest checkpoint, and those of its pending questions, are
+-- current (with the flows around them), failed if the run failed; a
+-- finished run's nodes are all done
 local function run_marks(flow, store, id, step)
   local hist = store:history(id)
   local run
@@ -194,6 +210,12 @@ local function run_marks(flow, store, id, step)
     elseif run.status == "failed" and not step then mark = "failed" end
     for i, node in ipairs(nodes) do
       marks[node] = i == #nodes and mark or (mark == "done" and "done" or "current")
+    end
+  end
+  -- the nodes that asked the questions an interrupted run waits on
+  for _, q in ipairs(not step and run.status == "interrupted" and questions(store, id) or {}) do
+    for _, node in ipairs(path_nodes(flow, (q.id:gsub("#%d+$", "")))) do
+      marks[node] = "current"
     end
   end
   return marks, run, last
