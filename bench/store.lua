@@ -88,15 +88,26 @@ local function loop(kind)
   local s = { step = 1, items = items }
   local t0 = pf.now()
   local _, run = flow:run(s, opts)
-  if store then store:close() end  -- async: waits for the saves
+  if kind == "async" then store:close() end  -- waits for the saves
   local us = (pf.now() - t0) * 1e6 / N
+  if store then store:close() end
   assert(s.step == N + 1 and (not store or run.status == "done"), "loop ended early")
   rm(path)
   return us
 end
 
+-- pf.serialize of the loop's shared alone, us per call: the part of a
+-- checkpoint the floor does not pay
+local function ser()
+  local s = { step = 1, items = items }
+  local opts = { root = "shared", skip = {}, checkpoint = true }
+  local t0 = pf.now()
+  for _ = 1, N do pf.serialize(s, opts) end
+  return (pf.now() - t0) * 1e6 / N
+end
+
 local LOOPS = { "none", "memory", "sync", "async" }
-local runs = { sync = {}, async = {}, floor = {} }
+local runs = { sync = {}, async = {}, floor = {}, ser = {} }
 for _, k in ipairs(LOOPS) do runs["loop " .. k] = {} end
 for _ = 1, 5 do
   runs.floor[#runs.floor + 1] = floor()
@@ -106,6 +117,7 @@ for _ = 1, 5 do
     local t = runs["loop " .. k]
     t[#t + 1] = loop(k)
   end
+  runs.ser[#runs.ser + 1] = ser()
 end
 local f = median(runs.floor)
 print(("store: %d checkpoints of %d bytes, median of 5"):format(N, SIZE))
@@ -117,6 +129,7 @@ end
 local plain = median(runs["loop none"])
 print(("loop: %d steps, shared of %d bytes, one checkpoint a step, median of 5"):format(N, SIZE))
 print(("  no store                            %8.1f us/step"):format(plain))
+print(("  pf.serialize of shared alone        %8.1f us"):format(median(runs.ser)))
 for _, k in ipairs { "memory", "sync", "async" } do
   local m = median(runs["loop " .. k])
   print(("  %-6s %-28s %8.1f us/step  %8.1f us/checkpoint  %.2fx floor"):format(

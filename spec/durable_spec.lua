@@ -458,3 +458,130 @@ describe("durable runs on SQLite", function()
     end
   end)
 end)
+
+-- Random graphs of every kind, nested, cut again and again at random
+-- points (an error in prep, exec or post of a random call), resumed each
+-- time until done: the end state is the one a plain run leaves, so every
+-- node's post counted once per visit, and every batch item once.
+describe("durable runs of random graphs, cut and resumed", function()
+  local function rng(seed)
+    local s = (seed * 0x9E3779B97F4A7C15) ~ 0x2545F4914F6CDD1D
+    return function(n)
+      s = s ~ (s << 13); s = s ~ (s >> 7); s = s ~ (s << 17)
+      return (s >> 1) % n + 1
+    end
+  end
+
+  local KINDS = { "Node", "BatchNode", "ParallelBatchNode", "Flow", "BatchFlow",
+                  "ParallelBatchFlow" }
+  local SEEDS = tonumber(os.getenv("PF_DURABLE_SEEDS"))
+                or ({ plain = 150, asan = 80, valgrind = 30 })[os.getenv("PF_MODE") or "plain"]
+                or 150
+  local cut_at, calls = {}, 0
+
+  local function maybe_cut(where)
+    calls = calls + 1
+    if cut_at[calls] then error("cut " .. where .. " at call " .. calls, 0) end
+  end
+
+  local function gen(rand, depth, ids)
+    ids.n = ids.n + 1
+    local name = "N" .. ids.n
+    local kind = KINDS[rand(depth >= 3 and 3 or #KINDS)]
+    local cls = pf[kind]:extend(name)
+    local batch = kind:find("Batch") ~= nil
+    local n_items, loops = rand(4) - 1, not kind:find("Flow") and rand(3) == 1
+    local function w(self) return self.params.w or 0 end
+    function cls:prep(s)
+      maybe_cut(name .. " prep")
+      if not batch then return w(self) end
+      local items = {}
+      for i = 1, n_items do
+        items[i] = kind:find("Flow") and { w = w(self) * 10 + i } or i + w(self)
+      end
+      return items
+    end
+    if not kind:find("Flow") then
+      function cls:exec(p)
+        maybe_cut(name .. " exec")
+        return type(p) == "number" and p * 3 + #name or 0
+      end
+    end
+    function cls:post(s, p, e)
+      s.count[name] = (s.count[name] or 0) + 1
+      local add = ids.n * 7 + w(self)
+      if type(e) == "table" then for _, v in ipairs(e) do add = add + v end
+      elseif type(e) == "number" then add = add + e end
+      s.sum = s.sum + add
+      maybe_cut(name .. " post")
+      -- a loop: this node once more, per walk it is in
+      local v = name .. ":" .. w(self)
+      s.visits[v] = (s.visits[v] or 0) + 1
+      if loops and s.visits[v] < 2 then return "again" end
+    end
+    local node
+    if kind:find("Flow") then
+      local first, last = gen(rand, depth + 1, ids), nil
+      last = first
+      for _ = 2, rand(3) do
+        local nxt = gen(rand, depth + 1, ids)
+        last:next(nxt)
+        last = nxt
+      end
+      node = cls{ start = first }
+    else
+      node = cls()
+      node:next(node, "again")
+    end
+    return node
+  end
+
+  local function plain_and_durable(seed)
+    local function build()
+      local rand = rng(seed)
+      local ids = { n = 0 }
+      local first = gen(rand, 1, ids)
+      local last = first
+      for _ = 2, 3 do
+        local nxt = gen(rand, 1, ids)
+        last:next(nxt)
+        last = nxt
+      end
+      return pf.Flow{ start = first, name = "Main" }, ids.n
+    end
+    local flow, n = build()
+    cut_at, calls = {}, 0
+    local plain = { sum = 0, count = {}, visits = {} }
+    flow:run(plain)
+    local total = calls
+    -- the same graph again (its random actions again), cut at random calls
+    local flow2 = build()
+    local rand = rng(seed + 1)
+    cut_at, calls = {}, 0
+    for _ = 1, 3 do cut_at[rand(total + 1)] = true end
+    local store = pf.memory()
+    local ok, err = pcall(flow2.run, flow2, { sum = 0, count = {}, visits = {} },
+                          { store = store, run_id = "g" })
+    local cuts = 0
+    while not ok do
+      assert.matches("^cut ", tostring(err))
+      cuts = cuts + 1
+      assert.is_true(cuts <= 4, "too many cuts")
+      ok, err = pcall(flow2.resume, flow2, store, "g")
+    end
+    local s = store:get("g").shared
+    store:close()
+    return plain, s, n
+  end
+
+  it(("end as a plain run does (%d graphs)"):format(SEEDS), function()
+    local warned = pf.on_warning
+    pf.on_warning = function() end   -- flows ending on "again" without a loop
+    for seed = 1, SEEDS do
+      local plain, s, n = plain_and_durable(seed)
+      assert.same(plain.count, s.count, "seed " .. seed .. " (" .. n .. " nodes)")
+      assert.equals(plain.sum, s.sum, "seed " .. seed)
+    end
+    pf.on_warning = warned
+  end)
+end)

@@ -329,6 +329,40 @@ static int ret_args(lua_State *L) {
   return lua_gettop(L);
 }
 
+static int item_main_k(lua_State *L, int status, lua_KContext ctx) {
+  if (status == LUA_OK || status == LUA_YIELD)
+    return lua_gettop(L) - (int)ctx;
+  if (!pf_is_pending(L, -1)) {   /* a question (pf.interrupt) fails nothing */
+    lua_getfield(L, 2, "run");
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "failed");
+    lua_pop(L, 1);
+  }
+  return lua_error(L);
+}
+
+/* The body of an item task of a durable run: the walk (kind, self,
+** shared, x, rec, snap) under the walk's message handler (the error
+** keeps its where line). An error that ends the item fails the run: no
+** save after it, while its other items are being cancelled, may see
+** what the failed node left in shared. */
+static int item_main(lua_State *L) {
+  lua_settop(L, 6);
+  lua_pushcfunction(L, pf_walk_msgh);
+  lua_insert(L, 1);
+  lua_pushvalue(L, 6);
+  lua_insert(L, 2);
+  lua_pushcfunction(L, pf_walk_body);
+  lua_insert(L, 3);
+  return item_main_k(L, lua_pcallk(L, 6, LUA_MULTRET, 1, 2, item_main_k), 2);
+}
+
+/* The item body's function is item_main, not the walk's. */
+static void use_item_main(lua_State *L, int nargs) {
+  lua_pushcfunction(L, item_main);
+  lua_replace(L, -(nargs + 2));
+}
+
 /* Item i of the group at gidx was done before the resume: pushes a
 ** function returning its result, and the result; else returns 0. */
 int pf_ckpt_item_done(lua_State *L, int gidx, lua_Integer i) {
@@ -378,6 +412,7 @@ int pf_ckpt_item_rec(lua_State *L, int gidx, lua_Integer i, int self) {
   lua_replace(L, rec - 1);
   lua_pop(L, 2);
   lua_insert(L, -2);   /* rec, frames */
+  use_item_main(L, 6);
   return 2;
 }
 

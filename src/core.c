@@ -43,6 +43,7 @@ static const luaL_Reg walk_funcs[] = {
   {"reraise", pf_reraise},
   {"node_here", pf_node_here},
   {"no_retry", pf_mark_no_retry},
+  {"arm_timeouts", pf_arm_timeouts},
   {NULL, NULL}
 };
 

@@ -200,16 +200,21 @@ void pf_pending_mt(lua_State *L) {
   }
 }
 
-/* True if the value on co's top is pending (see above). */
-static int is_pending(lua_State *L, lua_State *co) {
+/* True if the value at idx is pending (see above). */
+int pf_is_pending(lua_State *L, int idx) {
   int r = 0;
-  if (lua_type(co, -1) == LUA_TTABLE && lua_getmetatable(co, -1)) {
-    lua_xmove(co, L, 1);
+  if (lua_type(L, idx) == LUA_TTABLE && lua_checkstack(L, 2) &&
+      lua_getmetatable(L, idx)) {
     luaL_getmetatable(L, PF_PENDING_MT);
     r = lua_rawequal(L, -1, -2);
     lua_pop(L, 2);
   }
   return r;
+}
+
+static int is_pending(lua_State *L, lua_State *co) {
+  (void)L;
+  return pf_is_pending(co, -1);
 }
 
 /* An item ended pending: its value is kept in order of ending. */

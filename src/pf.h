@@ -87,6 +87,7 @@ void pf_group_cancel(pf_task *owner, void *data);
 pf_group_body pf_group_owner(pf_group *g, pf_task **owner, int *ctx);
 #define PF_PENDING_MT "pocketflow.pending"
 void pf_pending_mt(lua_State *L);
+int pf_is_pending(lua_State *L, int idx);
 
 /* walk.c: nodes, flows and batches (its functions are registered by
 ** core.c); where.c: the where line of errors */
@@ -94,6 +95,7 @@ int pf_walk_body(lua_State *L);
 int pf_noop(lua_State *L);
 int pf_reraise(lua_State *L);
 int pf_run_node(lua_State *L);
+int pf_arm_timeouts(lua_State *L);
 void pf_add_where(lua_State *L, pf_task *t, lua_State *co);
 /* where.c: for pf.interrupt */
 int pf_node_here(lua_State *L);

@@ -199,6 +199,7 @@ end
 -- Serializes shared with the walk's frames and adds the checkpoint
 -- (async: without waiting, whatever the durability).
 local function commit(run, path, async)
+  if run.failed then return end   -- an item failed: the run ends
   local shared = run.shared
   rawset(shared, STATE, run.root)
   local ok, blob = pcall(core.serialize, shared, run.sopts)
@@ -222,6 +223,7 @@ local function new_run(store, id, shared, meta)
   end
   -- item i of the batch of that key (0: its prep result) ended with v
   function run.item(key, i, v, async)
+    if run.failed then return end
     local ok, blob = pcall(core.serialize, { v }, run.iopts)
     if not ok then error(blob, 0) end
     store:_item(id, key, i, blob, async and run.async_opts or run.save_opts)
