@@ -245,6 +245,35 @@ local EXAMPLES = {
     end },
   },
 
+  ["approve.lua"] = {
+    { "drafts, stops at the question, and finishes when resumed with the answer", function()
+      local dir = assert(uv.fs_mkdtemp("/tmp/pf_approve_XXXXXX"))
+      local first = run({ "approve.lua", "Where", "is", "my", "parcel?" }, { cwd = dir })
+      assert.equal(0, first.code, first.stderr)
+      local id = first.stdout:match("^run (%S+) waits for an answer\n")
+      assert.truthy(id, first.stdout)
+      assert.matches("\nReply/Approve#1: Send this reply%? %(yes/no%)\n" ..
+                     '  Dear customer, thank you for your message %("Where is my parcel%?"%)', first.stdout)
+      assert.matches("\nanswer with: pocketflow examples/approve.lua %-%-resume " ..
+                     id:gsub("%p", "%%%0") .. " yes\n$", first.stdout)
+      -- the answer, in another process on the same file
+      local second = run({ "approve.lua", "--resume", id, "yes" }, { cwd = dir })
+      assert.equal(0, second.code, second.stderr)
+      assert.equal('sent: Dear customer, thank you for your message ("Where is my parcel?"). ' ..
+                   "We are on it.\nrun " .. id .. " is done\n", second.stdout)
+      local again = run({ "approve.lua", "--resume", id, "yes" }, { cwd = dir })
+      assert.same({ 1, "approve: run '" .. id .. "' is done\n" }, { again.code, again.stderr })
+      -- "no", with --db
+      local db = dir .. "/other.db"
+      local third = run({ "approve.lua", "--db", db }, { cwd = dir })
+      id = third.stdout:match("^run (%S+) waits")
+      assert.matches("approve.lua %-%-db " .. db:gsub("%p", "%%%0") .. " %-%-resume", third.stdout)
+      local fourth = run({ "approve.lua", "--db", db, "--resume", id, "no" }, { cwd = dir })
+      assert.equal("dropped (answer: no)\nrun " .. id .. " is done\n", fourth.stdout)
+      rm_tree(dir)
+    end },
+  },
+
   ["diagram.lua"] = {
     { "prints its flow as Mermaid (the default) or Graphviz, or says how to call it", function()
       local m = run{ "diagram.lua", "mermaid" }

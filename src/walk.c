@@ -492,12 +492,10 @@ static int exec_done(lua_State *L, Pc *pc) {
 #define ATTEMPT_CANCELLED 100
 
 /* An error that ends the attempts at once, past exec_fallback: it leaves
-** the node as it is. Cancellation is never retried; interrupts (API
-** section 8) are to be checked here as well. */
+** the node as it is. Cancellation is never retried, nor what
+** pf.interrupt marked (its questions and errors: where.c). */
 static int is_final_error(lua_State *L, int status, int err) {
-  (void)L;
-  (void)err;
-  return status == ATTEMPT_CANCELLED;
+  return status == ATTEMPT_CANCELLED || pf_no_retry(L, err);
 }
 
 static int armed(lua_State *L) {
@@ -1478,7 +1476,7 @@ static const struct {
 } run_options[] = {
   {"on_event", 0}, {"trace", 0}, {"capture", 0}, {"progress", 0},
   {"store", 1}, {"run_id", 1}, {"durability", 1}, {"transient", 1},
-  {"on_interrupt", 0}, {NULL, 0}
+  {"on_interrupt", 1}, {NULL, 0}
 };
 
 /* Checks run's options at idx, raising at the caller's position. */
@@ -1503,6 +1501,20 @@ static void check_run_options(lua_State *L, int idx) {
   }
 }
 
+static void check_on_interrupt(lua_State *L, int idx) {
+  int t;
+  lua_pushliteral(L, "on_interrupt");
+  t = lua_rawget(L, idx);
+  if (t != LUA_TNIL && t != LUA_TFUNCTION)
+    luaL_error(L, "run: on_interrupt must be a function (got %s)",
+               lua_typename(L, t));
+  lua_pushliteral(L, "store");
+  if (t != LUA_TNIL && lua_rawget(L, idx) != LUA_TNIL)
+    luaL_error(L, "run: on_interrupt is for runs without a store; with a "
+               "store, answer with flow:resume");
+  lua_pop(L, 2);
+}
+
 /* node:run(shared [, opts]) */
 int pf_run_node(lua_State *L) {
   int kind = node_kind(L, 1, 0);
@@ -1514,6 +1526,7 @@ int pf_run_node(lua_State *L) {
                                                "transient", NULL};
     const char *const *k;
     check_run_options(L, 3);
+    check_on_interrupt(L, 3);
     if (lua_getfield(L, 3, "store") != LUA_TNIL) return pf_ckpt_run(L);
     for (k = needs_store; *k; k++)
       if (lua_getfield(L, 3, *k) != LUA_TNIL)
@@ -1521,7 +1534,7 @@ int pf_run_node(lua_State *L) {
     lua_settop(L, 3);
   }
   if (pf_current(L) == NULL) return pf_wait_outside(L, pf_run_node, "run");
-  lua_settop(L, 2);
+  lua_settop(L, 3);            /* the options stay in slot 4 (node_here) */
   if (lua_getfield(L, 1, "successors") == LUA_TTABLE) {
     lua_pushnil(L);
     if (lua_next(L, -2)) {
@@ -1534,6 +1547,6 @@ int pf_run_node(lua_State *L) {
   }
   lua_pop(L, 1);
   lua_pushinteger(L, kind);
-  lua_insert(L, 1);            /* kind, node, shared */
+  lua_insert(L, 1);            /* kind, node, shared, opts */
   return walk_begin(L, kind, 1);
 }

@@ -348,6 +348,7 @@ end
 function pf.work(q, flow, opts)
   queue().work(q, flow, opts, 3)
 end
+pf.interrupt = require("pocketflow.interrupt").interrupt
 
 local events = require "pocketflow.events"
 pf.on = events.on
