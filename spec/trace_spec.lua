@@ -200,6 +200,127 @@ describe("trace to a file", function()
     assert.matches('^"table: ', s.attributes["pf.exec_res"])
   end)
 
+  -- one span per name, each line read back as raw text and as JSON
+  local function spans_named(names, capture, exec_res)
+    local sink = trace.open(path, { capture = capture })
+    pf.run(function()
+      for i = 1, #names do
+        core.event{ type = "node_start", node = names[i], path = "Flow/" .. names[i] }
+        core.event{ type = "node_end", status = "ok", exec_res = exec_res }
+      end
+    end)
+    sink:close()
+    local raw = {}
+    for line in slurp(path):gmatch("[^\n]+") do raw[#raw + 1] = line end
+    return lines_of(path), raw
+  end
+
+  it("escapes hostile names exactly as JSON's encoder does; bad UTF-8 becomes U+FFFD", function()
+    local cjson = require "cjson"
+    local names = { "plain ASCII name", 'quo"te', "back\\slash", "a/b", "tab\tnew\nline",
+                    "\0nul", "del\127", "é and 漢字 and 😀", "\255\254", "bad \192\128 overlong",
+                    "cut \226\130", "surrogate \237\160\128", "\128lead", string.rep("long é ", 100) }
+    local spans, raw = spans_named(names)
+    assert.equal(#names, #spans)
+    for i, name in ipairs(names) do
+      local valid = utf8.len(name) ~= nil
+      if valid then
+        -- byte for byte what cjson writes (the ASCII fast path included)
+        assert.truthy(raw[i]:find('"name":' .. cjson.encode(name) .. ',', 1, true), name)
+        assert.equal(name, spans[i].name)
+        assert.equal("Flow/" .. name, spans[i].attributes["pf.path"])
+      else
+        assert.is_truthy(utf8.len(spans[i].name), name)
+        assert.truthy(spans[i].name:find("\u{FFFD}", 1, true), name)
+      end
+    end
+    -- each bad byte is one U+FFFD, the good ones are kept
+    assert.equal("\u{FFFD}\u{FFFD}", spans[9].name)
+    assert.equal("bad \u{FFFD}\u{FFFD} overlong", spans[10].name)
+    assert.equal("cut \u{FFFD}\u{FFFD}", spans[11].name)
+    assert.equal("\u{FFFD}lead", spans[13].name)
+  end)
+
+  it("cleans a long string of bad UTF-8 in one pass (it took minutes)", function()
+    local n = 200000
+    local bad = string.rep("\255", n)
+    local c0 = os.clock()
+    local spans = spans_named({ "x" .. bad })
+    local cpu = os.clock() - c0
+    assert.equal("x" .. string.rep("\u{FFFD}", n), spans[1].name)
+    -- linear: well under a second plain, a few under valgrind; the
+    -- byte-by-byte rescan it replaced took ~3 minutes plain
+    assert.is_true(cpu < 30, ("%.1f s of CPU"):format(cpu))
+  end)
+
+  it("writes huge names, messages and captures whole or cut, each line valid JSON", function()
+    local huge = string.rep("n", 100000)
+    local spans = spans_named({ huge }, true, string.rep("é", 5000))
+    assert.equal(huge, spans[1].name)
+    -- the capture is cut at capture_limit bytes of its JSON, here inside
+    -- a two-byte character: that byte becomes U+FFFD, the line stays valid
+    local cut = spans[1].attributes["pf.exec_res"]
+    assert.equal('"' .. string.rep("é", (trace.capture_limit - 1) // 2) .. "\u{FFFD}...(truncated)", cut)
+    os.remove(path)
+    local msg = string.rep('m"\n', 50000)
+    local sink = trace.open(path)
+    pf.run(function()
+      core.event{ type = "node_start", node = "Big", item = "k\"ey", attempt = 2.0 }
+      core.event{ type = "node_end", status = "error", error = msg }
+      core.event{ type = "node_start", node = "Odd", item = 1.5, attempt = 0 / 0 }
+      core.event{ type = "node_end", status = "ok" }
+    end)
+    sink:close()
+    local s = lines_of(path)
+    assert.same({ code = "ERROR", message = msg }, s[1].status)
+    assert.equal("k\"ey", s[1].attributes["pf.item"])
+    assert.equal(2, s[1].attributes["pf.attempt"])
+    assert.equal(1.5, s[2].attributes["pf.item"])
+    assert.matches("nan", s[2].attributes["pf.attempt"])
+  end)
+
+  it("warns once when the file cannot be written (a full disk); the run is unaffected", function()
+    local f = io.open("/dev/full", "w")
+    if not f then error("this spec needs /dev/full") end
+    f:close()
+    local res
+    local seen = warnings.of(function()
+      local sink = trace.open("/dev/full")
+      res = pf.run(function()
+        a_run()
+        return "fine"
+      end)
+      a_run()
+      sink:close()
+    end)
+    assert.equal("fine", res)
+    assert.equal(1, #seen)
+    assert.equal("trace: cannot write spans to /dev/full: No space left on device", seen[1])
+  end)
+
+  it("has a span writer that checks its arguments and writes nothing on a bad call", function()
+    assert.has_error(function() core.span_writer(42, tostring) end)
+    local f = assert(io.open(path, "w"))
+    assert.has_error(function() core.span_writer(f, 42) end)
+    local w = core.span_writer(f, function(v) return '"' .. tostring(v) .. '"' end)
+    local function args(over)
+      local a = { "{h", "s", "p", '"n"', 0, 1.5, 2.5, "{}", 1, false, nil, "node", "", "", "}}\n" }
+      for k, v in pairs(over) do a[k] = v end
+      return table.unpack(a, 1, 15)
+    end
+    assert.has_error(function() w(args{ [2] = 7 }) end)        -- an id that is no string
+    assert.has_error(function() w(args{ [6] = "soon" }) end)   -- a time that is no number
+    assert.has_error(function() w(args{ [7] = math.huge }) end)
+    local w2 = core.span_writer(f, function() return nil end)
+    assert.has_error(function() w2(args{ [9] = 1.5 }) end, "trace: to_json gave no string")
+    assert.is_true(w(args{ [9] = true, [11] = 3 }))
+    f:close()
+    assert.has_error(function() w(args{}) end, "attempt to use a closed file")
+    assert.equal('{hs","parent_span_id":"p","name":"n","start_time_unix_nano":1500000000,' ..
+                 '"end_time_unix_nano":2500000000,"status":{},"attributes":{"pf.attempt":"true",' ..
+                 '"pf.item":3,"pf.kind":"node",}}\n', slurp(path))
+  end)
+
   it("refuses a bad target with a clear error", function()
     assert.has_error(function() trace.open(42) end, "trace: must be a file path or an http:// URL (got number)")
     assert.has_error(function() trace.open("/nonexistent/dir/t.jsonl") end,

@@ -102,4 +102,7 @@ void pf_open_runtime(lua_State *L);
 /* store.c: the SQLite connection of pf.sqlite, on a writer thread */
 void pf_open_store(lua_State *L);
 
+/* trace.c: core.span_writer, the JSON lines of trace = file */
+void pf_open_trace(lua_State *L);
+
 #endif
