@@ -347,9 +347,10 @@ describe("trace to an OTLP/HTTP collector", function()
       if ss.scope.name ~= "pocketflow" then got.bad[#got.bad + 1] = "scope" end
       for _, s in ipairs(ss.spans) do got.spans[#got.spans + 1] = s end
       local function reply() res:send(200, "{}", { ["Content-Type"] = "application/json" }) end
-      -- hold: the answer waits until hold() is true (polled; 30 s at most)
+      -- hold: the answer waits while hold() is true (polled every 50 ms;
+      -- polls times at most, 600 unless said)
       local function held(n)
-        if n > 600 or not opts.hold() then return reply() end
+        if n > (opts.polls or 600) or not opts.hold() then return reply() end
         res:after(0.05, function() held(n + 1) end)
       end
       if opts and opts.hold then held(0) else reply() end
@@ -488,6 +489,116 @@ describe("trace to an OTLP/HTTP collector", function()
     assert.equal(3, n)
     assert.equal(1, #seen)
     assert.matches("^trace: cannot send spans to ", seen[1])
+  end)
+
+  it("sends hostile names and odd values as valid OTLP JSON", function()
+    local srv, got = collector()
+    local sink = trace.open(srv.url, { capture = true })
+    pf.run(function()
+      core.event{ type = "node_start", node = 'q"uo\\te/\0\255', path = "P/\254", attempt = 0 / 0 }
+      core.event{ type = "retry", attempt = 1, delay = 0 }
+      core.event{ type = "fallback", attempt = math.huge }
+      core.event{ type = "node_end", status = "error", error = "bad \255 \"x\"",
+                  exec_res = string.rep("é", 5000), prep_res = true }
+      core.event{ type = "item_start", node = "I", item = "k\"ey" }
+      core.event{ type = "item_end", status = "cancelled" }
+      core.event{ type = "item_start", node = "J", item = 2.5 }
+      core.event{ type = "item_end", status = "ok" }
+    end)
+    sink:close()
+    pf.run(function()
+      local t0 = pf.now()
+      while #got.spans < 3 and pf.now() - t0 < 30 do pf.sleep(0.02) end
+    end)
+    srv:close()
+    assert.same({}, got.bad)
+    assert.equal(3, #got.spans)
+    local by = {}
+    for _, s in ipairs(got.spans) do
+      local attrs = {}
+      for _, a in ipairs(s.attributes) do attrs[a.key] = a.value end
+      by[s.name] = { span = s, attrs = attrs }
+    end
+    local n = by['q"uo\\te/\0\u{FFFD}']
+    assert.is_table(n)
+    assert.same({ code = 2, message = 'bad \u{FFFD} "x"' }, n.span.status)
+    assert.same({ doubleValue = "Infinity" }, n.attrs["pf.attempt"])
+    assert.same({ boolValue = true }, n.attrs["pf.fallback"])
+    assert.same({ intValue = "1" }, n.attrs["pf.retries"])
+    assert.same({ stringValue = "P/\u{FFFD}" }, n.attrs["pf.path"])
+    assert.same({ stringValue = "true" }, n.attrs["pf.prep_res"])
+    assert.equal('"' .. string.rep("é", (trace.capture_limit - 1) // 2) .. "\u{FFFD}...(truncated)",
+                 n.attrs["pf.exec_res"].stringValue)
+    assert.same({ stringValue = "error" }, n.attrs["pf.status"])
+    assert.same({ stringValue = 'k"ey' }, by.I.attrs["pf.item"])
+    assert.same({ code = 0 }, by.I.span.status)
+    assert.same({ doubleValue = 2.5 }, by.J.attrs["pf.item"])
+    assert.same({ stringValue = "item" }, by.J.attrs["pf.kind"])
+  end)
+
+  it("sends a batch whose task was cancelled (the sender is not that task's child)", function()
+    local srv, got = collector()
+    local sink = trace.open(srv.url)
+    pf.run(function()
+      local t = pf.spawn(function()
+        for _ = 1, trace.batch_size do   -- the last span starts the batch's sender
+          core.event{ type = "node_start", node = "N" }
+          core.event{ type = "node_end", status = "ok" }
+        end
+        pf.sleep(30)
+      end)
+      pf.sleep(0)
+      t:cancel()
+    end)
+    sink:close()
+    srv:close()
+    assert.equal(trace.batch_size, #got.spans)
+    assert.equal(0, sink.in_flight)
+  end)
+
+  it("keeps at most max_in_flight requests and a bounded queue; drops past it, warning once", function()
+    local saved = { trace.max_in_flight, trace.max_waiting, trace.http_timeout }
+    -- (no request may time out while held, however slow the machine)
+    trace.max_in_flight, trace.max_waiting, trace.http_timeout = 2, 1024, 600
+    finally(function()
+      trace.max_in_flight, trace.max_waiting, trace.http_timeout = saved[1], saved[2], saved[3]
+    end)
+    local open_now, most, release = 0, 0, false
+    local srv, got = collector({ hold = function() return not release end, polls = 6000 })
+    local routes = srv.routes["/v1/traces"]
+    srv.routes["/v1/traces"] = function(req, res)
+      open_now = open_now + 1
+      if open_now > most then most = open_now end
+      local send = res.send
+      res.send = function(...) open_now = open_now - 1; return send(...) end
+      return routes(req, res)
+    end
+    local done_at
+    local seen = warnings.of(function()
+      local sink = trace.open(srv.url)
+      pf.run(function()
+        core.event{ type = "run_start", node = "Flow" }
+        for i = 1, 20 * 512 do   -- 20 batches: 2 in flight, 2 waiting, 16 dropped
+          core.event{ type = "node_start", node = "N" }
+          core.event{ type = "node_end", status = "ok" }
+          if i % 512 == 0 then pf.sleep(0) end
+        end
+        done_at = pf.now()
+        release = true
+        core.event{ type = "run_end", status = "ok" }
+      end)
+      sink:close()
+      pf.run(function()
+        while sink.in_flight > 0 or #sink.batches > 0 do pf.sleep(0.02) end
+      end)
+      assert.equal(16 * 512 + 1, sink.dropped)
+    end)
+    srv:close()
+    assert.is_not_nil(done_at)
+    assert.equal(2, most)
+    assert.equal(4 * 512, #got.spans)
+    assert.equal(1, #seen)
+    assert.matches("takes spans slower than the run makes them: 512 spans dropped", seen[1])
   end)
 
   it("warns on an error status too", function()

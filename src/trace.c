@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "pf.h"
+#include "pf_sched.h"
 
 #define LINE_MAX_BUF 1024
 
@@ -180,9 +181,22 @@ static int l_span_writer(lua_State *L) {
   return 1;
 }
 
+/* core.spawn_detached(fn) -> task: a task of no parent, as pf.spawn
+** outside any task makes. The OTLP sink's sender and timer: a child of
+** the task whose span filled a batch would be cancelled with it (a
+** sibling's failure in a parallel batch), losing the batch. The running
+** pf.run still waits for it. */
+static int l_spawn_detached(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  pf_spawn_task(L, NULL, 0);
+  return 1;
+}
+
 void pf_open_trace(lua_State *L) {
   static const luaL_Reg fns[] = {
-    {"span_writer", l_span_writer}, {NULL, NULL}
+    {"span_writer", l_span_writer}, {"spawn_detached", l_spawn_detached},
+    {NULL, NULL}
   };
   luaL_setfuncs(L, fns, 0);
 }
