@@ -102,7 +102,8 @@ void pf_open_runtime(lua_State *L);
 /* store.c: the SQLite connection of pf.sqlite, on a writer thread */
 void pf_open_store(lua_State *L);
 
-/* trace.c: core.span_writer, the JSON lines of trace = file */
+/* trace.c: core.span_writer (the JSON lines of trace = file) and
+** core.spawn_detached (the OTLP senders) */
 void pf_open_trace(lua_State *L);
 
 #endif
