@@ -26,14 +26,17 @@ local function a_run(extra)
   pf.run(function()
     core.event{ type = "run_start", node = "Flow", path = "Flow" }
     core.event{ type = "node_start", node = "Translate", path = "Flow/Translate", attempt = 1 }
-    local tasks = {}
+    local tasks, second_done = {}, false
     for i = 1, 2 do
       tasks[i] = pf.spawn(function()
         core.event{ type = "item_start", node = "Translate", item = i }
-        pf.sleep(0.01 * (3 - i))
+        pf.sleep(0.01)
+        -- item 1 ends after item 2, however slow the machine
+        while i == 1 and not second_done do pf.sleep(0.005) end
         if i == 2 then core.event{ type = "retry", delay = 0, attempt = 1 } end
         core.event{ type = "item_end", status = i == 2 and "error" or "ok",
                     error = i == 2 and "bad \"item\"\n" or nil }
+        if i == 2 then second_done = true end
       end)
     end
     for i = 1, 2 do tasks[i]:wait() end
@@ -81,7 +84,7 @@ describe("trace to a file", function()
     assert.equal("error", i2.attributes["pf.status"])
     assert.equal("Flow/Translate", node.attributes["pf.path"])
     assert.equal("node", node.attributes["pf.kind"])
-    -- ends come in order: item 2 (shorter) ends before item 1
+    -- ends come in order: item 2 ends before item 1
     assert.equal(2, spans[1].attributes["pf.item"])
     assert.equal("Flow", spans[4].name)
     -- nothing is captured by default
