@@ -23,15 +23,11 @@ local span_types = { "run_start", "run_end", "node_start", "node_end",
                      "item_start", "item_end", "retry", "fallback" }
 local kind_of = { run_start = "run", node_start = "node", item_start = "item" }
 
--- unix nanoseconds = offset + pf.now() nanoseconds
+-- unix nanoseconds = offset + floor(pf.now() * 1e9) (and so in src/trace.c)
 local function clock_offset()
   local s, us = core.wall()
   local t = core.now()
   return s * 1000000000 + us * 1000 - floor(t * 1e9)
-end
-
-local function nanos(offset, t)
-  return offset + floor(t * 1e9)
 end
 
 -- capture: a value as JSON, cut to M.capture_limit bytes
@@ -95,7 +91,7 @@ local function status_of(st)
   return "UNSET"   -- cancelled, interrupted: not an error of the span
 end
 
--- A span's attributes, in this order (attributes_order): pf.attempt
+-- A span's attributes, in this order ("the attribute order"): pf.attempt
 -- (from the end event, a retry or fallback, or the start), pf.fallback
 -- (true after a fallback), pf.item, pf.kind (run, node, item), pf.path,
 -- pf.prep_res and pf.exec_res (capture = true), pf.retries (after a
@@ -115,7 +111,7 @@ local function json_scalar(v)
   return esc(tostring(v))
 end
 
--- Keys in attributes_order.
+-- Keys in the attribute order.
 local function opt(key, v)
   if v == nil then return "" end
   if math_type(v) == "integer" then return '"' .. key .. '":' .. v .. "," end
@@ -143,7 +139,7 @@ local function status_json(st, err)
   return '{"code":"' .. status_of(st) .. '"}'
 end
 
--- the captures and pf.retries, in attributes_order
+-- the captures and pf.retries, in the attribute order
 local function tail_of(sink, note, ev)
   local tail = ""
   if sink.capture then
@@ -202,7 +198,7 @@ local function otlp_path(path)
   return a
 end
 
--- An OTLP span as JSON text, its attributes in attributes_order;
+-- An OTLP span as JSON text, its attributes in the attribute order;
 -- the common ones from caches, so that a span is one concatenation.
 local function otlp_span(sink, r, ev, trace_id, note)
   local st = ev.status
@@ -224,7 +220,7 @@ local function otlp_span(sink, r, ev, trace_id, note)
     .. (note and note.fallback and '{"key":"pf.fallback","value":{"boolValue":true}},' or "")
     .. otlp_attr("pf.item", r.item) .. otlp_kinds[r.type]
     .. (path == nil and "" or otlp_paths[path] or otlp_path(path)) .. tail
-    .. (st == "ok" and otlp_ok or '{"key":"pf.status","value":{"stringValue":' .. esc(st or "ok") .. "}}")
+    .. (st == "ok" and otlp_ok or '{"key":"pf.status","value":' .. otlp_value(st or "ok") .. "}")
     .. '],"status":' .. status .. "}}"
 end
 
@@ -382,7 +378,7 @@ end
 -- fields in upvalues. This is the hot path of bench/trace.lua. A line's
 -- pieces: '{"trace_id":"<id>","span_id":"' (made once per trace), the
 -- ids, the name as JSON, the times as pf.now() values, the status object,
--- then the attributes in attributes_order (attempt and item as
+-- then the attributes in the attribute order (attempt and item as
 -- values: integers are written by the C side, others made JSON by
 -- json_scalar; rare ones in tail).
 local function file_handler(sink)
