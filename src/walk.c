@@ -33,6 +33,7 @@
 
 #include "pf.h"
 #include "pf_sched.h"
+#include "attempts.h"
 #include "walk.h"
 
 /* Field names, interned once in a table kept below the first frame: a
@@ -40,11 +41,17 @@
 ** every step. */
 enum { K_PREP = 1, K_EXEC, K_POST, K_FALLBACK, K_CUR_RETRY, K_SUCCESSORS,
        K_PARAMS, K_DEFAULT, K_INDEX, K_KIND, K_START, K_RETRIES, K_WAIT,
-       K_MAXC, K_NKEYS };
+       K_MAXC, K_TIMEOUT, K_DEADLINE, K_BACKOFF, K_MAX_WAIT, K_JITTER,
+       K_RETRY_ON, K_RETRY_AFTER, K_DISTRIBUTE, K_NKEYS };
 static const char *const key_names[] = {
   NULL, "prep", "exec", "post", "exec_fallback", "cur_retry", "successors",
   "params", "default", "__index", "__pfkind", "start_node", "max_retries",
-  "wait", "max_concurrency"};
+  "wait", "max_concurrency", "timeout", "deadline", "backoff", "max_wait",
+  "jitter", "retry_on", "retry_after", "distribute"};
+/* The table's one slot past the names: true once any node or class was
+** given a timeout or a deadline (core.arm_timeouts, from init.lua), so
+** that a program without them never looks these options up per attempt. */
+#define K_ARMED K_NKEYS
 static const char KEYS_KEY = 'K';
 
 static void push_keys(lua_State *L) {
@@ -97,6 +104,7 @@ static int walk_k(lua_State *L, int status, lua_KContext ctx) {
 ** to go on with them, or the value the walk returns. */
 typedef struct Pc {
   int b, st, status;
+  int armed;   /* timeouts may be set (K_ARMED), read when the walk resumes */
 } Pc;
 #define GO (-1)
 
@@ -232,9 +240,17 @@ static int call_post(lua_State *L, int b) {
   return POSTED;
 }
 
+static lua_Number flow_timeout(lua_State *L, int b);
+static int timed_flow(lua_State *L, Pc *pc, lua_Number limit);
+
 /* hook: node start. A frame's first state (*_PREP) calls prep(self,
-** shared), whose result comes back in the kind's *_PREPPED. */
+** shared), whose result comes back in the kind's *_PREPPED; a flow with
+** a timeout runs in a task of its own first. */
 static int node_begin(lua_State *L, Pc *pc) {
+  lua_Number limit;
+  if (ST_KIND(pc->st) >= PF_K_FLOW && pc->armed &&
+      (limit = flow_timeout(L, pc->b)) > 0)
+    return timed_flow(L, pc, limit);
   pc->st = ST(ST_KIND(pc->st), P_PREPPED);
   if (push_method(L, pc->b, K_PREP)) {
     lua_pushvalue(L, pc->b + F_SHARED);
@@ -243,12 +259,41 @@ static int node_begin(lua_State *L, Pc *pc) {
   return GO;
 }
 
+/* The saves of durable runs: a checkpoint of the frames up to the top
+** in state st, committed (sync) before the walk goes on in st. */
+static int save(lua_State *L, Pc *pc) {
+  int n = pf_ckpt_push_save(L, pc->b, pc->st);
+  lua_callk(L, n, 0, CTX(pc->b, pc->st), walk_k);
+  return GO;
+}
+
+/* ... and of item i of the batch at pc->b, its result on top (popped). */
+static int save_item(lua_State *L, Pc *pc, lua_Integer i) {
+  int n = pf_ckpt_push_item(L, pc->b, i);
+  lua_callk(L, n, 0, CTX(pc->b, pc->st), walk_k);
+  return GO;
+}
+
+static int ret_top_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)L; (void)status; (void)ctx;
+  return 1;
+}
+
+/* The first frame of a durable walk ended, its result on top: an item of
+** a parallel batch records it (hook: item end), a run saves its end; the
+** walk returns it. */
+static int durable_end(lua_State *L) {
+  int n = pf_ckpt_push_end(L);
+  if (n > 0) lua_callk(L, n, 0, 0, ret_top_k);
+  return 1;
+}
+
 /* hook: node end (also an item frame's or a walk's end). The frame is
 ** done, its result on top: the parent goes on in its own state with it,
 ** or the walk returns it. */
 static int end_frame(lua_State *L, Pc *pc) {
   pc->b = pop_frame(L, pc->b);
-  if (pc->b == 0) return 1;
+  if (pc->b == 0) return DURABLE(L) ? durable_end(L) : 1;
   pc->st = get_state(L, pc->b);
   return GO;
 }
@@ -442,6 +487,160 @@ static int exec_done(lua_State *L, Pc *pc) {
   return GO;
 }
 
+/* A status of the walk's own, beside Lua's: the attempt's task was
+** cancelled by someone else than its timeout. */
+#define ATTEMPT_CANCELLED 100
+
+/* An error that ends the attempts at once, past exec_fallback: it leaves
+** the node as it is. Cancellation is never retried; interrupts (API
+** section 8) are to be checked here as well. */
+static int is_final_error(lua_State *L, int status, int err) {
+  (void)L;
+  (void)err;
+  return status == ATTEMPT_CANCELLED;
+}
+
+static int armed(lua_State *L) {
+  int on = lua_rawgeti(L, KEYS, K_ARMED) == LUA_TBOOLEAN;
+  lua_pop(L, 1);
+  return on;
+}
+
+/* core.arm_timeouts(): from now on the walk looks for timeouts and
+** deadlines (K_ARMED). */
+int pf_arm_timeouts(lua_State *L) {
+  push_keys(L);
+  lua_pushboolean(L, 1);
+  lua_rawseti(L, -2, K_ARMED);
+  return 0;
+}
+
+/* The option at key, a number of seconds > 0, or -1 (none). */
+static lua_Number seconds(lua_State *L, int b, int key) {
+  lua_Number s;
+  get_key(L, b + F_SELF, key);
+  s = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return s > 0 ? s : -1;
+}
+
+/* Pushes seconds as messages show them: whole ones without decimals,
+** others as Lua prints numbers; nan, inf and -inf alike everywhere. */
+static const char *push_seconds(lua_State *L, lua_Number s) {
+  if (s != s) return lua_pushliteral(L, "nan");
+  if (s - s != 0) return lua_pushstring(L, s > 0 ? "inf" : "-inf");
+  if (s == (lua_Number)(lua_Integer)s)
+    return lua_pushfstring(L, "%I", (LUAI_UACINT)(lua_Integer)s);
+  return lua_pushfstring(L, "%f", s);
+}
+
+static lua_Number now(void) {
+  return (lua_Number)uv_hrtime() / 1e9;
+}
+
+/* Seconds left before the deadline (never below 0), or -1: none. */
+static lua_Number deadline_left(lua_State *L, int b) {
+  lua_Number left;
+  if (!lua_isnumber(L, b + F_DEADLINE)) return -1;
+  left = lua_tonumber(L, b + F_DEADLINE) - now();
+  return left > 0 ? left : 0;
+}
+
+/* The time the attempt about to start may take: its timeout, cut to
+** what is left of the deadline, which the first attempt sets; -1:
+** unbounded. F_BOUND says whether the deadline is the limit. */
+static lua_Number attempt_limit(lua_State *L, int b, lua_Integer fails) {
+  lua_Number limit = seconds(L, b, K_TIMEOUT), d = seconds(L, b, K_DEADLINE);
+  int bound = 0;
+  if (d > 0 && fails == 0) {
+    lua_pushnumber(L, now() + d);
+    lua_replace(L, b + F_DEADLINE);
+  }
+  d = deadline_left(L, b);
+  if (d >= 0 && (limit < 0 || d < limit)) limit = d, bound = 1;
+  lua_pushboolean(L, bound);
+  lua_replace(L, b + F_BOUND);
+  return limit;
+}
+
+static int timed_body_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  lua_pushboolean(L, status == LUA_OK || status == LUA_YIELD);
+  lua_insert(L, -2);
+  return 2;
+}
+
+/* The body of a timed attempt's or flow's task: (f, ...) -> true, f's
+** result, or false, its error, as is. f runs under the walk's message
+** handler, so a string error gets its record in this task (where.c),
+** for the walk to adopt. */
+static int timed_body(lua_State *L) {
+  int nargs = lua_gettop(L) - 1;
+  lua_pushcfunction(L, pf_walk_msgh);
+  lua_insert(L, 1);
+  return timed_body_k(L, lua_pcallk(L, nargs, 1, 1, 0, timed_body_k), 0);
+}
+
+/* Runs the function and its nargs arguments on top as a child task of
+** the walk's, which waits until it ends or 'limit' seconds pass; the
+** wait ends in state st with the task on top. */
+static int wait_timed(lua_State *L, int b, int st, int nargs,
+                      lua_Number limit) {
+  pf_task *me = pf_wait_begin(L, "timeout"), *child;
+  if (me == NULL) return pf_wait_outside(L, NULL, "timeout");
+  lua_pushcfunction(L, timed_body);
+  lua_insert(L, -(nargs + 2));
+  child = pf_spawn_task(L, me, nargs + 1);
+  child->keep_results = 1;
+  if (pf_wait_deadline(me, limit) < 0) {
+    pf_cancel(child);
+    return luaL_error(L, "timeout: out of memory");
+  }
+  pf_wait_on(me, child);
+  return pf_wait_yield(L, me, CTX(b, st), walk_k);
+}
+
+/* The task on top ended (or ran out of time: *timed_out): replaces it by
+** its result or error, and returns the status of the call it made. */
+static int timed_outcome(lua_State *L, int *timed_out) {
+  int c = lua_gettop(L), status = LUA_ERRRUN;
+  pf_task *me = pf_current(L), *child = (pf_task *)lua_touserdata(L, c);
+  *timed_out = me->timed_out;
+  me->timed_out = 0;
+  if (*timed_out) {
+    pf_cancel(child);
+    pf_forget_lost(L, me->S, c);
+    lua_pushnil(L);
+  } else if (child->outcome == PF_OK) {
+    lua_getiuservalue(L, c, PF_UV_AUX);
+    lua_rawgeti(L, -1, 1);
+    if (lua_toboolean(L, -1)) status = LUA_OK;
+    lua_rawgeti(L, -2, 2);
+  } else if (child->outcome == PF_ERROR) {   /* timed_body's own: memory */
+    pf_forget_lost(L, me->S, c);
+    lua_getiuservalue(L, c, PF_UV_AUX);
+  } else {
+    status = ATTEMPT_CANCELLED;
+    lua_pushnil(L);
+  }
+  return status;
+}
+
+/* hook: attempt start. exec(self, prep_res) runs as a task of its own,
+** ended at the attempt's limit; with neither a timeout nor a deadline,
+** in the walk's task. exec and self are on top. */
+static int timed_attempt(lua_State *L, Pc *pc, lua_Integer fails) {
+  int b = pc->b;
+  lua_Number limit = attempt_limit(L, b, fails);
+  lua_pushvalue(L, b + F_PREP);
+  if (limit < 0) {
+    pc->status = pcall(L, b, pc->st, 1);
+    return GO;
+  }
+  pc->st = ST(ST_KIND(pc->st), P_TIMED);
+  return wait_timed(L, b, pc->st, 2, limit);
+}
+
 /* hook: attempt start. Sets cur_retry and calls exec(self, prep_res);
 ** a node's first attempt reads the class's 0 through its fresh self,
 ** batch items share one self, so theirs is reset. */
@@ -456,19 +655,59 @@ static int attempt(lua_State *L, Pc *pc) {
   pc->st = ST(ST_KIND(pc->st), P_EXECUTED);
   pc->status = LUA_OK;
   if (push_method(L, b, K_EXEC)) {
+    if (pc->armed) return timed_attempt(L, pc, fails);
     lua_pushvalue(L, b + F_PREP);
     pc->status = pcall(L, b, pc->st, 1);
   }
   return GO;
 }
 
-/* hook: retry wait. Sleeps w seconds, then goes on in st. */
+/* A timed attempt's task ended, or its time is up: its result or error
+** goes on to *_EXECUTED as an attempt's in the walk's task would. */
+static int attempt_ended(lua_State *L, Pc *pc) {
+  int b = pc->b, timed_out, c = lua_gettop(L);
+  lua_Integer n = get_int(L, b, F_FAILS) + 1;
+  pc->st = ST(ST_KIND(pc->st), P_EXECUTED);
+  pc->status = timed_outcome(L, &timed_out);
+  if (timed_out || pc->status == ATTEMPT_CANCELLED) {
+    const char *name = pf_node_name(L, b + F_SELF);
+    lua_Integer max = checked_retries(L, b, pc->st);
+    lua_pushfstring(L, "%s: exec attempt %I of %I ", name, (LUAI_UACINT)n,
+                    (LUAI_UACINT)max);
+    if (pc->status == ATTEMPT_CANCELLED) {
+      lua_pushliteral(L, "was cancelled");
+    } else {
+      int bound = lua_toboolean(L, b + F_BOUND);
+      lua_pushstring(L, bound ? "ran past the deadline of " : "timed out "
+                     "after ");
+      push_seconds(L, seconds(L, b, bound ? K_DEADLINE : K_TIMEOUT));
+      lua_pushliteral(L, " s");
+      lua_concat(L, 3);
+    }
+    lua_concat(L, 2);
+  }
+  if (pc->status != LUA_OK)
+    pf_adopt_record(L, -1, timed_out ? 0 : c, b, pc->st, n);
+  lua_replace(L, c);
+  lua_settop(L, c);
+  lua_pushnil(L);
+  lua_replace(L, b + F_BOUND);
+  return GO;
+}
+
+/* hook: retry wait. Sleeps w seconds, then goes on in st; with w = 0
+** the tasks ready now run first: a loop of failing attempts never
+** starves the others, nor a timeout around it. */
 static int retry_wait(lua_State *L, int b, int st, lua_Number w) {
   pf_task *t = pf_wait_begin(L, "retry wait");
   if (t == NULL) return pf_wait_outside(L, NULL, "retry wait");
-  if (pf_wait_deadline(t, w) < 0)
-    return luaL_error(L, "retry wait: out of memory");
-  pf_wait_park(t, NULL, NULL);
+  if (w > 0) {
+    if (pf_wait_deadline(t, w) < 0)
+      return luaL_error(L, "retry wait: out of memory");
+    pf_wait_park(t, NULL, NULL);
+  } else {
+    pf_wait_pass(t);
+  }
   return pf_wait_yield(L, t, CTX(b, st), walk_k);
 }
 
@@ -496,21 +735,117 @@ static int call_fallback(lua_State *L, int b, int st) {
   return pcall(L, b, st, 2);
 }
 
-/* hook: attempt fail. The error on top is kept; another attempt follows,
-** after the wait, or the fallback. */
-static int attempt_failed(lua_State *L, Pc *pc) {
-  int b = pc->b, kind = ST_KIND(pc->st);
-  lua_replace(L, b + F_ERROR);
-  set_int(L, b, F_FAILS, get_int(L, b, F_FAILS) + 1);
-  if (get_int(L, b, F_FAILS) < checked_retries(L, b, pc->st)) {
-    lua_Number w = checked_wait(L, b, pc->st);
-    pc->st = ST(kind, P_ATTEMPT);
-    pc->status = LUA_OK;
-    return w > 0 ? retry_wait(L, b, pc->st, w) : GO;
-  }
-  pc->st = ST(kind, P_FELL_BACK);
-  pc->status = call_fallback(L, b, pc->st);
+static int fall_back(lua_State *L, Pc *pc) {
+  pc->st = ST(ST_KIND(pc->st), P_FELL_BACK);
+  pc->status = call_fallback(L, pc->b, pc->st);
   return GO;
+}
+
+/* hook: attempt fail. The error on top is kept; unless it is final and
+** while attempts are left, retry_on is asked (the default says true),
+** its answer comes in *_ASKED; after the last, the fallback. */
+static int attempt_failed(lua_State *L, Pc *pc) {
+  int b = pc->b;
+  lua_Integer fails = get_int(L, b, F_FAILS) + 1;
+  lua_replace(L, b + F_ERROR);
+  set_int(L, b, F_FAILS, fails);
+  if (is_final_error(L, pc->status, b + F_ERROR)) {
+    lua_pushvalue(L, b + F_ERROR);
+    return lua_error(L);
+  }
+  if (fails >= checked_retries(L, b, pc->st)) return fall_back(L, pc);
+  pc->st = ST(ST_KIND(pc->st), P_ASKED);
+  pc->status = LUA_OK;
+  if (get_key(L, b + F_SELF, K_RETRY_ON) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushboolean(L, 1);
+    return GO;
+  }
+  lua_pushvalue(L, b + F_ERROR);
+  lua_pushinteger(L, fails);
+  pc->status = lua_pcallk(L, 2, 1, 0, CTX(b, pc->st), walk_k);
+  return GO;
+}
+
+/* A number of seconds from user code (retry_on's answer, retry_after) is
+** finite and >= 0. */
+static int good_seconds(lua_State *L, int idx) {
+  lua_Number s = lua_tonumber(L, idx);
+  return lua_type(L, idx) == LUA_TNUMBER && s >= 0 && s - s == 0;
+}
+
+/* The wait retry_on's answer (on top, popped) asks for: -1 for the
+** computed one, -2 for none (fall back). */
+static lua_Number asked_wait(lua_State *L, Pc *pc) {
+  int b = pc->b, t = lua_type(L, -1);
+  const char *name = pf_node_name(L, b + F_SELF);
+  lua_Number w = -1;
+  if (pc->status != LUA_OK && pc->status != LUA_YIELD)
+    pf_walk_error(L, b, pc->st, 0, NULL, "%s: retry_on failed: %s", name,
+                  pf_tostring(L, -1));
+  if ((t == LUA_TNUMBER && !good_seconds(L, -1)) ||
+      (t != LUA_TNUMBER && t != LUA_TBOOLEAN && t != LUA_TNIL))
+    pf_walk_error(L, b, pc->st, 0, NULL, "%s: retry_on must return a "
+                  "boolean or a finite number of seconds >= 0 (got %s)",
+                  name, t == LUA_TNUMBER ? push_seconds(L, lua_tonumber(L, -1))
+                                        : lua_typename(L, t));
+  if (t == LUA_TNUMBER) w = lua_tonumber(L, -1);
+  else if (!lua_toboolean(L, -1)) w = -2;
+  lua_pop(L, 1);
+  return w;
+}
+
+/* The option at key as a number, or dflt if it is none. */
+static lua_Number number_or(lua_State *L, int b, int key, lua_Number dflt) {
+  int isnum;
+  lua_Number v;
+  get_key(L, b + F_SELF, key);
+  v = lua_tonumberx(L, -1, &isnum);
+  lua_pop(L, 1);
+  return isnum ? v : dflt;
+}
+
+/* u in [0, 1) for the jitter: splitmix64 of the clock and the thread, no
+** state kept (any spread will do; this is no cryptography). */
+static double jitter_u(lua_State *L) {
+  uint64_t x = uv_hrtime() ^ (uint64_t)(uintptr_t)L;
+  x += 0x9e3779b97f4a7c15u;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9u;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebu;
+  x ^= x >> 31;
+  return (double)(x >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* The wait the options give after the failed attempts in F_FAILS. */
+static lua_Number computed_wait(lua_State *L, Pc *pc) {
+  int b = pc->b;
+  lua_Number w = checked_wait(L, b, pc->st);
+  if (w == 0) return 0;
+  return pf_retry_delay(w, number_or(L, b, K_BACKOFF, 1),
+                        number_or(L, b, K_MAX_WAIT, -1),
+                        number_or(L, b, K_JITTER, 0),
+                        (int)(get_int(L, b, F_FAILS) & 0x7fffffff),
+                        jitter_u(L));
+}
+
+/* retry_on's answer on top: waits and attempts again, or falls back when
+** it says so or when the wait would end past the deadline. A table
+** error's retry_after sets the wait unless retry_on gave a number. */
+static int retry_asked(lua_State *L, Pc *pc) {
+  int b = pc->b;
+  lua_Number w = asked_wait(L, pc);
+  if (w == -2) return fall_back(L, pc);
+  if (w < 0 && lua_istable(L, b + F_ERROR)) {
+    lua_rawgeti(L, KEYS, K_RETRY_AFTER);
+    lua_rawget(L, b + F_ERROR);
+    if (good_seconds(L, -1)) w = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+  }
+  w = pf_next_wait(computed_wait(L, pc), w, deadline_left(L, b));
+  if (w < 0) return fall_back(L, pc);
+  pc->st = ST(ST_KIND(pc->st), P_ATTEMPT);
+  pc->status = LUA_OK;
+  return retry_wait(L, b, pc->st, w);
 }
 
 /* exec with retries: a node's (after its prep) and an item's frame. */
@@ -521,11 +856,63 @@ static int exec_step(lua_State *L, Pc *pc) {
       return attempt(L, pc);
     case NODE_EXECUTED: case EXEC_EXECUTED:
       return ok ? exec_done(L, pc) : attempt_failed(L, pc);
+    case NODE_TIMED: case EXEC_TIMED:
+      return attempt_ended(L, pc);
+    case NODE_ASKED: case EXEC_ASKED:
+      return retry_asked(L, pc);
     default:   /* NODE_FELL_BACK, EXEC_FELL_BACK */
       if (!ok) return lua_error(L);
       if (lua_type(L, pc->b + F_ERROR) == LUA_TSTRING) pf_drop_record(L);
       return exec_done(L, pc);
   }
+}
+
+/* The bound of a flow's whole run (frame b): its timeout or deadline,
+** the smaller; -1: none. */
+static lua_Number flow_limit(lua_State *L, int b) {
+  lua_Number t = seconds(L, b, K_TIMEOUT), d = seconds(L, b, K_DEADLINE);
+  return t < 0 || (d > 0 && d < t) ? d : t;
+}
+
+/* flow_limit, or -1 when b is the first frame of the task that runs the
+** flow under it. */
+static lua_Number flow_timeout(lua_State *L, int b) {
+  if (b == ROOT && lua_toboolean(L, 4)) return -1;
+  return flow_limit(L, b);
+}
+
+/* A flow with a timeout runs as a task of its own (its frame again, the
+** first of that task's walk), ended when the time is up. */
+static int timed_flow(lua_State *L, Pc *pc, lua_Number limit) {
+  int b = pc->b;
+  lua_pushcfunction(L, pf_walk_body);
+  lua_pushinteger(L, ST_KIND(pc->st));
+  lua_pushvalue(L, b + F_SELF);
+  lua_pushvalue(L, b + F_SHARED);
+  lua_pushboolean(L, 1);
+  pc->st = ST(ST_KIND(pc->st), P_TIMED);
+  return wait_timed(L, b, pc->st, 4, limit);
+}
+
+/* A timed flow's task ended, or its time is up: the frame ends with its
+** result, or raises its error. */
+static int flow_ended(lua_State *L, Pc *pc) {
+  int b = pc->b, timed_out, c = lua_gettop(L);
+  int status = timed_outcome(L, &timed_out);
+  const char *name = pf_node_name(L, b + F_SELF);
+  if (timed_out)
+    return pf_walk_error(L, b, pc->st, 0, "walk", "%s: flow timed out "
+                         "after %s s", name, push_seconds(L, flow_limit(L, b)));
+  if (status == ATTEMPT_CANCELLED)
+    return pf_walk_error(L, b, pc->st, 0, "walk", "%s: flow was "
+                         "cancelled", name);
+  if (status != LUA_OK) {
+    pf_adopt_record(L, -1, c, b, pc->st, 0);
+    return lua_error(L);
+  }
+  lua_replace(L, c);
+  lua_settop(L, c);
+  return end_frame(L, pc);
 }
 
 /* ---------------------------------------------------------------- kinds */
@@ -556,14 +943,17 @@ static int batch_step(lua_State *L, Pc *pc) {
       lua_newtable(L);
       lua_replace(L, b + F_RES);
       set_int(L, b, F_INDEX, 1);
+      if (DURABLE(L)) pf_ckpt_prep(L, b, BATCH_NEXT);
       pc->st = BATCH_NEXT;
       return GO;
     case BATCH_NEXT:
       if (i > (lua_Integer)lua_rawlen(L, b + F_ITEMS)) {
+        if (DURABLE(L)) pf_ckpt_item_key(L, b, 0);
         lua_pushvalue(L, b + F_RES);
         pc->st = call_post(L, b);
         return GO;
       }
+      if (DURABLE(L)) pf_ckpt_item_key(L, b, i);
       set_state(L, b, BATCH_ITEM_DONE);   /* hook: item start */
       pc->b = push_frame(L, b + F_SELF, 0, 0);
       pc->st = EXEC_ATTEMPT;
@@ -571,9 +961,14 @@ static int batch_step(lua_State *L, Pc *pc) {
       lua_replace(L, pc->b + F_PREP);
       return GO;
     default:   /* BATCH_ITEM_DONE; hook: item end */
-      lua_rawseti(L, b + F_RES, i);
       set_int(L, b, F_INDEX, i + 1);
       pc->st = BATCH_NEXT;
+      if (DURABLE(L)) {
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, b + F_RES, i);
+        return save_item(L, pc, i);
+      }
+      lua_rawseti(L, b + F_RES, i);
       return GO;
   }
 }
@@ -610,6 +1005,7 @@ static int bflow_step(lua_State *L, Pc *pc) {
       keep_items(L, b, pc->st, "param tables");
       check_param_sets(L, b, pc->st, b + F_ITEMS);
       set_int(L, b, F_INDEX, 1);
+      if (DURABLE(L)) pf_ckpt_prep(L, b, BFLOW_NEXT);
       pc->st = BFLOW_NEXT;
       return GO;
     case BFLOW_NEXT:
@@ -629,9 +1025,10 @@ static int bflow_step(lua_State *L, Pc *pc) {
       pc->st = WALK_START;
       return GO;
     default:   /* BFLOW_WALKED; hook: item end */
-      lua_pop(L, 1);
       set_int(L, b, F_INDEX, i + 1);
       pc->st = BFLOW_NEXT;
+      if (DURABLE(L)) return save_item(L, pc, i);
+      lua_pop(L, 1);
       return GO;
   }
 }
@@ -646,6 +1043,7 @@ static int start_child(lua_State *L, Pc *pc) {
                          luaL_typename(L, b + F_NODE));
   set_state(L, b, WALK_NODE_DONE);
   push_run_self(L, b + F_NODE, b + F_PARAMS);
+  if (DURABLE(L)) pf_ckpt_node_start(L, b, 1);
   pc->st = first_state(kind);
   pc->b = push_frame(L, 0, b + F_SHARED, 0);
   return GO;
@@ -667,17 +1065,17 @@ static int walk_step(lua_State *L, Pc *pc) {
       lua_pushvalue(L, b + F_ACTION);
       pc->st = WALK_END;
       return GO;
-    default:   /* WALK_NODE_DONE */
+    default:   /* WALK_NODE_DONE; hook: after post */
       lua_replace(L, b + F_ACTION);
       next_node(L, b);
       pc->st = WALK_STEP;
-      return GO;
+      return DURABLE(L) ? save(L, pc) : GO;
   }
 }
 
 /* ------------------------------------------------------- parallel kinds */
 
-/* The group's user values (group.c) for its bodies. */
+/* The group's user values (group.c) for its bodies (and C_RUN, walk.h). */
 enum { C_SELF = PF_G_CTX, C_SHARED, C_PARAMS };
 #define C_EXEC C_SHARED   /* direct items: the exec they run */
 
@@ -730,12 +1128,28 @@ static int walk_item_body(lua_State *L, int gidx, lua_Integer i) {
   return 4;
 }
 
+/* In durable runs: an item done before the resume returns its saved
+** result; the others run with their own task record (and a walk with
+** its saved frames). */
+static int durable_item_body(lua_State *L, int gidx, lua_Integer i) {
+  if (pf_ckpt_item_done(L, gidx, i)) return 1;
+  item_body(L, gidx, i);
+  return 4 + pf_ckpt_item_rec(L, gidx, i, lua_gettop(L) - 2);
+}
+
+static int durable_walk_body(lua_State *L, int gidx, lua_Integer i) {
+  if (pf_ckpt_item_done(L, gidx, i)) return 1;
+  walk_item_body(L, gidx, i);
+  return 4 + pf_ckpt_item_rec(L, gidx, i, 0);
+}
+
 /* The kind of the frame that started a group with this body (for the
 ** where line, where.c), 0 if none; *direct: items run exec itself. */
 int pf_item_kind(pf_group_body body, int *direct) {
   *direct = body == direct_item_body;
-  if (body == item_body || body == direct_item_body) return PF_K_PBATCH;
-  return body == walk_item_body ? PF_K_PBFLOW : 0;
+  if (body == item_body || body == direct_item_body ||
+      body == durable_item_body) return PF_K_PBATCH;
+  return body == walk_item_body || body == durable_walk_body ? PF_K_PBFLOW : 0;
 }
 
 /* Items may run direct_item_body: decided once per group. */
@@ -746,16 +1160,26 @@ static int plain_exec(lua_State *L, int self) {
   get_key(L, self, K_FALLBACK);
   plain = plain && lua_tocfunction(L, -1) == pf_reraise;
   lua_pop(L, 2);
+  if (plain && armed(L)) {   /* a timed attempt runs as a task */
+    get_key(L, self, K_TIMEOUT);
+    get_key(L, self, K_DEADLINE);
+    plain = lua_isnil(L, -1) && lua_isnil(L, -2);
+    lua_pop(L, 2);
+  }
   return plain;
 }
 
 /* Pushes the group of the items in F_ITEMS, started; returns 1 if the
 ** walk must wait for them. */
 static int start_group(lua_State *L, int b, lua_Integer maxc, int flow) {
-  int gidx, direct = !flow && plain_exec(L, b + F_SELF);
-  pf_group_new(L, b + F_ITEMS, maxc, flow ? walk_item_body
+  int gidx, durable = DURABLE(L);
+  int direct = !flow && !durable && plain_exec(L, b + F_SELF);
+  pf_group_new(L, b + F_ITEMS, maxc, durable ? (flow ? durable_walk_body
+               : durable_item_body) : flow ? walk_item_body
                : direct ? direct_item_body : item_body, b);
   gidx = lua_gettop(L);
+  if (durable)
+    pf_ckpt_group(L, b, flow ? PBFLOW_GATHERED : PBATCH_GATHERED, gidx);
   lua_pushvalue(L, b + F_SELF);
   if (!flow) {   /* items read self's fields through it */
     lua_rawgeti(L, KEYS, K_INDEX);
@@ -808,8 +1232,41 @@ static int group_wait(lua_State *L, Pc *pc, lua_Integer maxc, int flow) {
   return wait ? pf_wait_yield(L, t, CTX(b, pc->st), walk_k) : GO;
 }
 
+/* The names of the nodes of frames ROOT..b, an array: the path of the
+** node at b from the outermost node of this walk. */
+static void push_path(lua_State *L, int b) {
+  int f, n = 0;
+  lua_newtable(L);
+  for (f = ROOT; f <= b; f += FS) {
+    int kind = ST_KIND(get_state(L, f));   /* b's own: a parallel kind */
+    if (f < b && (kind == PF_K_WALK || kind == PF_K_EXEC)) continue;
+    lua_pushstring(L, pf_node_name(L, f + F_SELF));
+    lua_rawseti(L, -2, ++n);
+  }
+}
+
+/* distribute = q (API.md section 9): the items go to workers through
+** q:_distribute(self, shared, items, params, maxc, flow, path), Lua in
+** lua/pocketflow/queue.lua, which returns the results (or nil) in place
+** of the group's; the distribute field is on top. */
+static int distribute(lua_State *L, Pc *pc, lua_Integer maxc, int flow) {
+  int b = pc->b;
+  lua_getfield(L, -1, "_distribute");
+  lua_insert(L, -2);
+  lua_pushvalue(L, b + F_SELF);
+  lua_pushvalue(L, b + F_SHARED);
+  lua_pushvalue(L, b + F_ITEMS);
+  lua_pushvalue(L, b + F_PARAMS);
+  lua_pushinteger(L, maxc);
+  lua_pushboolean(L, flow);
+  push_path(L, b);
+  lua_callk(L, 8, 1, CTX(b, pc->st), walk_k);
+  return GO;
+}
+
 /* A parallel batch node or flow: the items (item frames or walks) as
-** tasks of a group, then post with the results or nil. */
+** tasks of a group, or sent to workers (distribute), then post with the
+** results or nil. */
 static int parallel_step(lua_State *L, Pc *pc) {
   int b = pc->b, flow = ST_KIND(pc->st) == PF_K_PBFLOW;
   lua_Integer maxc;
@@ -817,9 +1274,13 @@ static int parallel_step(lua_State *L, Pc *pc) {
     case PBATCH_PREPPED: case PBFLOW_PREPPED:
       maxc = parallel_items(L, b, pc->st, flow);
       pc->st = flow ? PBFLOW_GATHERED : PBATCH_GATHERED;
+      if (get_key(L, b + F_SELF, K_DISTRIBUTE) != LUA_TNIL)
+        return distribute(L, pc, maxc, flow);
+      lua_pop(L, 1);
       return group_wait(L, pc, maxc, flow);
     default:   /* PBATCH_GATHERED, PBFLOW_GATHERED */
-      pf_group_finish(L, b + F_GROUP);
+      if (lua_type(L, b + F_GROUP) == LUA_TUSERDATA)   /* else distributed */
+        pf_group_finish(L, b + F_GROUP);
       if (flow) {
         lua_pop(L, 1);
         lua_pushnil(L);
@@ -838,6 +1299,7 @@ static int walk(lua_State *L, int status, int b, int st) {
   pc.b = b;
   pc.st = st;
   pc.status = status;
+  pc.armed = armed(L);
   for (;;) {
     switch (pc.st) {
       case NODE_PREP: case BATCH_PREP: case PBATCH_PREP: case FLOW_PREP:
@@ -848,8 +1310,13 @@ static int walk(lua_State *L, int status, int b, int st) {
         r = node_step(L, &pc);
         break;
       case NODE_ATTEMPT: case NODE_EXECUTED: case NODE_FELL_BACK:
+      case NODE_TIMED: case NODE_ASKED:
       case EXEC_ATTEMPT: case EXEC_EXECUTED: case EXEC_FELL_BACK:
+      case EXEC_TIMED: case EXEC_ASKED:
         r = exec_step(L, &pc);
+        break;
+      case FLOW_TIMED: case BFLOW_TIMED: case PBFLOW_TIMED:
+        r = flow_ended(L, &pc);
         break;
       case POSTED:   /* hook: after post */
       case EXEC_END: case WALK_END:
@@ -878,11 +1345,98 @@ static int walk(lua_State *L, int status, int b, int st) {
   }
 }
 
-/* Runs the frame for kind over the arguments (kind, self, shared, x);
-** with from_node, self is the node object and its run's self is made. */
+/* --------------------------------------------------------------- resume */
+
+/* Sets the slot of frame b to field k of the descriptor on top. */
+static void from_desc(lua_State *L, int b, int slot, const char *k) {
+  lua_getfield(L, -1, k);
+  lua_replace(L, b + slot);
+}
+
+/* A container's saved prep result, on top, replaced by its items. */
+static void restore_items(lua_State *L, int b, int st, const char *what) {
+  from_desc(L, b, F_PREP, "prep");
+  lua_pushvalue(L, b + F_PREP);
+  checked_items(L, b, st, what);
+  lua_replace(L, b + F_ITEMS);
+  from_desc(L, b, F_INDEX, "index");
+}
+
+/* Restores frame b (kind) from the descriptor on top (popped); more: a
+** frame of its child follows. Returns the frame's state, the child's
+** kind in *kind. A parallel batch starts its items again, with its
+** saved group (pf_ckpt_group reuses it), from prep's result. */
+static int restore_frame(lua_State *L, int b, int *kind, int more) {
+  int k = *kind;
+  switch (k) {
+    case PF_K_WALK:
+      from_desc(L, b, F_NODE, "obj");
+      from_desc(L, b, F_ACTION, "action");
+      from_desc(L, b, F_PARAMS, "params");
+      from_desc(L, b, F_VISITS, "visits");
+      lua_pop(L, 1);
+      if (more) *kind = node_kind(L, b + F_NODE, 1);
+      return more ? WALK_NODE_DONE : WALK_STEP;
+    case PF_K_FLOW:
+      from_desc(L, b, F_PREP, "prep");
+      lua_pop(L, 1);
+      *kind = PF_K_WALK;
+      return FLOW_WALKED;
+    case PF_K_BATCH: case PF_K_BFLOW:
+      restore_items(L, b, ST(k, P_PREPPED), k == PF_K_BATCH ? "items"
+                                                            : "param tables");
+      if (k == PF_K_BATCH) from_desc(L, b, F_RES, "res");
+      lua_pop(L, 1);
+      *kind = PF_K_WALK;
+      return k == PF_K_BATCH ? BATCH_NEXT : more ? BFLOW_WALKED : BFLOW_NEXT;
+    default:   /* PF_K_PBATCH, PF_K_PBFLOW */
+      lua_getfield(L, -1, "group");
+      lua_setfield(L, RUN, "resume");
+      lua_getfield(L, -1, "prep");
+      lua_remove(L, -2);
+      return ST(k, P_PREPPED);
+  }
+}
+
+/* A resumed durable walk pushes the frames saved in SNAP (checkpoint.c
+** wrote them; durable.lua found their nodes again) over its first frame
+** at *pb, of kind. Returns the top frame's state: the cut node reruns
+** from prep, a batch from its next item. */
+static int restore_frames(lua_State *L, int *pb, int kind) {
+  lua_Integer i, n = (lua_Integer)lua_rawlen(L, SNAP);
+  int b = *pb, st = first_state(kind);
+  for (i = 1; i <= n; i++) {
+    int more = i < n;
+    lua_rawgeti(L, SNAP, i);
+    lua_getfield(L, -1, "k");
+    if (lua_tointeger(L, -1) != kind || kind == PF_K_NODE ||
+        kind == PF_K_EXEC || (!more && kind == PF_K_FLOW) ||
+        (more && (kind == PF_K_BATCH || kind == PF_K_PBATCH ||
+                  kind == PF_K_PBFLOW)))
+      luaL_error(L, "pocketflow: the checkpoint does not match the graph");
+    lua_pop(L, 1);
+    st = restore_frame(L, b, &kind, more);
+    if (!more) break;
+    set_state(L, b, st);
+    if (kind == PF_K_WALK) {
+      b = push_frame(L, b + F_SELF, b + F_SHARED, 0);
+    } else {
+      push_run_self(L, b + F_NODE, b + F_PARAMS);
+      pf_ckpt_node_start(L, b, 0);
+      b = push_frame(L, 0, b + F_SHARED, 0);
+    }
+    st = first_state(kind);
+  }
+  *pb = b;
+  return st;
+}
+
+/* Runs the frame for kind over the arguments (kind, self, shared, x, run,
+** snap); with from_node, self is the node object and its run's self is
+** made; run: a durable run's task record, and snap the frames it resumes. */
 static int walk_begin(lua_State *L, int kind, int from_node) {
-  int b;
-  lua_settop(L, 4);
+  int b, st = first_state(kind);
+  lua_settop(L, 6);
   lua_pushcfunction(L, pf_walk_msgh);
   push_keys(L);
   if (from_node) {
@@ -894,11 +1448,16 @@ static int walk_begin(lua_State *L, int kind, int from_node) {
     lua_pushvalue(L, 4);
     lua_replace(L, b + F_PARAMS);
   }
-  return walk(L, LUA_OK, b, first_state(kind));
+  if (DURABLE(L)) {
+    pf_ckpt_begin(L, kind);
+    if (lua_istable(L, SNAP)) st = restore_frames(L, &b, kind);
+  }
+  return walk(L, LUA_OK, b, st);
 }
 
-/* core.machine(kind, self, shared, x): the body of item and walk tasks
-** (the group bodies above). x is the item (exec) or the params (walk). */
+/* core.machine(kind, self, shared, x [, run, snap]): the body of item and
+** walk tasks (the group bodies above), x the item (exec) or the params
+** (walk); and a durable run's walk (durable.lua), self a node of kind. */
 int pf_walk_body(lua_State *L) {
   lua_Integer kind = luaL_checkinteger(L, 1);
   if (kind < PF_K_NODE || kind > PF_K_EXEC)
@@ -906,7 +1465,9 @@ int pf_walk_body(lua_State *L) {
   /* the frames write into self and merge the params: both raw */
   luaL_checktype(L, 2, LUA_TTABLE);
   if (kind == PF_K_WALK) luaL_checktype(L, 4, LUA_TTABLE);
-  return walk_begin(L, (int)kind, 0);
+  if (kind < PF_K_WALK && node_kind(L, 2, 0) != kind)
+    return luaL_error(L, "pocketflow: not a node of kind %I", kind);
+  return walk_begin(L, (int)kind, kind < PF_K_WALK);
 }
 
 /* The run options (API.md section 5): every key run accepts, and
@@ -916,7 +1477,7 @@ static const struct {
   int ready;
 } run_options[] = {
   {"on_event", 0}, {"trace", 0}, {"capture", 0}, {"progress", 0},
-  {"store", 0}, {"run_id", 0}, {"durability", 0}, {"transient", 0},
+  {"store", 1}, {"run_id", 1}, {"durability", 1}, {"transient", 1},
   {"on_interrupt", 0}, {NULL, 0}
 };
 
@@ -948,7 +1509,17 @@ int pf_run_node(lua_State *L) {
   if (kind == 0)
     return luaL_error(L, "run: expected a pocketflow node (got %s)",
                       luaL_typename(L, 1));
-  if (!lua_isnoneornil(L, 3)) check_run_options(L, 3);
+  if (!lua_isnoneornil(L, 3)) {
+    static const char *const needs_store[] = {"run_id", "durability",
+                                               "transient", NULL};
+    const char *const *k;
+    check_run_options(L, 3);
+    if (lua_getfield(L, 3, "store") != LUA_TNIL) return pf_ckpt_run(L);
+    for (k = needs_store; *k; k++)
+      if (lua_getfield(L, 3, *k) != LUA_TNIL)
+        return luaL_error(L, "run option '%s' needs a store", *k);
+    lua_settop(L, 3);
+  }
   if (pf_current(L) == NULL) return pf_wait_outside(L, pf_run_node, "run");
   lua_settop(L, 2);
   if (lua_getfield(L, 1, "successors") == LUA_TTABLE) {

@@ -27,20 +27,26 @@ enum {
 /* a node's and an item's exec */
 #define F_FAILS   F_5   /* attempts failed so far */
 #define F_ERROR   F_6   /* the last failed attempt's error */
+#define F_DEADLINE F_PARAMS /* with a deadline: when it passes (pf.now) */
+#define F_BOUND   F_RES /* a timed attempt runs: its limit is the deadline */
 /* a batch and a batch flow */
 #define F_INDEX   F_5   /* the item running, from 1 */
 #define F_ITEMS   F_6   /* prep's array: items or param tables (all batches) */
 /* a parallel batch and a parallel batch flow (and F_ITEMS) */
 #define F_GROUP   F_5   /* the group while the items run, then 0 */
 /* a walk */
+#define F_KEY     F_PREP /* durable runs: its nodes' idempotency key prefix */
+#define F_VISITS  F_5   /* durable runs: the nodes it started so far */
 #define F_NODE    F_6   /* the node running, then its successor */
 #define F_ACTION  F_RES /* the last node's action: the walk's result */
 
 /* The slots below the first frame, from 1: the arguments of the walk's
-** C function (kind, self, shared, x), then: */
-#define MSGH 5      /* the message handler of exec and exec_fallback */
-#define KEYS 6      /* the interned field names (walk.c) */
-#define ROOT 7      /* base of the first frame */
+** C function (kind, self, shared, x, run, snap), then: */
+#define RUN  5      /* a durable run's task record (checkpoint.c), or nil */
+#define SNAP 6      /* the frames a resumed walk restores first, or nil */
+#define MSGH 7      /* the message handler of exec and exec_fallback */
+#define KEYS 8      /* the interned field names (walk.c) */
+#define ROOT 9      /* base of the first frame */
 
 /* A state is its frame's kind and a phase: where.c reads both off it. */
 #define ST(kind, phase) ((kind) << 5 | (phase))
@@ -51,7 +57,7 @@ enum {
 ** after those of the frame's own kind: a node runs them inline, an
 ** item's frame (PF_K_EXEC) starts with them. */
 enum { P_PREP, P_PREPPED };
-enum { P_ATTEMPT = 16, P_EXECUTED, P_FELL_BACK, P_END };
+enum { P_ATTEMPT = 16, P_EXECUTED, P_FELL_BACK, P_END, P_TIMED, P_ASKED };
 
 /*
 ** The states. "top" is what lies above the frame on entry: the result of
@@ -68,6 +74,10 @@ enum { P_ATTEMPT = 16, P_EXECUTED, P_FELL_BACK, P_END };
 **                                    count it, wait, -> *_ATTEMPT again,
 **                                    or after the last: pcall exec_fallback
 ** *_FELL_BACK      result | error    ok: -> post (item: EXEC_END); raise
+** *_TIMED          attempt's task    a timed attempt (or flow) ended or ran
+**                                    out of time: -> *_EXECUTED with its
+**                                    result or error (a flow: its end)
+** *_ASKED          retry_on's answer wait and -> *_ATTEMPT, or fall back
 ** POSTED           post_res          end the frame with it (every kind)
 ** EXEC_END         exec_res          end the item's frame with it
 ** BATCH_PREPPED    prep_res          check items; F_RES = {}; F_INDEX = 1
@@ -94,7 +104,10 @@ enum walk_state {
   NODE_PREP = ST(PF_K_NODE, 0), NODE_PREPPED, POSTED = ST(PF_K_NODE, 3),
   NODE_ATTEMPT = ST(PF_K_NODE, P_ATTEMPT), NODE_EXECUTED, NODE_FELL_BACK,
   EXEC_ATTEMPT = ST(PF_K_EXEC, P_ATTEMPT), EXEC_EXECUTED, EXEC_FELL_BACK,
-  EXEC_END,
+  EXEC_END, NODE_TIMED = ST(PF_K_NODE, P_TIMED), NODE_ASKED,
+  EXEC_TIMED = ST(PF_K_EXEC, P_TIMED), EXEC_ASKED,
+  FLOW_TIMED = ST(PF_K_FLOW, P_TIMED), BFLOW_TIMED = ST(PF_K_BFLOW, P_TIMED),
+  PBFLOW_TIMED = ST(PF_K_PBFLOW, P_TIMED),
   BATCH_PREP = ST(PF_K_BATCH, 0), BATCH_PREPPED, BATCH_NEXT, BATCH_ITEM_DONE,
   PBATCH_PREP = ST(PF_K_PBATCH, 0), PBATCH_PREPPED, PBATCH_GATHERED,
   FLOW_PREP = ST(PF_K_FLOW, 0), FLOW_PREPPED, FLOW_WALKED,
@@ -102,6 +115,22 @@ enum walk_state {
   PBFLOW_PREP = ST(PF_K_PBFLOW, 0), PBFLOW_PREPPED, PBFLOW_GATHERED,
   WALK_START = ST(PF_K_WALK, 0), WALK_STEP, WALK_NODE_DONE, WALK_END
 };
+
+/* checkpoint.c: durable runs (walk.c calls these only when slot RUN holds
+** a record). C_RUN is the group's user value with the run's record. */
+#define C_RUN (PF_G_CTX + 3)
+#define DURABLE(L) (lua_type(L, RUN) == LUA_TTABLE)
+void pf_ckpt_begin(lua_State *L, int kind);
+void pf_ckpt_node_start(lua_State *L, int w, int count);
+void pf_ckpt_item_key(lua_State *L, int b, lua_Integer i);
+int pf_ckpt_push_save(lua_State *L, int top, int st);
+void pf_ckpt_prep(lua_State *L, int b, int st);
+int pf_ckpt_push_item(lua_State *L, int b, lua_Integer i);
+void pf_ckpt_group(lua_State *L, int b, int st, int gidx);
+int pf_ckpt_item_done(lua_State *L, int gidx, lua_Integer i);
+int pf_ckpt_item_rec(lua_State *L, int gidx, lua_Integer i, int self);
+int pf_ckpt_push_end(lua_State *L);
+int pf_ckpt_run(lua_State *L);
 
 /* walk.c, for where.c */
 lua_Integer pf_retries(lua_State *L, int idx);
@@ -114,5 +143,8 @@ int pf_walk_error(lua_State *L, int b, int st, int child, const char *phase,
                   const char *fmt, ...);
 int pf_push_record(lua_State *L, pf_task *t, int idx);
 void pf_drop_record(lua_State *L);
+void pf_push_running_self(lua_State *L);
+void pf_adopt_record(lua_State *L, int err, int child, int b, int st,
+                     lua_Integer attempt);
 
 #endif
