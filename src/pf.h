@@ -116,4 +116,8 @@ void pf_open_store(lua_State *L);
 void pf_open_checkpoint(lua_State *L);
 void pf_push_run(lua_State *L, pf_task *t);   /* t's run record, or nil */
 
+/* trace.c: core.span_writer (the JSON lines of trace = file) and
+** core.spawn_detached (the OTLP senders) */
+void pf_open_trace(lua_State *L);
+
 #endif
