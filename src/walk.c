@@ -40,11 +40,11 @@
 ** every step. */
 enum { K_PREP = 1, K_EXEC, K_POST, K_FALLBACK, K_CUR_RETRY, K_SUCCESSORS,
        K_PARAMS, K_DEFAULT, K_INDEX, K_KIND, K_START, K_RETRIES, K_WAIT,
-       K_MAXC, K_NKEYS };
+       K_MAXC, K_DISTRIBUTE, K_NKEYS };
 static const char *const key_names[] = {
   NULL, "prep", "exec", "post", "exec_fallback", "cur_retry", "successors",
   "params", "default", "__index", "__pfkind", "start_node", "max_retries",
-  "wait", "max_concurrency"};
+  "wait", "max_concurrency", "distribute"};
 static const char KEYS_KEY = 'K';
 
 static void push_keys(lua_State *L) {
@@ -808,8 +808,41 @@ static int group_wait(lua_State *L, Pc *pc, lua_Integer maxc, int flow) {
   return wait ? pf_wait_yield(L, t, CTX(b, pc->st), walk_k) : GO;
 }
 
+/* The names of the nodes of frames ROOT..b, an array: the path of the
+** node at b from the outermost node of this walk. */
+static void push_path(lua_State *L, int b) {
+  int f, n = 0;
+  lua_newtable(L);
+  for (f = ROOT; f <= b; f += FS) {
+    int kind = ST_KIND(get_state(L, f));   /* b's own: a parallel kind */
+    if (f < b && (kind == PF_K_WALK || kind == PF_K_EXEC)) continue;
+    lua_pushstring(L, pf_node_name(L, f + F_SELF));
+    lua_rawseti(L, -2, ++n);
+  }
+}
+
+/* distribute = q (API.md section 9): the items go to workers through
+** q:_distribute(self, shared, items, params, maxc, flow, path), Lua in
+** lua/pocketflow/queue.lua, which returns the results (or nil) in place
+** of the group's; the distribute field is on top. */
+static int distribute(lua_State *L, Pc *pc, lua_Integer maxc, int flow) {
+  int b = pc->b;
+  lua_getfield(L, -1, "_distribute");
+  lua_insert(L, -2);
+  lua_pushvalue(L, b + F_SELF);
+  lua_pushvalue(L, b + F_SHARED);
+  lua_pushvalue(L, b + F_ITEMS);
+  lua_pushvalue(L, b + F_PARAMS);
+  lua_pushinteger(L, maxc);
+  lua_pushboolean(L, flow);
+  push_path(L, b);
+  lua_callk(L, 8, 1, CTX(b, pc->st), walk_k);
+  return GO;
+}
+
 /* A parallel batch node or flow: the items (item frames or walks) as
-** tasks of a group, then post with the results or nil. */
+** tasks of a group, or sent to workers (distribute), then post with the
+** results or nil. */
 static int parallel_step(lua_State *L, Pc *pc) {
   int b = pc->b, flow = ST_KIND(pc->st) == PF_K_PBFLOW;
   lua_Integer maxc;
@@ -817,9 +850,13 @@ static int parallel_step(lua_State *L, Pc *pc) {
     case PBATCH_PREPPED: case PBFLOW_PREPPED:
       maxc = parallel_items(L, b, pc->st, flow);
       pc->st = flow ? PBFLOW_GATHERED : PBATCH_GATHERED;
+      if (get_key(L, b + F_SELF, K_DISTRIBUTE) != LUA_TNIL)
+        return distribute(L, pc, maxc, flow);
+      lua_pop(L, 1);
       return group_wait(L, pc, maxc, flow);
     default:   /* PBATCH_GATHERED, PBFLOW_GATHERED */
-      pf_group_finish(L, b + F_GROUP);
+      if (lua_type(L, b + F_GROUP) == LUA_TUSERDATA)   /* else distributed */
+        pf_group_finish(L, b + F_GROUP);
       if (flow) {
         lua_pop(L, 1);
         lua_pushnil(L);

@@ -240,6 +240,8 @@ static const char *call_phase(lua_State *L, Walk *w, int top, int kind,
   }
   lua_pop(L, i < last ? 3 : 2);
   *attempt = 0;
+  if (i == last && (kind == PF_K_PBATCH || kind == PF_K_PBFLOW))
+    return kind == PF_K_PBATCH ? "exec" : "walk";   /* distributed items */
   if (i == 1 || i == 2)   /* exec's own failure is not counted yet */
     *attempt = walk_int(L, w, top + F_FAILS) + (i == 1);
   return names[i];

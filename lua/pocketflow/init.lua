@@ -6,6 +6,7 @@ local core = require "pocketflow.core"
 local pf = {}
 
 local kinds = core.kinds
+local queue = require "pocketflow.queue"
 
 -- The seed's async names: X_async is used in place of X whenever a node
 -- has both, whatever the order they were defined in. A table that gets
@@ -109,6 +110,17 @@ local function check_options(self)
     error(("%s: wait must be a non-negative number (got %s)"):format(name, tostring(w)), 3)
   end
   check_attempts(self, name)
+  local q = self.distribute
+  if q ~= nil then
+    if not queue.is_queue(q) then
+      error(("%s: distribute must be a pf.queue (got %s)"):format(name, type(q)), 3)
+    end
+    local kind = rawget(getmetatable(self), "__pfkind")
+    if kind ~= kinds.parallel_batch and kind ~= kinds.parallel_batch_flow then
+      error(("%s: distribute needs a parallel batch node or flow (got a %s)")
+        :format(name, self.__name or "node"), 3)
+    end
+  end
 end
 
 -- Options are checked once init is done (whichever init, however deep
@@ -320,6 +332,8 @@ pf.json = require "pocketflow.json"
 local store = require "pocketflow.store"
 pf.sqlite, pf.memory, pf.store_id = store.sqlite, store.memory, store.id
 pf.redis = { connect = core.redis_connect, null = pf.json.null }
+pf.queue = queue.new
+pf.work = queue.work
 
 local events = require "pocketflow.events"
 pf.on = events.on
