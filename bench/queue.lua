@@ -21,7 +21,7 @@
 -- runs is shown. --smoke: small N, one run, figures printed, nothing judged.
 --
 -- Modes used by the runs themselves (not for users):
---   queue.lua worker URL NAME CONCURRENCY SLEEP LIFE
+--   queue.lua worker URL NAME CONCURRENCY SLEEP LIFE MARKER
 --   queue.lua coordinator URL NAME N SLEEP MAX_CONCURRENCY
 --   queue.lua outstanding URL NAME N
 local pf = pf or require "pocketflow"
@@ -82,9 +82,9 @@ if mode == "coordinator" then
   SLEEP = sleep
   local _, flow = make_flow(url, name, maxc)
   local shared = { items = items_list(n) }
-  local t0 = uv.hrtime()
+  local t0, c0 = uv.hrtime(), os.clock()
   flow:run(shared)
-  local dt = (uv.hrtime() - t0) / 1e9
+  local dt, cpu = (uv.hrtime() - t0) / 1e9, os.clock() - c0
   local res = shared.res
   for i = 1, n do
     if res[i] ~= i then
@@ -93,7 +93,7 @@ if mode == "coordinator" then
     end
   end
   if #res ~= n then io.stderr:write("coordinator: ", #res, " results for ", n, " items\n"); os.exit(3) end
-  print(("RESULT time=%.6f rss_kb=%d heap_kb=%d"):format(dt, status("VmHWM"), heap_kb()))
+  print(("RESULT time=%.6f rss_kb=%d heap_kb=%d cpu_coord=%.6f"):format(dt, status("VmHWM"), heap_kb(), cpu))
   os.exit(0)
 end
 
@@ -149,8 +149,12 @@ local OUTSTANDING = SMOKE and 10000 or 1000000
 local CONC = 100          -- pf.work's concurrency; the floor reads COUNT = CONC
 local MAXC = 1000         -- max_concurrency; the floor keeps WINDOW = MAXC outstanding
 local SLEEP_CONC = 8      -- concurrency of the sleeping workers
-local PAYLOAD = 32        -- the floor's payload bytes (about a serialized item)
+-- the floor's sizes: an item's v, a result's blob, the node's path
+local ITEM_B = #pf.serialize(N, "item")
+local RESULT_B = #pf.serialize({ i = N, ok = true, v = N })
+local PATH_B = #"Flow\31Items"
 local LIFE = 900          -- no worker lives longer
+local CLK_TCK = 100       -- /proc/<pid>/stat's unit (sysconf(_SC_CLK_TCK) on Linux)
 local BIN = uv.exepath()
 local SCRIPT = arg[0]
 local FLOOR = opts.floor or HERE .. "/../build/bench/queue_floor"
@@ -165,7 +169,7 @@ local function fields(out)
   local r = {}
   local line = out:match("RESULT ([^\n]*)")
   if not line then return nil end
-  for k, v in line:gmatch("(%w+)=(%S+)") do r[k] = tonumber(v) or v end
+  for k, v in line:gmatch("([%w_]+)=(%S+)") do r[k] = tonumber(v) or v end
   return r
 end
 
@@ -185,15 +189,41 @@ local Workers = {}
 Workers.__index = Workers
 
 -- starts k worker processes; each is a task running pf.exec, so that
--- cancelling the task kills the process
+-- cancelling the task kills the process. Their argv holds a marker.
 local function start_workers(url, name, k, conc, sleep)
-  local self = setmetatable({ tasks = {}, url = url, name = name }, Workers)
+  local self = setmetatable({ tasks = {}, url = url, name = name,
+    marker = ("pf-bench-%d-%s"):format(uv.os_getpid(), name) }, Workers)
   for i = 1, k do
     self.tasks[i] = pf.spawn(function()
-      return pf.exec({ BIN, SCRIPT, "worker", url, name, conc, sleep, LIFE })
+      return pf.exec({ BIN, SCRIPT, "worker", url, name, conc, sleep, LIFE, self.marker })
     end)
   end
   return self
+end
+
+local function read_all(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- CPU seconds (user + system) the workers have used so far, from
+-- /proc/<pid>/stat of every process whose argv holds the marker
+function Workers:cpu()
+  local total, dir = 0, uv.fs_scandir("/proc")
+  while true do
+    local pid = uv.fs_scandir_next(dir)
+    if not pid then break end
+    local cmd = pid:match("^%d+$") and read_all("/proc/" .. pid .. "/cmdline")
+    local stat = cmd and cmd:find(self.marker, 1, true) and read_all("/proc/" .. pid .. "/stat")
+    if stat then   -- fields 14 and 15, after the ")" that ends the name
+      local ut, st = stat:match("%)%s+%S+" .. ("%s+%S+"):rep(10) .. "%s+(%d+)%s+(%d+)")
+      total = total + (tonumber(ut) + tonumber(st)) / CLK_TCK
+    end
+  end
+  return total
 end
 
 -- raises if a worker ended (it should run until stopped)
@@ -231,13 +261,15 @@ end
 
 -- What Redis did since CONFIG RESETSTAT: calls by command, the server's
 -- CPU time in its commands (usec), bytes in and out.
-local function traffic(r)
-  local t = { calls = {}, usec = 0 }
-  for cmd, calls, usec in r:call("INFO", "commandstats"):gmatch("cmdstat_([%w|]+):calls=(%d+),usec=(%d+)") do
-    if cmd ~= "info" and cmd ~= "config" then
-      t.calls[cmd:upper()] = tonumber(calls)
-      t.usec = t.usec + tonumber(usec)
-    end
+local function cpu_of(r)
+  local s = r:call("INFO", "cpu")
+  return tonumber(s:match("used_cpu_user:([%d.]+)")) + tonumber(s:match("used_cpu_sys:([%d.]+)"))
+end
+
+local function traffic(r, cpu0)
+  local t = { calls = {}, usec = (cpu_of(r) - cpu0) * 1e6 }
+  for cmd, calls in r:call("INFO", "commandstats"):gmatch("cmdstat_([%w|]+):calls=(%d+)") do
+    if cmd ~= "info" and cmd ~= "config|resetstat" then t.calls[cmd:upper()] = tonumber(calls) end
   end
   local s = r:call("INFO", "stats")
   t.bytes_in = tonumber(s:match("total_net_input_bytes:(%d+)"))
@@ -253,10 +285,12 @@ local function engine_run(srv, r, k, n, conc, sleep, maxc)
   local ok, res = pcall(function()
     w:wait_attached(q, k)
     r:call("CONFIG", "RESETSTAT")
+    local cpu0, wcpu0 = cpu_of(r), w:cpu()
     local c = pf.spawn(result_of, { BIN, SCRIPT, "coordinator", srv.url, name, n, sleep, maxc })
     while c:status() == "running" do w:check(); pf.sleep(0.05) end
     local f = c:wait()
-    f.traffic = traffic(r)
+    f.traffic = traffic(r, cpu0)
+    f.cpu_workers = w:cpu() - wcpu0
     return f
   end)
   w:stop()
@@ -267,20 +301,26 @@ end
 local function floor_run(srv, r, k, n)
   fresh_name(r)
   r:call("CONFIG", "RESETSTAT")
-  local f = result_of({ FLOOR, srv.port, n, k, CONC, MAXC, PAYLOAD })
-  f.traffic = traffic(r)
+  local cpu0 = cpu_of(r)
+  local f = result_of({ FLOOR, srv.port, n, k, CONC, MAXC, ITEM_B, RESULT_B, PATH_B })
+  f.traffic = traffic(r, cpu0)
   return f
 end
 
--- "XADD 2.00 XACK 0.01 ...; redis 3.1 us, 120 B in, 95 B out an item"
-local function per_item(t, n)
+-- "CPU an item: coordinator 5.1 us, workers 9.0 us, redis-server 7.2 us;
+-- 284 B in, 232 B out; XADD 1 XACK 0.01 ..." (the commands run by
+-- scripts count too)
+local function per_item(f, n)
+  local t = f.traffic
   local cmds = {}
   for cmd in pairs(t.calls) do cmds[#cmds + 1] = cmd end
   table.sort(cmds)
   local parts = {}
   for _, cmd in ipairs(cmds) do parts[#parts + 1] = ("%s %.3g"):format(cmd, t.calls[cmd] / n) end
-  return ("%s; redis %.1f us, %.0f B in, %.0f B out an item"):format(
-    table.concat(parts, " "), t.usec / n, t.bytes_in / n, t.bytes_out / n)
+  return ("CPU an item: coordinator %.1f us, workers %.1f us, redis-server %.1f us; "
+    .. "to Redis %.0f B, from it %.0f B; commands: %s"):format(
+    f.cpu_coord * 1e6 / n, f.cpu_workers * 1e6 / n, t.usec / n, t.bytes_in / n, t.bytes_out / n,
+    table.concat(parts, " "))
 end
 local notes = {}
 
@@ -298,8 +338,8 @@ local function throughput(srv, r)
       e = engine_run(srv, r, k, N, CONC, 0, MAXC)
       ft[i], et[i], erss[i] = f.time, e.time, e.rss_kb
     end
-    notes[#notes + 1] = ("traffic per item, %d worker(s): engine %s"):format(k, per_item(e.traffic, N))
-    notes[#notes + 1] = ("traffic per item, %d worker(s): floor  %s"):format(k, per_item(f.traffic, N))
+    notes[#notes + 1] = ("%d worker(s), engine: %s"):format(k, per_item(e, N))
+    notes[#notes + 1] = ("%d worker(s), floor:  %s"):format(k, per_item(f, N))
     e, f = median(et), median(ft)
     row{ ("no-op %d, %d worker%s"):format(N, k, k > 1 and "s" or ""), rate(N, e),
          ("%.1f MB"):format(median(erss) / 1024), rate(N, f), ("%.2fx"):format(f / e),
@@ -316,25 +356,26 @@ local function sleepers(srv, r)
   end
   local speedup = t[1] / t[4]
   row{ ("sleep 10 ms x %d, concurrency %d: 1 -> 4 workers"):format(SLEEP_N, SLEEP_CONC),
-       ("%.3f s -> %.3f s"):format(t[1], t[4]), "", "", ("%.2fx"):format(speedup),
+       ("%.3f s -> %.3f s"):format(t[1], t[4]), "", "", ("%.2fx faster"):format(speedup),
        ">= 3.5x faster", verdict(speedup >= 3.5) }
 end
 
 local function memory(srv, r)
   local name = fresh_name(r)
   local m = result_of({ BIN, SCRIPT, "outstanding", srv.url, name, OUTSTANDING }, 900)
-  local info = r:call("INFO", "memory")
-  local used = tonumber(info:match("used_memory:(%d+)"))
+  local used = tonumber(r:call("INFO", "memory"):match("used_memory:(%d+)"))
   fresh_name(r)
-  local per = (m.rss_kb - m.base_rss_kb) * 1024 / OUTSTANDING
-  row{ ("coordinator, %d items outstanding"):format(OUTSTANDING),
-       ("RSS %.1f MB (%.1f before the run; %.0f B an item)"):format(m.rss_kb / 1024, m.base_rss_kb / 1024, per),
-       ("heap %.1f MB, live %.1f MB (%.1f before)"):format(m.heap_kb / 1024, m.live_kb / 1024, m.base_heap_kb / 1024),
-       ("enqueued in %.2f s"):format(m.time), ("redis used_memory %.1f MB"):format(used / 1e6), "", "" }
+  local function mb(kb) return kb / 1024 end
+  notes[#notes + 1] = ("coordinator with %d items outstanding (no worker; enqueued in %.2f s): "
+    .. "RSS %.1f MB (%.1f MB before the run: +%.0f B an item), Lua heap %.1f MB "
+    .. "(%.1f MB live after a full GC; %.1f MB before the run); redis-server used_memory %.1f MB")
+    :format(OUTSTANDING, m.time, mb(m.rss_kb), mb(m.base_rss_kb),
+            (m.rss_kb - m.base_rss_kb) * 1024 / OUTSTANDING, mb(m.heap_kb), mb(m.live_kb),
+            mb(m.base_heap_kb), used / 1048576)
 end
 
 local function print_table()
-  local head = { "measure", "engine", "engine peak RSS", "floor", "ratio", "target", "" }
+  local head = { "measure", "engine", "coordinator peak RSS", "floor", "ratio", "target", "" }
   local all = { head }
   for _, x in ipairs(rows) do all[#all + 1] = x end
   local w = {}
@@ -349,7 +390,7 @@ local function print_table()
 end
 
 local srv = redisd.start()
-local ok, err = pcall(pf.run, function()
+local ok, err = xpcall(pf.run, debug.traceback, function()
   local r = pf.redis.connect(srv.url)
   local version = r:call("INFO", "server"):match("redis_version:([%d.]+)")
   throughput(srv, r)
@@ -359,9 +400,10 @@ local ok, err = pcall(pf.run, function()
   local f = io.open("/proc/cpuinfo")
   local cpu = f and f:read("a"):match("model name%s*:%s*([^\n]+)") or "?"
   if f then f:close() end
-  io.write(("# queue bench %s, %s, redis %s, %s; median of %d run(s); ratio = floor time / engine time\n")
+  io.write(("# queue bench %s, %s, redis %s, %s; median of %d run(s); ratio = floor time / engine time\n"
+    .. "# engine: concurrency %d a worker, max_concurrency %d; floor: COUNT %d, %d outstanding\n")
     :format(os.date("!%Y-%m-%d %H:%M UTC"), cpu, version or "?",
-            SMOKE and "SMOKE (small N, not judged)" or "full", RUNS))
+            SMOKE and "SMOKE (small N, not judged)" or "full", RUNS, CONC, MAXC, CONC, MAXC))
   print_table()
   for _, n in ipairs(notes) do io.write(n, "\n") end
 end)
