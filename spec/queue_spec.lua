@@ -41,11 +41,11 @@ local workers = {}
 local names = 0
 
 -- a worker process: { marker, err = its stderr file }
-local function start_worker(srv, name, lease, variant, conc)
+local function start_worker(srv, name, lease, variant, conc, max_deliveries)
   local m = left.marker()
   local w = { marker = m, err = ("%s/w%s.err"):format(tmp, m) }
-  local cmd = ("%s %s/spec/support/queue_worker.lua %s %s %s %s %d %s 2>%s >/dev/null &")
-    :format(bin, src, srv.url, name, lease, variant, conc or 4, m, w.err)
+  local cmd = ("%s %s/spec/support/queue_worker.lua %s %s %s %s %d %s %d 2>%s >/dev/null &")
+    :format(bin, src, srv.url, name, lease, variant, conc or 4, m, max_deliveries or 3, w.err)
   assert(os.execute(cmd))
   workers[#workers + 1] = w
   return w
@@ -87,6 +87,13 @@ local function build(o)
   local flow, q = qf.build(o)
   queues[#queues + 1] = q
   return flow, q
+end
+
+-- a client closed after the spec, whatever happens
+local function redis(url)
+  local r = pf.redis.connect(url)
+  queues[#queues + 1] = r
+  return r
 end
 
 local function close_all()
@@ -191,7 +198,7 @@ describe("pf.queue", function()
   it("finishes a batch whose worker is SIGKILLed mid-item, each item counted once", function()
     local name = new_name()
     local flow, q = build{ url = srv.url, name = name, lease = 1, sleep = 0.4 }
-    local r = pf.redis.connect(srv.url)
+    local r = redis(srv.url)
     r:call("DEL", "runs", "running", "max_running")
     local a = start_worker(srv, name, 1, "count", 4)
     local shared = { n = 24, keep = "kept" }
@@ -216,6 +223,20 @@ describe("pf.queue", function()
     pf.run(function() r:close() q:close() end)
   end)
 
+  it("runs items on the worker with the node's retries and exec_fallback", function()
+    -- with max_deliveries = 1 a failed run would fail the batch: the
+    -- retry and the fallback happened within the one run on the worker
+    for _, variant in ipairs { "flaky", "fallback" } do
+      local name = new_name()
+      start_worker(srv, name, 30, variant, 4, 1)
+      local flow = build{ url = srv.url, name = name, variant = variant, max_deliveries = 1 }
+      local shared = { n = 12, keep = "kept" }
+      flow:run(shared)
+      assert.same(local_result(12), shared)
+      kill_all()
+    end
+  end)
+
   it("puts a poison item on the dead-letter stream and fails the batch", function()
     local name = new_name()
     start_worker(srv, name, 1, "poison", 4)
@@ -226,7 +247,7 @@ describe("pf.queue", function()
     assert.matches("^item 17 failed on 3 workers: .*poison 17", err)
     pf.run(function()
       assert.equal(1, q:stats().dead)
-      local r = pf.redis.connect(srv.url)
+      local r = redis(srv.url)
       local dead = r:call("XRANGE", "pf:{" .. name .. "}:dead", "-", "+")
       local f = {}
       for j = 1, #dead[1][2], 2 do f[dead[1][2][j]] = dead[1][2][j + 1] end
@@ -267,7 +288,7 @@ describe("pf.queue", function()
 
   it("keeps pending + in_flight within max_concurrency", function()
     local name = new_name()
-    local r = pf.redis.connect(srv.url)
+    local r = redis(srv.url)
     r:call("DEL", "runs", "running", "max_running")
     start_worker(srv, name, 30, "count", 8)
     start_worker(srv, name, 30, "count", 8)
@@ -291,13 +312,40 @@ describe("pf.queue", function()
     pf.run(function() r:close() q:close() end)
   end)
 
+  it("takes a cancelled batch's items off the queue", function()
+    local name = new_name()
+    local flow, q = build{ url = srv.url, name = name, lease = 1 }
+    pf.run(function()
+      local ok, err = pcall(pf.timeout, 0.3, flow.run, flow, { n = 50, keep = "kept" })
+      assert.is_false(ok)
+      assert.matches("timeout", err)
+      wait_until(function() return q:stats().pending == 0 end, "the items gone")
+      local r = redis(srv.url)
+      assert.same({}, r:call("KEYS", "pf:{" .. name .. "}:[mr]:*"))
+    end)
+  end)
+
+  it("runs a worker in a task of the coordinator's process; cancelled, it leaves nothing", function()
+    local name = new_name()
+    local flow, q = build{ url = srv.url, name = name, lease = 1 }
+    local shared = { n = 30, keep = "kept" }
+    pf.run(function()
+      local w = pf.spawn(pf.work, q, flow, { concurrency = 3 })
+      flow:run(shared)
+      assert.equal(1, q:stats().workers)
+      w:cancel()
+      wait_until(function() return q:stats().workers == 0 end, "the worker gone")
+    end)
+    assert.same(local_result(30), shared)
+  end)
+
   it("goes on when Redis restarts within the lease: coordinator and workers", function()
     local name = new_name()
     start_worker(srv, name, 10, "count", 4)
     local flow, q = build{ url = srv.url, name = name, lease = 10, sleep = 0.1 }
     local shared = { n = 40, keep = "kept" }
     pf.run(function()
-      local r = pf.redis.connect(srv.url)
+      local r = redis(srv.url)
       r:call("DEL", "runs", "running", "max_running")
       local run = pf.spawn(function() flow:run(shared) end)
       wait_until(function()

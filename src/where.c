@@ -115,7 +115,12 @@ static int frame_kind(lua_State *L, Walk *w, int f, int top, int st) {
   if (f == ROOT) return (int)walk_int(L, w, 1);
   parent = ST_KIND((int)walk_int(L, w, f - FS + F_STATE));
   if (parent == PF_K_BATCH) return PF_K_EXEC;
-  return parent == PF_K_WALK ? PF_K_NODE : PF_K_WALK;
+  if (parent != PF_K_WALK) return PF_K_WALK;
+  walk_slot(L, w, f + F_SELF);   /* a walk's node: its class's kind */
+  parent = raw_lookup(L, "__pfkind") == LUA_TNUMBER ? (int)lua_tointeger(L, -1)
+                                                  : PF_K_NODE;
+  lua_pop(L, 1);
+  return parent;
 }
 
 /* Fills w with the innermost walk on co's stack; returns its level, or
@@ -241,7 +246,7 @@ static const char *call_phase(lua_State *L, Walk *w, int top, int kind,
   lua_pop(L, i < last ? 3 : 2);
   *attempt = 0;
   if (i == last && (kind == PF_K_PBATCH || kind == PF_K_PBFLOW))
-    return kind == PF_K_PBATCH ? "exec" : "walk";   /* distributed items */
+    return kind == PF_K_PBATCH ? "exec" : "walk";   /* distribute (queue.lua) */
   if (i == 1 || i == 2)   /* exec's own failure is not counted yet */
     *attempt = walk_int(L, w, top + F_FAILS) + (i == 1);
   return names[i];

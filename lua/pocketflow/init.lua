@@ -6,7 +6,10 @@ local core = require "pocketflow.core"
 local pf = {}
 
 local kinds = core.kinds
-local queue = require "pocketflow.queue"
+
+-- pocketflow.queue (section 9) is loaded on first use: a program that
+-- distributes nothing keeps its heap (and the collector's work) smaller.
+local function queue() return require "pocketflow.queue" end
 
 -- The seed's async names: X_async is used in place of X whenever a node
 -- has both, whatever the order they were defined in. A table that gets
@@ -112,7 +115,7 @@ local function check_options(self)
   check_attempts(self, name)
   local q = self.distribute
   if q ~= nil then
-    if not queue.is_queue(q) then
+    if not queue().is_queue(q) then
       error(("%s: distribute must be a pf.queue (got %s)"):format(name, type(q)), 3)
     end
     local kind = rawget(getmetatable(self), "__pfkind")
@@ -332,8 +335,13 @@ pf.json = require "pocketflow.json"
 local store = require "pocketflow.store"
 pf.sqlite, pf.memory, pf.store_id = store.sqlite, store.memory, store.id
 pf.redis = { connect = core.redis_connect, null = pf.json.null }
-pf.queue = queue.new
-pf.work = queue.work
+function pf.queue(opts)
+  local q = queue().new(opts, 3)   -- not a tail call: errors at level 3
+  return q
+end
+function pf.work(q, flow, opts)
+  queue().work(q, flow, opts, 3)
+end
 
 local events = require "pocketflow.events"
 pf.on = events.on

@@ -66,22 +66,23 @@ local OPTIONS = {
                      "a positive integer" },
 }
 
-function M.new(opts)
+function M.new(opts, level)
+  level = level or 2
   if type(opts) ~= "table" then
-    error(("pf.queue: options must be a table (got %s)"):format(type(opts)), 2)
+    error(("pf.queue: options must be a table (got %s)"):format(type(opts)), level)
   end
   for k in pairs(opts) do
     if OPTIONS[k] == nil then
-      error(("pf.queue: unknown option '%s'"):format(errstr(k)), 2)
+      error(("pf.queue: unknown option '%s'"):format(errstr(k)), level)
     end
   end
   local o = { lease = 30, max_deliveries = 3 }
   for k, v in pairs(opts) do o[k] = v end
   for _, k in ipairs { "redis", "name", "lease", "max_deliveries" } do
     local spec, v = OPTIONS[k], o[k]
-    if v == nil then error(("pf.queue: %s is required (%s)"):format(k, spec[2]), 2) end
+    if v == nil then error(("pf.queue: %s is required (%s)"):format(k, spec[2]), level) end
     if not spec[1](v) then
-      error(("pf.queue: %s must be %s (got %s)"):format(k, spec[2], shown(v)), 2)
+      error(("pf.queue: %s must be %s (got %s)"):format(k, spec[2], shown(v)), level)
     end
   end
   local p = "pf:{" .. o.name .. "}:"
@@ -341,7 +342,9 @@ local function encode_item(name, i, v)
   return s
 end
 
--- the state of one distributed batch, in the coordinator
+-- The state of one distributed batch, in the coordinator. Items are
+-- serialized as they go (and again if Redis lost them), so that the
+-- coordinator holds no second copy of a batch.
 local Batch = {}
 Batch.__index = Batch
 
@@ -350,7 +353,7 @@ function Batch:add(from, to)
   args[4] = "x"   -- pads ARGV so that items start at 5
   for i = from, to do
     args[#args + 1] = tostring(i)
-    args[#args + 1] = self.enc[i]
+    args[#args + 1] = encode_item(self.name, i, self.items[i])
   end
   local ids = run_script(q, self.r, ADD, { q.stream }, args)
   for k, i in ipairs(ids) do self.ids[from + k - 1] = i end
@@ -394,6 +397,7 @@ function Batch:take(blob)
     error(("item %d failed on %d workers: %s"):format(i, m.tries, errstr(m.err)), 0)
   end
   self.got[i] = true
+  self.ids[i] = nil
   self.done = self.done + 1
   if self.flow then self.changes[i] = m.set or {} else self.results[i] = m.v end
 end
@@ -436,12 +440,15 @@ function Queue:_distribute(run, shared, items, params, maxc, flow, path)
   local node = getmetatable(run)
   local n = #items
   local name = name_of(run)
-  if n == 0 then return flow and nil or {} end
+  if n == 0 then
+    if flow then return nil end
+    return {}
+  end
   local r = self:_client()
   local b = setmetatable({ q = self, r = r, n = n, flow = flow, got = {},
     ids = {}, results = {}, changes = {}, done = 0, next = 1, next_tick = 0,
-    path = table.concat(path, SEP), hash = graph_hash(node), enc = {} }, Batch)
-  for i = 1, n do b.enc[i] = encode_item(name, i, items[i]) end
+    path = table.concat(path, SEP), hash = graph_hash(node), items = items,
+    name = name }, Batch)
   local meta = { path = path, params = flow and params or run.params, flow = flow }
   if flow then
     local ok, s = pcall(serialize, shared, "shared")
@@ -474,11 +481,15 @@ end
 
 -- ---------------------------------------------------------------- worker
 
+-- items done: KEYS stream, claims, then each item's meta and results
+-- keys; ARGV each item's entry id and result
 local ACK = script [[
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RPUSH', KEYS[2], ARGV[2]) end
-redis.call('XACK', KEYS[3], 'pf', ARGV[1])
-redis.call('XDEL', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
+for j = 1, #ARGV, 2 do
+  if redis.call('EXISTS', KEYS[j + 2]) == 1 then redis.call('RPUSH', KEYS[j + 3], ARGV[j + 1]) end
+  redis.call('XACK', KEYS[1], 'pf', ARGV[j])
+  redis.call('XDEL', KEYS[1], ARGV[j])
+  redis.call('HDEL', KEYS[2], ARGV[j])
+end
 return 1
 ]]
 
@@ -520,15 +531,13 @@ local function fields_of(list)
   return f
 end
 
--- the batch's meta, cached; nil once the batch is over
+-- the batch's meta, cached; nil when the batch is over (or, for a
+-- moment after Redis restarted empty, not back yet: not cached)
 function Worker:meta(b)
   local m = self.metas[b]
-  if m ~= nil then return m or nil end
+  if m ~= nil then return m end
   local blob = call(self.q, self.r, "GET", self.q.prefix .. "m:" .. b)
-  if blob == nil then
-    self.metas[b] = false
-    return nil
-  end
+  if blob == nil then return nil end
   m = deserialize(blob)
   if m.flow then
     local before = deserialize(m.shared)
@@ -570,12 +579,33 @@ local function run_item(m, node, item)
   return nil, set
 end
 
-function Worker:finish(e, f, tries, ok, v, set)
+-- The acknowledgements of the items done, one script call for all those
+-- that ended while the last call was on its way.
+function Worker:flush()
+  while true do
+    if #self.acks.args == 0 then
+      core.await(function(resume) self.flush_wake = resume end)
+    end
+    local a = self.acks
+    self.acks = { keys = {}, args = {} }
+    local ok, e = pcall(run_script, self.q, self.r, ACK,
+      { self.q.stream, self.q.claims, table.unpack(a.keys) }, a.args)
+    if not ok then warn("pf.work: " .. errstr(e)) end
+  end
+end
+
+function Worker:finish(e, f, tries, ok, v)
   local q, r = self.q, self.r
   local mk, rk = q.prefix .. "m:" .. f.b, q.prefix .. "r:" .. f.b
-  if ok then
-    local blob = serialize({ i = tonumber(f.i), ok = true, v = v, set = set })
-    run_script(q, r, ACK, { mk, rk, q.stream, q.claims }, { e, blob })
+  if ok then   -- v: the result, serialized; sent with the others done now
+    local a = self.acks
+    a.keys[#a.keys + 1] = mk
+    a.keys[#a.keys + 1] = rk
+    a.args[#a.args + 1] = e
+    a.args[#a.args + 1] = v
+    local wake = self.flush_wake
+    self.flush_wake = nil
+    if wake then wake() end
   elseif tries < q.max_deliveries then
     run_script(q, r, RETRY, { q.stream, q.claims },
       { e, f.b, f.i, f.p, f.h, f.v, tostring(tries), v })
@@ -594,8 +624,10 @@ function Worker:node_for(e, f)
   local key = f.b .. SEP .. f.p
   if not self.warned[key] then
     self.warned[key] = true
+    local path = f.p:gsub(SEP, " > ")
     warn(("pf.work: item %s of %s comes from a different graph (%s); this worker's %s: left for another worker")
-      :format(f.i, f.p:gsub(SEP, " > "), f.h, node and "differs" or "lacks that node"))
+      :format(f.i, path, f.h, node and "differs" or self.map[f.p] == false and
+        "has two nodes at that path (give them unique names)" or "lacks that node"))
   end
   -- others may take it at once; the takeover is not a delivery
   call(self.q, self.r, "XCLAIM", self.q.stream, GROUP, self.id, 0, e,
@@ -607,42 +639,76 @@ function Worker:node_for(e, f)
   return nil
 end
 
+-- Starts the entry e in the slot taken for it (self.running), or gives
+-- the slot back: an entry that is not ours, of a batch that is over, of
+-- a different graph, or dead.
 function Worker:start(e, list, claimed)
   local f = fields_of(list)
   local q = self.q
+  local function none() self.running = self.running - 1 end
   if not f or not f.b or not f.i or not f.v then   -- not ours: drop it
+    none()
     run_script(q, self.r, DROP, { q.stream }, { e })
     return
   end
   local m = self:meta(f.b)
   if not m then   -- the batch is over
+    none()
     run_script(q, self.r, DROP, { q.stream }, { e })
     return
   end
   local node = self:node_for(e, f)
-  if not node then return end
+  if not node then return none() end
   self.left[e] = nil
   local tries = (tonumber(f.t) or 0) + 1
   if claimed then tries = tries + (tonumber(call(q, self.r, "HGET", q.claims, e)) or 0) end
   if tries > q.max_deliveries then
+    none()
     self:finish(e, f, tries - 1, false, f.e or
       ("its worker stopped (no lease renewed for %g s)"):format(q.lease))
     return
   end
-  self.running = self.running + 1
   self.batch_of[e] = f.b
   self.held[e] = spawn(function()
-    local ok, v, set = pcall(function()
-      local item = deserialize(f.v)
-      return run_item(m, node, item)
+    local ok, v = pcall(function()
+      local res, set = run_item(m, node, deserialize(f.v))
+      return serialize({ i = tonumber(f.i), ok = true, v = res, set = set }, "result")
     end)
     if not ok then v = errstr(v) end
-    local ok2, err2 = pcall(self.finish, self, e, f, tries, ok, v, set)
+    local ok2, err2 = pcall(self.finish, self, e, f, tries, ok, v)
     self.held[e], self.batch_of[e] = nil, nil
     self.running = self.running - 1
-    self:wake()
     if not ok2 then warn("pf.work: " .. errstr(err2)) end
+    self:pump()
   end)
+end
+
+-- Entries read but not started yet: a backlog of up to conc entries, so
+-- that a slot that frees is filled without waiting for a read.
+function Worker:enqueue(e, list, claimed)
+  self.backlog[#self.backlog + 1] = { e, list, claimed }
+  self.queued[e] = true
+end
+
+function Worker:waiting()
+  return #self.backlog - self.bhead + 1
+end
+
+function Worker:pump()
+  if self.pumping then return end
+  self.pumping = true
+  while self.running < self.conc and self.bhead <= #self.backlog do
+    local ent = self.backlog[self.bhead]
+    self.backlog[self.bhead] = nil
+    self.bhead = self.bhead + 1
+    self.queued[ent[1]] = nil
+    self.running = self.running + 1
+    local ok, err = pcall(self.start, self, ent[1], ent[2], ent[3])
+    if not ok then warn("pf.work: " .. errstr(err)) end
+  end
+  if self.bhead > #self.backlog then self.backlog, self.bhead = {}, 1 end
+  self.pumping = false
+  self:wake()
 end
 
 function Worker:wake()
@@ -653,19 +719,21 @@ function Worker:wake()
   end
 end
 
-function Worker:wait_slot()
-  while self.running >= self.conc do
+function Worker:wait_room()
+  while self:waiting() >= self.conc do
     core.await(function(resume) self.waiter = resume end)
   end
 end
 
 -- Items of batches that ended (failed, cancelled) stop running.
 function Worker:drop_dead_batches()
-  local q, seen = self.q, {}
-  for e, b in pairs(self.batch_of) do
+  local q, seen, held = self.q, {}, {}
+  for e, b in pairs(self.batch_of) do held[#held + 1] = { e, b } end
+  for _, eb in ipairs(held) do
+    local e, b = eb[1], eb[2]
     if seen[b] == nil then
       seen[b] = call(q, self.r, "EXISTS", q.prefix .. "m:" .. b) == 1
-      if not seen[b] then self.metas[b] = false end
+      if not seen[b] then self.metas[b] = nil end
     end
     if not seen[b] and self.held[e] then
       local t = self.held[e]
@@ -675,7 +743,7 @@ function Worker:drop_dead_batches()
       run_script(q, self.r, DROP, { q.stream }, { e })
     end
   end
-  self:wake()
+  self:pump()
 end
 
 -- Every lease/3: the heartbeat, the leases of held items renewed, the
@@ -686,11 +754,12 @@ function Worker:tick()
   self:drop_dead_batches()
   local ids = {}
   for e in pairs(self.held) do ids[#ids + 1] = e end
+  for e in pairs(self.queued) do ids[#ids + 1] = e end
   for j = 1, #ids, 500 do
     call(q, r, "XCLAIM", q.stream, GROUP, self.id, 0,
          table.unpack(ids, j, math.min(j + 499, #ids)), "JUSTID")
   end
-  local room = self.conc - self.running
+  local room = self.conc - self.running - self:waiting()
   if room <= 0 then return end
   -- a worker that left items lets the others take them first
   local idle = math.ceil(q.lease * 1000) * (next(self.left) and 2 or 1)
@@ -700,15 +769,16 @@ function Worker:tick()
   for _, ent in ipairs(got[2]) do
     if type(ent) == "table" and type(ent[2]) == "table" then
       call(q, r, "HINCRBY", q.claims, ent[1], 1)
-      self:start(ent[1], ent[2], true)
+      self:enqueue(ent[1], ent[2], true)
     end
   end
+  self:pump()
 end
 
 function Worker:read()
   local q = self.q
   local ok, got = pcall(call, q, self.rb, "XREADGROUP", "GROUP", GROUP, self.id,
-    "COUNT", self.conc - self.running, "BLOCK", 1000, "STREAMS", q.stream, ">")
+    "COUNT", self.conc - self:waiting(), "BLOCK", 1000, "STREAMS", q.stream, ">")
   if not ok then
     if errstr(got):find("NOGROUP", 1, true) then
       ensure_group(q, self.r)
@@ -719,9 +789,10 @@ function Worker:read()
   if type(got) ~= "table" or type(got[1]) ~= "table" then return end
   for _, ent in ipairs(got[1][2]) do
     if type(ent) == "table" and type(ent[2]) == "table" then
-      self:start(ent[1], ent[2], false)
+      self:enqueue(ent[1], ent[2], false)
     end
   end
+  self:pump()
 end
 
 local function hostname()
@@ -743,7 +814,7 @@ local function work(q, flow, conc)
   local rb <close> = connect(q)
   local pid = mypid()
   local w = setmetatable({ q = q, r = r, rb = rb, conc = conc, running = 0,
-    held = {}, batch_of = {}, left = {}, nleft = 0, warned = {}, metas = {}, nmetas = 0,
+    acks = { keys = {}, args = {} }, held = {}, queued = {}, backlog = {}, bhead = 1, batch_of = {}, left = {}, nleft = 0, warned = {}, metas = {}, nmetas = 0,
     map = index_graph(flow),
     id = ("%s:%s:%d"):format(hostname(), pid, math.random(1, 1 << 30)) }, Worker)
   ensure_group(q, r)
@@ -754,39 +825,42 @@ local function work(q, flow, conc)
       sleep(math.min(q.lease / 3, 1))
     end
   end)
+  local flusher = spawn(w.flush, w)
   local bye <close> = setmetatable({}, { __close = function()
     ticker:cancel()
+    flusher:cancel()
     spawn(function()
       pcall(call, q, r, "ZREM", q.workers, w.id)
     end)
   end })
   run_script(q, r, HEARTBEAT, { q.workers }, { w.id, math.ceil(q.lease) })
   while true do
-    w:wait_slot()
+    w:wait_room()
     w:read()
   end
 end
 
 -- pf.work(q, flow, { concurrency = 16 }): runs until cancelled or killed
-function M.work(q, flow, opts)
+function M.work(q, flow, opts, level)
+  level = level or 2
   if getmetatable(q) ~= Queue then
-    error(("pf.work: the queue must be a pf.queue (got %s)"):format(type(q)), 2)
+    error(("pf.work: the queue must be a pf.queue (got %s)"):format(type(q)), level)
   end
   if kind_of(flow) == nil then
-    error(("pf.work: the flow must be a pocketflow node (got %s)"):format(type(flow)), 2)
+    error(("pf.work: the flow must be a pocketflow node (got %s)"):format(type(flow)), level)
   end
   if opts ~= nil and type(opts) ~= "table" then
-    error(("pf.work: options must be a table (got %s)"):format(type(opts)), 2)
+    error(("pf.work: options must be a table (got %s)"):format(type(opts)), level)
   end
   opts = opts or {}
   for k in pairs(opts) do
     if k ~= "concurrency" then
-      error(("pf.work: unknown option '%s'"):format(errstr(k)), 2)
+      error(("pf.work: unknown option '%s'"):format(errstr(k)), level)
     end
   end
   local conc = opts.concurrency or 16
   if math.type(conc) ~= "integer" or conc < 1 then
-    error(("pf.work: concurrency must be a positive integer (got %s)"):format(shown(conc)), 2)
+    error(("pf.work: concurrency must be a positive integer (got %s)"):format(shown(conc)), level)
   end
   return core.run(work, q, flow, conc)
 end

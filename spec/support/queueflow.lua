@@ -6,7 +6,9 @@
 --   local flow, q = qf.build{ url =, name =, lease =, variant =, distribute =,
 --                             max_concurrency = }
 -- Variants: "plain"; "poison" (item 17 raises); "other" (a different
--- exec: its graph differs); "slow" (each item sleeps shared-independent
+-- exec: its graph differs); "flaky" (odd items fail their first attempt:
+-- Square has max_retries = 2); "fallback" (item 5 always raises, and
+-- exec_fallback returns its square); "slow" (each item sleeps shared-independent
 -- 0.3 s); "count" (each run of an item: HINCRBY runs <i> 1, and the
 -- number running at once tracked in running / max_running).
 -- The flow: Square (a parallel batch node, items 1..shared.n, results
@@ -35,7 +37,7 @@ end
 function qf.build(o)
   local variant = o.variant or "plain"
   local q = pf.queue{ redis = o.url, name = o.name, lease = o.lease or 30,
-                      max_deliveries = o.max_deliveries }
+                      max_deliveries = o.max_deliveries or 3 }
   local Square = pf.ParallelBatchNode:extend("Square")
   function Square.prep(_, shared)
     local t = {}
@@ -47,6 +49,8 @@ function qf.build(o)
   else
     function Square.exec(self, x)
       if variant == "poison" and x == 17 then error("poison " .. x) end
+      if variant == "flaky" and x % 2 == 1 and self.cur_retry == 0 then error("flaky") end
+      if variant == "fallback" and x == 5 then error("always") end
       if variant == "slow" then pf.sleep(0.3) end
       if variant == "count" then
         local r = redis_for(self.params.url)
@@ -59,6 +63,10 @@ function qf.build(o)
       end
       return x * x
     end
+  end
+  function Square.exec_fallback(_, x, err)
+    if variant == "fallback" then return x * x end
+    error(err, 0)
   end
   function Square.post(_, shared, _, res)
     local s = 0
@@ -79,8 +87,9 @@ function qf.build(o)
   end
 
   local dist = o.distribute ~= false and q or nil
-  local square = Square{ distribute = dist, max_concurrency = o.max_concurrency }
-  local per = PerItem{ start = Set(), distribute = dist }
+  local square = Square{ distribute = dist, max_concurrency = o.max_concurrency,
+                         max_retries = 2 }
+  local per = PerItem{ start = Set(), distribute = dist, max_concurrency = o.max_concurrency }
   square:next(per)
   local flow = pf.Flow{ start = square, name = "Main" }
   flow:set_params({ url = o.url, sleep = o.sleep })
