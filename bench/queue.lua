@@ -30,6 +30,13 @@ local uv = require "luv"
 local HERE = (arg[0]:match("^(.*)/[^/]*$") or ".")
 package.path = HERE .. "/../spec/?.lua;" .. package.path
 
+-- PF_BENCH_QUEUE_LUA=file: every process of the bench (they inherit it)
+-- runs that queue.lua instead of the built-in one, to compare a change
+-- without a rebuild
+if os.getenv("PF_BENCH_QUEUE_LUA") then
+  package.loaded["pocketflow.queue"] = assert(loadfile(os.getenv("PF_BENCH_QUEUE_LUA")))("pocketflow.queue")
+end
+
 -- ------------------------------------------------------------ the flow
 -- The graph workers and coordinator share (same script, same hash).
 local SLEEP = 0
