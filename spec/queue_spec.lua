@@ -331,12 +331,37 @@ describe("pf.queue", function()
     local shared = { n = 30, keep = "kept" }
     pf.run(function()
       local w = pf.spawn(pf.work, q, flow, { concurrency = 3 })
-      flow:run(shared)
-      assert.equal(1, q:stats().workers)
+      local ok, err = pcall(pf.timeout, 60, flow.run, flow, shared)
+      local workers = q:stats().workers
       w:cancel()
+      assert(ok, err)
+      assert.equal(1, workers)
       wait_until(function() return q:stats().workers == 0 end, "the worker gone")
     end)
     assert.same(local_result(30), shared)
+  end)
+
+  it("forgets the consumers of workers gone for 10 leases", function()
+    local name = new_name()
+    local flow, q = build{ url = srv.url, name = name, lease = 0.1 }
+    local stream = "pf:{" .. name .. "}:items"
+    pf.run(function()
+      local r = redis(srv.url)
+      r:call("XGROUP", "CREATE", stream, "pf", "0", "MKSTREAM")
+      r:call("XGROUP", "CREATECONSUMER", stream, "pf", "ghost")
+      pf.sleep(2.2)   -- 10 leases and a read's block
+      local w = pf.spawn(pf.work, q, flow, { concurrency = 1 })
+      local function names()
+        local out = {}
+        for _, c in ipairs(r:call("XINFO", "CONSUMERS", stream, "pf")) do out[#out + 1] = c[2] end
+        return out
+      end
+      assert.same({ "ghost" }, names())
+      local ok, err = pcall(wait_until, function() return #names() == 0 end,
+                            "the ghost consumer gone")
+      w:cancel()
+      assert(ok, err)
+    end)
   end)
 
   it("goes on when Redis restarts within the lease: coordinator and workers", function()

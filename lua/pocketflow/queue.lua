@@ -769,11 +769,31 @@ function Worker:drop_dead_batches()
   self:pump()
 end
 
+-- Consumers of workers gone for 10 leases (and the second a read
+-- blocks), holding nothing, leave the group (each worker process is a
+-- consumer of its own; this one stays).
+local FORGET = script [=[
+local gone = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], 'pf')) do
+  local f = {}
+  for j = 1, #c, 2 do f[c[j]] = c[j + 1] end
+  if f.pending == 0 and f.idle > tonumber(ARGV[1]) and f.name ~= ARGV[2] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'pf', f.name)
+    gone = gone + 1
+  end
+end
+return gone
+]=]
+
 -- Every lease/3: the heartbeat, the leases of held items renewed, the
 -- items of a dead worker taken over.
 function Worker:tick()
   local q, r = self.q, self.r
   run_script(q, r, HEARTBEAT, { q.workers }, { self.id, math.ceil(q.lease) })
+  self.ticks = self.ticks + 1
+  if self.ticks % 100 == 1 then
+    run_script(q, r, FORGET, { q.stream }, { math.ceil(q.lease * 10000) + 1000, self.id })
+  end
   self:drop_dead_batches()
   local ids = {}
   for e in pairs(self.held) do ids[#ids + 1] = e end
@@ -837,7 +857,7 @@ local function work(q, flow, conc)
   local rb <close> = connect(q)
   local pid = mypid()
   local w = setmetatable({ q = q, r = r, rb = rb, conc = conc, running = 0,
-    acks = { keys = {}, args = {} }, held = {}, queued = {}, backlog = {}, bhead = 1, batch_of = {}, left = {}, nleft = 0, warned = {}, metas = {}, nmetas = 0,
+    acks = { keys = {}, args = {} }, ticks = 0, held = {}, queued = {}, backlog = {}, bhead = 1, batch_of = {}, left = {}, nleft = 0, warned = {}, metas = {}, nmetas = 0,
     map = index_graph(flow),
     id = ("%s:%s:%d"):format(hostname(), pid, math.random(1, 1 << 30)) }, Worker)
   ensure_group(q, r)
