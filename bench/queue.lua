@@ -293,7 +293,8 @@ local function engine_run(srv, r, k, n, conc, sleep, maxc)
     w:wait_attached(q, k)
     r:call("CONFIG", "RESETSTAT")
     local cpu0, wcpu0 = cpu_of(r), w:cpu()
-    local c = pf.spawn(result_of, { BIN, SCRIPT, "coordinator", srv.url, name, n, sleep, maxc })
+    local c = pf.spawn(result_of, { BIN, SCRIPT, "coordinator", srv.url, name, n, sleep, maxc },
+                       SMOKE and 60 or 600)
     while c:status() == "running" do w:check(); pf.sleep(0.05) end
     local f = c:wait()
     f.traffic = traffic(r, cpu0)
