@@ -106,7 +106,8 @@ end
 
 if mode == "outstanding" then
   -- puts N items on the queue with nobody to take them, and measures this
-  -- process once they are all outstanding; then cancels the run
+  -- process once they are all outstanding; then cancels the run and exits
+  -- (the bench empties Redis)
   local url, name, n = arg[2], arg[3], tonumber(arg[4])
   local q, flow = make_flow(url, name, n + 1)
   local shared = { items = items_list(n) }
