@@ -6,6 +6,7 @@ local uv = require "luv"
 local redisd = require "support.redisd"
 local left = require "support.leftovers"
 local qf = require "support.queueflow"
+local warnings = require "support.warnings"
 
 local bin = assert(os.getenv("PF_BIN"))
 local src = assert(os.getenv("PF_SRC"))
@@ -312,13 +313,18 @@ describe("pf.queue", function()
     pf.run(function() r:close() q:close() end)
   end)
 
-  it("takes a cancelled batch's items off the queue", function()
+  it("takes a cancelled batch's items off the queue; warns while no worker is there", function()
     local name = new_name()
-    local flow, q = build{ url = srv.url, name = name, lease = 1 }
+    local flow, q = build{ url = srv.url, name = name, lease = 0.5 }
     pf.run(function()
-      local ok, err = pcall(pf.timeout, 0.3, flow.run, flow, { n = 50, keep = "kept" })
+      local ok, err
+      local got = warnings.of(function()
+        ok, err = pcall(pf.timeout, 2, flow.run, flow, { n = 50, keep = "kept" })
+      end)
       assert.is_false(ok)
       assert.matches("timeout", err)
+      assert.same({ ("Main > Square: no worker is attached to queue '%s'; the batch waits for one (pf.work)")
+        :format(name) }, got)
       wait_until(function() return q:stats().pending == 0 end, "the items gone")
       local r = redis(srv.url)
       assert.same({}, r:call("KEYS", "pf:{" .. name .. "}:[mr]:*"))

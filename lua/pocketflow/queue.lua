@@ -383,6 +383,12 @@ function Batch:tick()
   self.next_tick = t + math.min(1, self.q.lease / 3)
   local alive = call(self.q, self.r, "PEXPIRE", self.meta_key, meta_ttl(self.q))
   if alive == 0 then self:recover() end
+  if self.done > self.seen_done then self.seen_done, self.since = self.done, t end
+  if not self.warned and t - self.since > self.q.lease and self.q:stats().workers == 0 then
+    self.warned = true
+    warn(("%s: no worker is attached to queue '%s'; the batch waits for one (pf.work)")
+      :format(self.path:gsub(SEP, " > "), self.q.name))
+  end
 end
 
 function Batch:take(blob)
@@ -447,6 +453,7 @@ function Queue:_distribute(run, shared, items, params, maxc, flow, path)
   local r = self:_client()
   local b = setmetatable({ q = self, r = r, n = n, flow = flow, got = {},
     ids = {}, results = {}, changes = {}, done = 0, next = 1, next_tick = 0,
+    seen_done = 0, since = now(),
     path = table.concat(path, SEP), hash = graph_hash(node), items = items,
     name = name }, Batch)
   local meta = { path = path, params = flow and params or run.params, flow = flow }
