@@ -31,6 +31,7 @@ static const pf_open_fn opens[] = {
   pf_open_serial,    /* serial.c: serialize, deserialize */
   pf_open_store,     /* store.c: the SQLite connection of pf.sqlite */
   pf_open_events,    /* events.c: the event bus's C half */
+  pf_open_checkpoint,  /* checkpoint.c: durable runs' walk side */
   NULL
 };
 

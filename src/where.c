@@ -311,6 +311,21 @@ static int push_raise_where(lua_State *L, lua_State *co, pf_task *t,
   return 1;
 }
 
+/* Pushes the self of the top frame of the innermost walk on L's stack:
+** the run of the node (or item) whose prep, exec or post is running; nil
+** if there is none (checkpoint.c: the running node's idempotency key). */
+void pf_push_running_self(lua_State *L) {
+  Walk w;
+  int top;
+  if (find_walk(L, NULL, &w, 0) < 0 || !lua_checkstack(L, 2)) {
+    lua_pushnil(L);
+    return;
+  }
+  top = count_slots(&w) - FS + 1;
+  if (top < ROOT || (top - ROOT) % FS != 0) lua_pushnil(L);
+  else walk_slot(L, &w, top + F_SELF);
+}
+
 /* An error on co's top leaves task t, unrecorded: the message gains the
 ** where line (sched.c calls this before adding the traceback). */
 void pf_add_where(lua_State *L, pf_task *t, lua_State *co) {

@@ -339,6 +339,7 @@ pf.http = require "pocketflow.http"
 pf.json = require "pocketflow.json"
 local store = require "pocketflow.store"
 pf.sqlite, pf.memory, pf.store_id = store.sqlite, store.memory, store.id
+BaseNode.resume = require("pocketflow.durable").resume
 pf.redis = { connect = core.redis_connect, null = pf.json.null }
 function pf.queue(opts)
   local q = queue().new(opts, 3)   -- not a tail call: errors at level 3
