@@ -26,3 +26,13 @@ add_test(NAME bench.redis_smoke
          COMMAND ${CMAKE_BINARY_DIR}/pocketflow ${CMAKE_SOURCE_DIR}/bench/redis.lua
                  --smoke --floor ${CMAKE_BINARY_DIR}/bench/redis_floor)
 set_tests_properties(bench.redis_smoke PROPERTIES LABELS bench TIMEOUT 120)
+
+# bench/queue.lua's floor: the same Redis Streams traffic from plain
+# hiredis in C (a coordinator and forked workers)
+add_executable(queue_floor bench/queue_floor.c)
+target_link_libraries(queue_floor PRIVATE PkgConfig::HIREDIS)
+set_target_properties(queue_floor PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
+add_test(NAME bench.queue_smoke
+         COMMAND ${CMAKE_BINARY_DIR}/pocketflow ${CMAKE_SOURCE_DIR}/bench/queue.lua
+                 --smoke --floor ${CMAKE_BINARY_DIR}/bench/queue_floor)
+set_tests_properties(bench.queue_smoke PROPERTIES LABELS bench TIMEOUT 300)
