@@ -83,6 +83,8 @@ void pf_group_child_done(pf_group *g, pf_task *child, int ok, lua_State *from);
 int pf_group_finish(lua_State *L, int gidx);
 void pf_group_cancel(pf_task *owner, void *data);
 pf_group_body pf_group_owner(pf_group *g, pf_task **owner, int *ctx);
+void pf_group_counts(pf_group *g, lua_Integer *total, lua_Integer *done,
+                     lua_Integer *running);
 
 /* walk.c: nodes, flows and batches (its functions are registered by
 ** core.c); where.c: the where line of errors */

@@ -33,6 +33,7 @@
 
 #include "pf.h"
 #include "pf_sched.h"
+#include "events.h"
 #include "walk.h"
 
 /* Field names, interned once in a table kept below the first frame: a
@@ -94,9 +95,11 @@ static int walk_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* The walk's registers: the running frame's base and state (its program
 ** counter), and the status of the pcall a state waited for. A step returns GO for the loop
-** to go on with them, or the value the walk returns. */
+** to go on with them, or the value the walk returns. S->events: someone
+** listens, the transitions emit (events.h). */
 typedef struct Pc {
   int b, st, status;
+  pf_sched *S;
 } Pc;
 #define GO (-1)
 
@@ -235,7 +238,10 @@ static int call_post(lua_State *L, int b) {
 /* hook: node start. A frame's first state (*_PREP) calls prep(self,
 ** shared), whose result comes back in the kind's *_PREPPED. */
 static int node_begin(lua_State *L, Pc *pc) {
-  pc->st = ST(ST_KIND(pc->st), P_PREPPED);
+  int kind = ST_KIND(pc->st);
+  if (pc->S->events || (kind != PF_K_NODE && kind != PF_K_FLOW))
+    pf_ev_node_start(L, pc->S, pc->b, kind);
+  pc->st = ST(kind, P_PREPPED);
   if (push_method(L, pc->b, K_PREP)) {
     lua_pushvalue(L, pc->b + F_SHARED);
     call(L, pc->b, pc->st, 1);
@@ -247,8 +253,12 @@ static int node_begin(lua_State *L, Pc *pc) {
 ** done, its result on top: the parent goes on in its own state with it,
 ** or the walk returns it. */
 static int end_frame(lua_State *L, Pc *pc) {
+  if (pc->S->events && pc->st == POSTED) pf_ev_node_end(L, pc->b);
   pc->b = pop_frame(L, pc->b);
-  if (pc->b == 0) return 1;
+  if (pc->b == 0) {
+    if (!lua_isnil(L, GUARD)) pf_ev_walk_end(L);
+    return 1;
+  }
   pc->st = get_state(L, pc->b);
   return GO;
 }
@@ -476,12 +486,13 @@ static int retry_wait(lua_State *L, int b, int st, lua_Number w) {
 ** F_ERROR: calls the fallback, whose result comes back in st; the
 ** default one re-raises the error unchanged, so the node is left
 ** without calling it. */
-static int call_fallback(lua_State *L, int b, int st) {
+static int call_fallback(lua_State *L, Pc *pc, int b, int st) {
   get_key(L, b + F_SELF, K_FALLBACK);
   if (lua_tocfunction(L, -1) == pf_reraise) {
     lua_pushvalue(L, b + F_ERROR);
     return lua_error(L);
   }
+  if (pc->S->events) pf_ev_fallback(L, b);
   if (lua_type(L, b + F_ERROR) == LUA_TSTRING) {
     pf_task *t = pf_current(L);
     if (t && pf_push_record(L, t, b + F_ERROR)) {  /* kept if re-raised */
@@ -506,10 +517,11 @@ static int attempt_failed(lua_State *L, Pc *pc) {
     lua_Number w = checked_wait(L, b, pc->st);
     pc->st = ST(kind, P_ATTEMPT);
     pc->status = LUA_OK;
+    if (pc->S->events) pf_ev_retry(L, b, get_int(L, b, F_FAILS) + 1, w);
     return w > 0 ? retry_wait(L, b, pc->st, w) : GO;
   }
   pc->st = ST(kind, P_FELL_BACK);
-  pc->status = call_fallback(L, b, pc->st);
+  pc->status = call_fallback(L, pc, b, pc->st);
   return GO;
 }
 
@@ -546,6 +558,12 @@ static void keep_items(lua_State *L, int b, int st, const char *what) {
   lua_replace(L, b + F_ITEMS);
 }
 
+/* Item i of the sequential batch at b ended: its span, then progress. */
+static void item_done(lua_State *L, int b, lua_Integer i) {
+  pf_ev_item(L, b, i, 0);
+  pf_ev_progress(L, i, lua_rawlen(L, b + F_ITEMS), 0);
+}
+
 /* A batch node: an item frame (exec) per item, in order, then post. */
 static int batch_step(lua_State *L, Pc *pc) {
   int b = pc->b;
@@ -556,6 +574,7 @@ static int batch_step(lua_State *L, Pc *pc) {
       lua_newtable(L);
       lua_replace(L, b + F_RES);
       set_int(L, b, F_INDEX, 1);
+      if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
       pc->st = BATCH_NEXT;
       return GO;
     case BATCH_NEXT:
@@ -565,6 +584,7 @@ static int batch_step(lua_State *L, Pc *pc) {
         return GO;
       }
       set_state(L, b, BATCH_ITEM_DONE);   /* hook: item start */
+      if (pc->S->events) pf_ev_item(L, b, i, 1);
       pc->b = push_frame(L, b + F_SELF, 0, 0);
       pc->st = EXEC_ATTEMPT;
       lua_rawgeti(L, b + F_ITEMS, i);
@@ -573,6 +593,7 @@ static int batch_step(lua_State *L, Pc *pc) {
     default:   /* BATCH_ITEM_DONE; hook: item end */
       lua_rawseti(L, b + F_RES, i);
       set_int(L, b, F_INDEX, i + 1);
+      if (pc->S->events) item_done(L, b, i);
       pc->st = BATCH_NEXT;
       return GO;
   }
@@ -610,6 +631,7 @@ static int bflow_step(lua_State *L, Pc *pc) {
       keep_items(L, b, pc->st, "param tables");
       check_param_sets(L, b, pc->st, b + F_ITEMS);
       set_int(L, b, F_INDEX, 1);
+      if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
       pc->st = BFLOW_NEXT;
       return GO;
     case BFLOW_NEXT:
@@ -619,6 +641,7 @@ static int bflow_step(lua_State *L, Pc *pc) {
         return GO;
       }
       set_state(L, b, BFLOW_WALKED);   /* hook: item start */
+      if (pc->S->events) pf_ev_item(L, b, i, 1);
       pc->b = push_frame(L, b + F_SELF, b + F_SHARED, 0);
       get_key(L, b + F_SELF, K_PARAMS);
       lua_rawgeti(L, b + F_ITEMS, i);
@@ -631,6 +654,7 @@ static int bflow_step(lua_State *L, Pc *pc) {
     default:   /* BFLOW_WALKED; hook: item end */
       lua_pop(L, 1);
       set_int(L, b, F_INDEX, i + 1);
+      if (pc->S->events) item_done(L, b, i);
       pc->st = BFLOW_NEXT;
       return GO;
   }
@@ -738,9 +762,11 @@ int pf_item_kind(pf_group_body body, int *direct) {
   return body == walk_item_body ? PF_K_PBFLOW : 0;
 }
 
-/* Items may run direct_item_body: decided once per group. */
+/* Items may run direct_item_body: decided once per group; not while
+** someone listens, as items' events come from their walks. */
 static int plain_exec(lua_State *L, int self) {
   int plain;
+  if (pf_sched_get(L)->events) return 0;
   get_key(L, self, K_RETRIES);
   plain = pf_retries(L, -1) == 1;
   get_key(L, self, K_FALLBACK);
@@ -816,6 +842,7 @@ static int parallel_step(lua_State *L, Pc *pc) {
   switch (pc->st) {
     case PBATCH_PREPPED: case PBFLOW_PREPPED:
       maxc = parallel_items(L, b, pc->st, flow);
+      if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
       pc->st = flow ? PBFLOW_GATHERED : PBATCH_GATHERED;
       return group_wait(L, pc, maxc, flow);
     default:   /* PBATCH_GATHERED, PBFLOW_GATHERED */
@@ -838,6 +865,7 @@ static int walk(lua_State *L, int status, int b, int st) {
   pc.b = b;
   pc.st = st;
   pc.status = status;
+  pc.S = pf_sched_get(L);
   for (;;) {
     switch (pc.st) {
       case NODE_PREP: case BATCH_PREP: case PBATCH_PREP: case FLOW_PREP:
@@ -882,17 +910,27 @@ static int walk(lua_State *L, int status, int b, int st) {
 ** with from_node, self is the node object and its run's self is made. */
 static int walk_begin(lua_State *L, int kind, int from_node) {
   int b;
+  pf_sched *S = pf_sched_get(L);
   lua_settop(L, 4);
   lua_pushcfunction(L, pf_walk_msgh);
   push_keys(L);
-  if (from_node) {
+  if (from_node) {   /* slot 4: the run's options or nil */
     push_run_self(L, 2, 0);
     lua_replace(L, 2);
+    if (S->events || S->env_sinks || !lua_isnil(L, GUARD))
+      pf_ev_walk_begin(L, 1);
   }
   b = push_frame(L, 2, 3, kind == PF_K_EXEC ? 4 : 0);
   if (kind == PF_K_WALK) {
     lua_pushvalue(L, 4);
     lua_replace(L, b + F_PARAMS);
+  }
+  if (!from_node) {   /* slot 4 was copied */
+    if (S->events) pf_ev_walk_begin(L, 0);
+    else {
+      lua_pushnil(L);
+      lua_replace(L, GUARD);
+    }
   }
   return walk(L, LUA_OK, b, first_state(kind));
 }
@@ -915,7 +953,7 @@ static const struct {
   const char *name;
   int ready;
 } run_options[] = {
-  {"on_event", 0}, {"trace", 0}, {"capture", 0}, {"progress", 0},
+  {"on_event", 1}, {"trace", 1}, {"capture", 1}, {"progress", 1},
   {"store", 0}, {"run_id", 0}, {"durability", 0}, {"transient", 0},
   {"on_interrupt", 0}, {NULL, 0}
 };

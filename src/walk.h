@@ -38,6 +38,8 @@ enum {
 
 /* The slots below the first frame, from 1: the arguments of the walk's
 ** C function (kind, self, shared, x), then: */
+#define GUARD 4     /* x, once copied: the walk's event guard or nil
+                       (events.c), closed when the walk ends */
 #define MSGH 5      /* the message handler of exec and exec_fallback */
 #define KEYS 6      /* the interned field names (walk.c) */
 #define ROOT 7      /* base of the first frame */

@@ -74,6 +74,12 @@ end
 
 -- ----------------------------------------------------------- the spans
 
+-- a path (the bus's array of names) as "Main > Fetch"
+local function path_string(path)
+  if type(path) == "table" then return concat(path, " > ") end
+  return tostring(path)
+end
+
 -- A span being built is its start event (kept in sink.open by span_id)
 -- and, once retried or fallen back, a note in sink.notes.
 
@@ -93,7 +99,7 @@ local function attributes_of(sink, r, ev, out)
   if note and note.fallback then add("pf.fallback", true) end
   if r.item ~= nil then add("pf.item", r.item) end
   add("pf.kind", kind_of[r.type])
-  if r.path ~= nil then add("pf.path", tostring(r.path)) end
+  if r.path ~= nil then add("pf.path", path_string(r.path)) end
   if sink.capture and ev.prep_res ~= nil then add("pf.prep_res", captured(ev.prep_res)) end
   if sink.capture and ev.exec_res ~= nil then add("pf.exec_res", captured(ev.exec_res)) end
   if note and note.retries then add("pf.retries", note.retries) end
@@ -127,8 +133,8 @@ local path_attrs, n_paths = {}, 0
 local function path_attr(path)
   local a = path_attrs[path]
   if a == nil then
-    a = opt("pf.path", tostring(path))
-    if type(path) == "string" and #path < 200 then
+    a = opt("pf.path", path_string(path))
+    if type(path) == "table" or #path < 200 then   -- the bus interns path tables
       if n_paths >= 1000 then path_attrs, n_paths = {}, 0 end
       path_attrs[path], n_paths = a, n_paths + 1
     end
