@@ -3,6 +3,7 @@
 ** bus (lua/pocketflow/events.lua), and the call of a handler, made
 ** without a continuation so that a handler cannot wait.
 */
+#include <string.h>
 #include <unistd.h>
 
 #include "events.h"
@@ -155,6 +156,52 @@ static int l_set_env_sinks(lua_State *L) {
   return 0;
 }
 
+static int callable(lua_State *L, int idx) {
+  int ok;
+  if (lua_isfunction(L, idx)) return 1;
+  ok = luaL_getmetafield(L, idx, "__call") != LUA_TNIL;
+  if (ok) lua_pop(L, 1);
+  return ok;
+}
+
+/* A value as a bad option shows it: a string quoted, else its type. */
+static const char *shown(lua_State *L, int idx) {
+  if (lua_type(L, idx) == LUA_TSTRING)
+    return lua_pushfstring(L, "\"%s\"", lua_tostring(L, idx));
+  return luaL_typename(L, idx);
+}
+
+/* Checks run option name (an observing one), its value at vidx, which
+** is under the key on top; raises at run's caller. */
+void pf_ev_check_option(lua_State *L, const char *name, int vidx) {
+  int v = lua_absindex(L, vidx), t = lua_type(L, v), ok;
+  const char *want;
+  switch (name[0]) {
+    case 'o':   /* on_event */
+      ok = callable(L, v);
+      want = "a function";
+      break;
+    case 't':   /* trace */
+      ok = t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, v)) ||
+           (t == LUA_TSTRING && lua_rawlen(L, v) > 0);
+      want = "a file path or an http:// URL";
+      break;
+    case 'c':   /* capture */
+      ok = t == LUA_TNIL || t == LUA_TBOOLEAN;
+      want = "a boolean";
+      break;
+    case 'p':   /* progress */
+      ok = t == LUA_TNIL || t == LUA_TBOOLEAN || callable(L, v) ||
+           (t == LUA_TSTRING && strcmp(lua_tostring(L, v), "json") == 0);
+      want = "true, \"json\" or a function";
+      break;
+    default:
+      return;
+  }
+  if (!ok)
+    luaL_error(L, "run: %s must be %s (got %s)", name, want, shown(L, v));
+}
+
 /* Pushes hook h; returns 0 (nothing pushed) before events.lua set them. */
 static int push_hook(lua_State *L, int h) {
   luaL_checkstack(L, 8, "events");
@@ -258,6 +305,8 @@ void pf_ev_node_start(lua_State *L, pf_sched *S, int b, int kind) {
 /* hook: node end, after post: the results go along for capture */
 void pf_ev_node_end(lua_State *L, int b) {
   if (!pf_event_begin(L, "node_end")) return;
+  lua_pushstring(L, pf_node_name(L, b + F_SELF));
+  lua_setfield(L, -2, "node");
   lua_pushliteral(L, "ok");
   lua_setfield(L, -2, "status");
   lua_pushvalue(L, b + F_PREP);

@@ -23,6 +23,8 @@ void pf_emit(lua_State *L);
 int pf_in_handler(lua_State *L);
 void pf_open_events(lua_State *L);
 
+void pf_ev_check_option(lua_State *L, const char *name, int vidx);
+
 /* the walk's transitions (b: a frame's base, walk.h) */
 void pf_ev_walk_begin(lua_State *L, int run);
 void pf_ev_walk_end(lua_State *L);

@@ -977,6 +977,10 @@ static void check_run_options(lua_State *L, int idx) {
       luaL_error(L, "unknown run option '%s'", lua_tostring(L, -1));
     if (!run_options[i].ready)
       luaL_error(L, "run option '%s' is not supported yet", run_options[i].name);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, idx);
+    pf_ev_check_option(L, run_options[i].name, -1);
+    lua_pop(L, 1);
   }
 }
 
@@ -988,7 +992,7 @@ int pf_run_node(lua_State *L) {
                       luaL_typename(L, 1));
   if (!lua_isnoneornil(L, 3)) check_run_options(L, 3);
   if (pf_current(L) == NULL) return pf_wait_outside(L, pf_run_node, "run");
-  lua_settop(L, 2);
+  lua_settop(L, 3);
   if (lua_getfield(L, 1, "successors") == LUA_TTABLE) {
     lua_pushnil(L);
     if (lua_next(L, -2)) {
@@ -1001,6 +1005,6 @@ int pf_run_node(lua_State *L) {
   }
   lua_pop(L, 1);
   lua_pushinteger(L, kind);
-  lua_insert(L, 1);            /* kind, node, shared */
+  lua_insert(L, 1);            /* kind, node, shared, opts */
   return walk_begin(L, kind, 1);
 }

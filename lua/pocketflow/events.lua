@@ -351,40 +351,12 @@ function Guard.__close(g, err)
   else unwind(g, "error", err_string(err)) end
 end
 
-local function callable(v)
-  if type(v) == "function" then return true end
-  local mt = type(v) == "table" and getmetatable(v)
-  return mt and type(mt) == "table" and mt.__call ~= nil or false
-end
-
-local function shown(v)
-  if type(v) == "string" then return format("%q", v) end
-  return type(v)
-end
-
--- the run options of section 7, checked before anything subscribes
-local function check_run_options(o, level)
-  if o.on_event ~= nil and not callable(o.on_event) then
-    error(("run: on_event must be a function (got %s)"):format(type(o.on_event)), level + 1)
-  end
-  local tr = o.trace
-  if tr ~= nil and tr ~= false and (type(tr) ~= "string" or tr == "") then
-    error(("run: trace must be a file path or an http:// URL (got %s)"):format(shown(tr)), level + 1)
-  end
-  if o.capture ~= nil and type(o.capture) ~= "boolean" then
-    error(("run: capture must be a boolean (got %s)"):format(shown(o.capture)), level + 1)
-  end
-  local pr = o.progress
-  if pr ~= nil and pr ~= false and pr ~= true and pr ~= "json" and not callable(pr) then
-    error(('run: progress must be true, "json" or a function (got %s)'):format(shown(pr)), level + 1)
-  end
-end
-
 local env_sinks = false
 
 -- walk_guard(kind, opts, name, item) -> guard or nil: what a walk that
 -- starts while someone listens (or a run with options, or with PF_TRACE
--- or PF_PROGRESS set) keeps. kind: "run" (opts: its run options), "item"
+-- or PF_PROGRESS set) keeps. kind: "run" (opts: its run options, checked
+-- by the walk, src/events.c), "item"
 -- (a parallel batch's item, its number), "walk". A run is a new run, with
 -- its own run_id, span and sinks, unless it runs inside a span of another
 -- and has no sinks of its own. Called from C: level 3 is the run's caller.
@@ -393,7 +365,6 @@ function M.walk_guard(kind, opts, name, item)
   local st = frames[co]
   local g = setmetatable({ mark = st and st.n or 0 }, Guard)
   if kind == "run" then
-    if opts ~= nil then check_run_options(opts, 3) end
     local own = opts ~= nil and (opts.on_event ~= nil or opts.trace or opts.progress ~= nil)
     if own or (current(co) == nil and (env_sinks or #subs > 0)) then
       local run_id = new_run_id()
