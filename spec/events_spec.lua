@@ -578,3 +578,15 @@ describe("events of a real run", function()
     assert.same({ "node_end First", "node_start Boom", "node_end Boom" }, got)
   end)
 end)
+
+describe("paths of real runs", function()
+  it("keep a node named like a field of the bus's own tables", function()
+    local got = {}
+    local sub = pf.on(function(ev) if ev.type == "node_start" then got[#got + 1] = ev.path end end)
+    local a = pf.Node{ name = "n" }
+    local _ = a >> pf.Node{ name = "paths" }
+    pf.Flow{ name = "F", start = a }:run({})
+    sub:off()
+    assert.same({ { "F" }, { "F", "n" }, { "F", "paths" } }, got)
+  end)
+end)

@@ -263,6 +263,15 @@ void pf_ev_walk_end(lua_State *L) {
   }
 }
 
+/* Pushes the name of the node at idx: its 'name' as the walk reads
+** fields (through __index, the common case of a class's name), else as
+** where.c reads it (raw: __name, "node"). */
+static void push_node_name(lua_State *L, int idx) {
+  if (lua_getfield(L, idx, "name") == LUA_TSTRING) return;
+  lua_pop(L, 1);
+  lua_pushstring(L, pf_node_name(L, idx));
+}
+
 /* A walk that started while nobody listened gets its guard when it
 ** first emits. */
 static void need_guard(lua_State *L) {
@@ -291,7 +300,7 @@ void pf_ev_node_start(lua_State *L, pf_sched *S, int b, int kind) {
     if (bars) lua_pop(L, 1);
     return;
   }
-  lua_pushstring(L, pf_node_name(L, b + F_SELF));
+  push_node_name(L, b + F_SELF);
   lua_setfield(L, -2, "node");
   lua_pushinteger(L, 1);
   lua_setfield(L, -2, "attempt");
@@ -305,7 +314,7 @@ void pf_ev_node_start(lua_State *L, pf_sched *S, int b, int kind) {
 /* hook: node end, after post: the results go along for capture */
 void pf_ev_node_end(lua_State *L, int b) {
   if (!pf_event_begin(L, "node_end")) return;
-  lua_pushstring(L, pf_node_name(L, b + F_SELF));
+  push_node_name(L, b + F_SELF);
   lua_setfield(L, -2, "node");
   lua_pushliteral(L, "ok");
   lua_setfield(L, -2, "status");
@@ -321,7 +330,7 @@ void pf_ev_item(lua_State *L, int b, lua_Integer i, int start) {
   if (start) need_guard(L);
   if (!pf_event_begin(L, start ? "item_start" : "item_end")) return;
   if (start) {
-    lua_pushstring(L, pf_node_name(L, b + F_SELF));
+    push_node_name(L, b + F_SELF);
     lua_setfield(L, -2, "node");
     lua_pushinteger(L, i);
     lua_setfield(L, -2, "item");

@@ -486,13 +486,13 @@ static int retry_wait(lua_State *L, int b, int st, lua_Number w) {
 ** F_ERROR: calls the fallback, whose result comes back in st; the
 ** default one re-raises the error unchanged, so the node is left
 ** without calling it. */
-static int call_fallback(lua_State *L, Pc *pc, int b, int st) {
+static int call_fallback(lua_State *L, int b, int st) {
   get_key(L, b + F_SELF, K_FALLBACK);
   if (lua_tocfunction(L, -1) == pf_reraise) {
     lua_pushvalue(L, b + F_ERROR);
     return lua_error(L);
   }
-  if (pc->S->events) pf_ev_fallback(L, b);
+  if (pf_sched_get(L)->events) pf_ev_fallback(L, b);
   if (lua_type(L, b + F_ERROR) == LUA_TSTRING) {
     pf_task *t = pf_current(L);
     if (t && pf_push_record(L, t, b + F_ERROR)) {  /* kept if re-raised */
@@ -521,7 +521,7 @@ static int attempt_failed(lua_State *L, Pc *pc) {
     return w > 0 ? retry_wait(L, b, pc->st, w) : GO;
   }
   pc->st = ST(kind, P_FELL_BACK);
-  pc->status = call_fallback(L, pc, b, pc->st);
+  pc->status = call_fallback(L, b, pc->st);
   return GO;
 }
 

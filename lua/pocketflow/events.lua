@@ -86,15 +86,16 @@ local children = setmetatable({}, { __mode = "k" })  -- path -> name -> path
 local function child_path(parent, name)
   if type(parent) ~= "table" then parent = ROOT_PATH end
   local kids = children[parent]
-  if kids == nil then
-    kids = {}
+  if kids == nil or kids.n > 1000 then   -- names made per item: no growth
+    kids = { n = 0, paths = {} }
     children[parent] = kids
   end
-  local p = kids[name]
+  local p = kids.paths[name]
   if p == nil then
     p = table.move(parent, 1, #parent, 1, {})
     p[#p + 1] = name
-    kids[name] = p
+    kids.paths[name] = p
+    kids.n = kids.n + 1
   end
   return p
 end
