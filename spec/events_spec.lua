@@ -590,3 +590,20 @@ describe("paths of real runs", function()
     assert.same({ { "F" }, { "F", "n" }, { "F", "paths" } }, got)
   end)
 end)
+
+describe("events of a timed flow", function()
+  it("keep its timeout, with run options and with a subscriber", function()
+    local Slow = pf.Node:extend("Slow")
+    function Slow:exec() pf.sleep(5) end
+    local f = pf.Flow{ name = "Timed", start = Slow(), timeout = 0.05 }
+    local got = {}
+    local ok, err = pcall(f.run, f, {}, { on_event = function(ev)
+      got[#got + 1] = ev.type .. " " .. ev.node .. " " .. (ev.status or "") end })
+    assert.is_false(ok)
+    assert.matches("^Timed: flow timed out after 0.05 s", err)
+    -- the flow's walk ran in a task of its own, cancelled at the timeout
+    assert.same({ "run_start Timed ", "node_start Timed ", "node_start Slow ",
+                  "node_end Slow cancelled", "node_end Timed cancelled", "run_end Timed error" }, got)
+    assert.equal(0, events.count())
+  end)
+end)

@@ -39,6 +39,7 @@ static const luaL_Reg walk_funcs[] = {
   {"machine", pf_walk_body},
   {"noop", pf_noop},
   {"reraise", pf_reraise},
+  {"arm_timeouts", pf_arm_timeouts},
   {NULL, NULL}
 };
 

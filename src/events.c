@@ -222,7 +222,7 @@ static int push_hook(lua_State *L, int h) {
 ** walk that ends normally calls finish instead (pf_ev_walk_end). */
 
 /* Sets the guard of the walk whose frames are about to start: a run (its
-** options in slot GUARD) opens a run span and its sinks when it is a new
+** options in slot 4, x) opens a run span and its sinks when it is a new
 ** run; an item of a parallel batch opens its item span. */
 void pf_ev_walk_begin(lua_State *L, int run) {
   pf_task *t = pf_current(L);
@@ -231,7 +231,7 @@ void pf_ev_walk_begin(lua_State *L, int run) {
     lua_pushnil(L);
   } else {
     lua_pushstring(L, run ? "run" : item ? "item" : "walk");
-    lua_pushvalue(L, GUARD);
+    lua_pushvalue(L, 4);   /* x: a run's options */
     lua_pushstring(L, pf_node_name(L, 2));
     if (item) lua_pushinteger(L, t->group_idx);
     else lua_pushnil(L);

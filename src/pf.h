@@ -92,6 +92,7 @@ int pf_walk_body(lua_State *L);
 int pf_noop(lua_State *L);
 int pf_reraise(lua_State *L);
 int pf_run_node(lua_State *L);
+int pf_arm_timeouts(lua_State *L);
 void pf_add_where(lua_State *L, pf_task *t, lua_State *co);
 
 /* node kinds: a node class's __pfkind */

@@ -33,6 +33,7 @@
 
 #include "pf.h"
 #include "pf_sched.h"
+#include "attempts.h"
 #include "events.h"
 #include "walk.h"
 
@@ -41,11 +42,17 @@
 ** every step. */
 enum { K_PREP = 1, K_EXEC, K_POST, K_FALLBACK, K_CUR_RETRY, K_SUCCESSORS,
        K_PARAMS, K_DEFAULT, K_INDEX, K_KIND, K_START, K_RETRIES, K_WAIT,
-       K_MAXC, K_NKEYS };
+       K_MAXC, K_TIMEOUT, K_DEADLINE, K_BACKOFF, K_MAX_WAIT, K_JITTER,
+       K_RETRY_ON, K_RETRY_AFTER, K_NKEYS };
 static const char *const key_names[] = {
   NULL, "prep", "exec", "post", "exec_fallback", "cur_retry", "successors",
   "params", "default", "__index", "__pfkind", "start_node", "max_retries",
-  "wait", "max_concurrency"};
+  "wait", "max_concurrency", "timeout", "deadline", "backoff", "max_wait",
+  "jitter", "retry_on", "retry_after"};
+/* The table's one slot past the names: true once any node or class was
+** given a timeout or a deadline (core.arm_timeouts, from init.lua), so
+** that a program without them never looks these options up per attempt. */
+#define K_ARMED K_NKEYS
 static const char KEYS_KEY = 'K';
 
 static void push_keys(lua_State *L) {
@@ -99,6 +106,7 @@ static int walk_k(lua_State *L, int status, lua_KContext ctx) {
 ** listens, the transitions emit (events.h). */
 typedef struct Pc {
   int b, st, status;
+  int armed;   /* timeouts may be set (K_ARMED), read when the walk resumes */
   pf_sched *S;
 } Pc;
 #define GO (-1)
@@ -235,10 +243,17 @@ static int call_post(lua_State *L, int b) {
   return POSTED;
 }
 
+static lua_Number flow_timeout(lua_State *L, int b);
+static int timed_flow(lua_State *L, Pc *pc, lua_Number limit);
+
 /* hook: node start. A frame's first state (*_PREP) calls prep(self,
-** shared), whose result comes back in the kind's *_PREPPED. */
+** shared), whose result comes back in the kind's *_PREPPED; a flow with
+** a timeout runs in a task of its own first. */
 static int node_begin(lua_State *L, Pc *pc) {
   int kind = ST_KIND(pc->st);
+  lua_Number limit;
+  if (kind >= PF_K_FLOW && pc->armed && (limit = flow_timeout(L, pc->b)) > 0)
+    return timed_flow(L, pc, limit);   /* its task's walk emits */
   if (pc->S->events || (kind != PF_K_NODE && kind != PF_K_FLOW))
     pf_ev_node_start(L, pc->S, pc->b, kind);
   pc->st = ST(kind, P_PREPPED);
@@ -452,6 +467,160 @@ static int exec_done(lua_State *L, Pc *pc) {
   return GO;
 }
 
+/* A status of the walk's own, beside Lua's: the attempt's task was
+** cancelled by someone else than its timeout. */
+#define ATTEMPT_CANCELLED 100
+
+/* An error that ends the attempts at once, past exec_fallback: it leaves
+** the node as it is. Cancellation is never retried; interrupts (API
+** section 8) are to be checked here as well. */
+static int is_final_error(lua_State *L, int status, int err) {
+  (void)L;
+  (void)err;
+  return status == ATTEMPT_CANCELLED;
+}
+
+static int armed(lua_State *L) {
+  int on = lua_rawgeti(L, KEYS, K_ARMED) == LUA_TBOOLEAN;
+  lua_pop(L, 1);
+  return on;
+}
+
+/* core.arm_timeouts(): from now on the walk looks for timeouts and
+** deadlines (K_ARMED). */
+int pf_arm_timeouts(lua_State *L) {
+  push_keys(L);
+  lua_pushboolean(L, 1);
+  lua_rawseti(L, -2, K_ARMED);
+  return 0;
+}
+
+/* The option at key, a number of seconds > 0, or -1 (none). */
+static lua_Number seconds(lua_State *L, int b, int key) {
+  lua_Number s;
+  get_key(L, b + F_SELF, key);
+  s = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return s > 0 ? s : -1;
+}
+
+/* Pushes seconds as messages show them: whole ones without decimals,
+** others as Lua prints numbers; nan, inf and -inf alike everywhere. */
+static const char *push_seconds(lua_State *L, lua_Number s) {
+  if (s != s) return lua_pushliteral(L, "nan");
+  if (s - s != 0) return lua_pushstring(L, s > 0 ? "inf" : "-inf");
+  if (s == (lua_Number)(lua_Integer)s)
+    return lua_pushfstring(L, "%I", (LUAI_UACINT)(lua_Integer)s);
+  return lua_pushfstring(L, "%f", s);
+}
+
+static lua_Number now(void) {
+  return (lua_Number)uv_hrtime() / 1e9;
+}
+
+/* Seconds left before the deadline (never below 0), or -1: none. */
+static lua_Number deadline_left(lua_State *L, int b) {
+  lua_Number left;
+  if (!lua_isnumber(L, b + F_DEADLINE)) return -1;
+  left = lua_tonumber(L, b + F_DEADLINE) - now();
+  return left > 0 ? left : 0;
+}
+
+/* The time the attempt about to start may take: its timeout, cut to
+** what is left of the deadline, which the first attempt sets; -1:
+** unbounded. F_BOUND says whether the deadline is the limit. */
+static lua_Number attempt_limit(lua_State *L, int b, lua_Integer fails) {
+  lua_Number limit = seconds(L, b, K_TIMEOUT), d = seconds(L, b, K_DEADLINE);
+  int bound = 0;
+  if (d > 0 && fails == 0) {
+    lua_pushnumber(L, now() + d);
+    lua_replace(L, b + F_DEADLINE);
+  }
+  d = deadline_left(L, b);
+  if (d >= 0 && (limit < 0 || d < limit)) limit = d, bound = 1;
+  lua_pushboolean(L, bound);
+  lua_replace(L, b + F_BOUND);
+  return limit;
+}
+
+static int timed_body_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  lua_pushboolean(L, status == LUA_OK || status == LUA_YIELD);
+  lua_insert(L, -2);
+  return 2;
+}
+
+/* The body of a timed attempt's or flow's task: (f, ...) -> true, f's
+** result, or false, its error, as is. f runs under the walk's message
+** handler, so a string error gets its record in this task (where.c),
+** for the walk to adopt. */
+static int timed_body(lua_State *L) {
+  int nargs = lua_gettop(L) - 1;
+  lua_pushcfunction(L, pf_walk_msgh);
+  lua_insert(L, 1);
+  return timed_body_k(L, lua_pcallk(L, nargs, 1, 1, 0, timed_body_k), 0);
+}
+
+/* Runs the function and its nargs arguments on top as a child task of
+** the walk's, which waits until it ends or 'limit' seconds pass; the
+** wait ends in state st with the task on top. */
+static int wait_timed(lua_State *L, int b, int st, int nargs,
+                      lua_Number limit) {
+  pf_task *me = pf_wait_begin(L, "timeout"), *child;
+  if (me == NULL) return pf_wait_outside(L, NULL, "timeout");
+  lua_pushcfunction(L, timed_body);
+  lua_insert(L, -(nargs + 2));
+  child = pf_spawn_task(L, me, nargs + 1);
+  child->keep_results = 1;
+  if (pf_wait_deadline(me, limit) < 0) {
+    pf_cancel(child);
+    return luaL_error(L, "timeout: out of memory");
+  }
+  pf_wait_on(me, child);
+  return pf_wait_yield(L, me, CTX(b, st), walk_k);
+}
+
+/* The task on top ended (or ran out of time: *timed_out): replaces it by
+** its result or error, and returns the status of the call it made. */
+static int timed_outcome(lua_State *L, int *timed_out) {
+  int c = lua_gettop(L), status = LUA_ERRRUN;
+  pf_task *me = pf_current(L), *child = (pf_task *)lua_touserdata(L, c);
+  *timed_out = me->timed_out;
+  me->timed_out = 0;
+  if (*timed_out) {
+    pf_cancel(child);
+    pf_forget_lost(L, me->S, c);
+    lua_pushnil(L);
+  } else if (child->outcome == PF_OK) {
+    lua_getiuservalue(L, c, PF_UV_AUX);
+    lua_rawgeti(L, -1, 1);
+    if (lua_toboolean(L, -1)) status = LUA_OK;
+    lua_rawgeti(L, -2, 2);
+  } else if (child->outcome == PF_ERROR) {   /* timed_body's own: memory */
+    pf_forget_lost(L, me->S, c);
+    lua_getiuservalue(L, c, PF_UV_AUX);
+  } else {
+    status = ATTEMPT_CANCELLED;
+    lua_pushnil(L);
+  }
+  return status;
+}
+
+/* hook: attempt start. exec(self, prep_res) runs as a task of its own,
+** ended at the attempt's limit; with neither a timeout nor a deadline,
+** in the walk's task. exec and self are on top. */
+static int timed_attempt(lua_State *L, Pc *pc, lua_Integer fails) {
+  int b = pc->b;
+  lua_Number limit = attempt_limit(L, b, fails);
+  lua_pushvalue(L, b + F_PREP);
+  if (limit < 0) {
+    pc->status = pcall(L, b, pc->st, 1);
+    return GO;
+  }
+  pc->st = ST(ST_KIND(pc->st), P_TIMED);
+  return wait_timed(L, b, pc->st, 2, limit);
+}
+
 /* hook: attempt start. Sets cur_retry and calls exec(self, prep_res);
 ** a node's first attempt reads the class's 0 through its fresh self,
 ** batch items share one self, so theirs is reset. */
@@ -466,19 +635,59 @@ static int attempt(lua_State *L, Pc *pc) {
   pc->st = ST(ST_KIND(pc->st), P_EXECUTED);
   pc->status = LUA_OK;
   if (push_method(L, b, K_EXEC)) {
+    if (pc->armed) return timed_attempt(L, pc, fails);
     lua_pushvalue(L, b + F_PREP);
     pc->status = pcall(L, b, pc->st, 1);
   }
   return GO;
 }
 
-/* hook: retry wait. Sleeps w seconds, then goes on in st. */
+/* A timed attempt's task ended, or its time is up: its result or error
+** goes on to *_EXECUTED as an attempt's in the walk's task would. */
+static int attempt_ended(lua_State *L, Pc *pc) {
+  int b = pc->b, timed_out, c = lua_gettop(L);
+  lua_Integer n = get_int(L, b, F_FAILS) + 1;
+  pc->st = ST(ST_KIND(pc->st), P_EXECUTED);
+  pc->status = timed_outcome(L, &timed_out);
+  if (timed_out || pc->status == ATTEMPT_CANCELLED) {
+    const char *name = pf_node_name(L, b + F_SELF);
+    lua_Integer max = checked_retries(L, b, pc->st);
+    lua_pushfstring(L, "%s: exec attempt %I of %I ", name, (LUAI_UACINT)n,
+                    (LUAI_UACINT)max);
+    if (pc->status == ATTEMPT_CANCELLED) {
+      lua_pushliteral(L, "was cancelled");
+    } else {
+      int bound = lua_toboolean(L, b + F_BOUND);
+      lua_pushstring(L, bound ? "ran past the deadline of " : "timed out "
+                     "after ");
+      push_seconds(L, seconds(L, b, bound ? K_DEADLINE : K_TIMEOUT));
+      lua_pushliteral(L, " s");
+      lua_concat(L, 3);
+    }
+    lua_concat(L, 2);
+  }
+  if (pc->status != LUA_OK)
+    pf_adopt_record(L, -1, timed_out ? 0 : c, b, pc->st, n);
+  lua_replace(L, c);
+  lua_settop(L, c);
+  lua_pushnil(L);
+  lua_replace(L, b + F_BOUND);
+  return GO;
+}
+
+/* hook: retry wait. Sleeps w seconds, then goes on in st; with w = 0
+** the tasks ready now run first: a loop of failing attempts never
+** starves the others, nor a timeout around it. */
 static int retry_wait(lua_State *L, int b, int st, lua_Number w) {
   pf_task *t = pf_wait_begin(L, "retry wait");
   if (t == NULL) return pf_wait_outside(L, NULL, "retry wait");
-  if (pf_wait_deadline(t, w) < 0)
-    return luaL_error(L, "retry wait: out of memory");
-  pf_wait_park(t, NULL, NULL);
+  if (w > 0) {
+    if (pf_wait_deadline(t, w) < 0)
+      return luaL_error(L, "retry wait: out of memory");
+    pf_wait_park(t, NULL, NULL);
+  } else {
+    pf_wait_pass(t);
+  }
   return pf_wait_yield(L, t, CTX(b, st), walk_k);
 }
 
@@ -507,22 +716,118 @@ static int call_fallback(lua_State *L, int b, int st) {
   return pcall(L, b, st, 2);
 }
 
-/* hook: attempt fail. The error on top is kept; another attempt follows,
-** after the wait, or the fallback. */
-static int attempt_failed(lua_State *L, Pc *pc) {
-  int b = pc->b, kind = ST_KIND(pc->st);
-  lua_replace(L, b + F_ERROR);
-  set_int(L, b, F_FAILS, get_int(L, b, F_FAILS) + 1);
-  if (get_int(L, b, F_FAILS) < checked_retries(L, b, pc->st)) {
-    lua_Number w = checked_wait(L, b, pc->st);
-    pc->st = ST(kind, P_ATTEMPT);
-    pc->status = LUA_OK;
-    if (pc->S->events) pf_ev_retry(L, b, get_int(L, b, F_FAILS) + 1, w);
-    return w > 0 ? retry_wait(L, b, pc->st, w) : GO;
-  }
-  pc->st = ST(kind, P_FELL_BACK);
-  pc->status = call_fallback(L, b, pc->st);
+static int fall_back(lua_State *L, Pc *pc) {
+  pc->st = ST(ST_KIND(pc->st), P_FELL_BACK);
+  pc->status = call_fallback(L, pc->b, pc->st);
   return GO;
+}
+
+/* hook: attempt fail. The error on top is kept; unless it is final and
+** while attempts are left, retry_on is asked (the default says true),
+** its answer comes in *_ASKED; after the last, the fallback. */
+static int attempt_failed(lua_State *L, Pc *pc) {
+  int b = pc->b;
+  lua_Integer fails = get_int(L, b, F_FAILS) + 1;
+  lua_replace(L, b + F_ERROR);
+  set_int(L, b, F_FAILS, fails);
+  if (is_final_error(L, pc->status, b + F_ERROR)) {
+    lua_pushvalue(L, b + F_ERROR);
+    return lua_error(L);
+  }
+  if (fails >= checked_retries(L, b, pc->st)) return fall_back(L, pc);
+  pc->st = ST(ST_KIND(pc->st), P_ASKED);
+  pc->status = LUA_OK;
+  if (get_key(L, b + F_SELF, K_RETRY_ON) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushboolean(L, 1);
+    return GO;
+  }
+  lua_pushvalue(L, b + F_ERROR);
+  lua_pushinteger(L, fails);
+  pc->status = lua_pcallk(L, 2, 1, 0, CTX(b, pc->st), walk_k);
+  return GO;
+}
+
+/* A number of seconds from user code (retry_on's answer, retry_after) is
+** finite and >= 0. */
+static int good_seconds(lua_State *L, int idx) {
+  lua_Number s = lua_tonumber(L, idx);
+  return lua_type(L, idx) == LUA_TNUMBER && s >= 0 && s - s == 0;
+}
+
+/* The wait retry_on's answer (on top, popped) asks for: -1 for the
+** computed one, -2 for none (fall back). */
+static lua_Number asked_wait(lua_State *L, Pc *pc) {
+  int b = pc->b, t = lua_type(L, -1);
+  const char *name = pf_node_name(L, b + F_SELF);
+  lua_Number w = -1;
+  if (pc->status != LUA_OK && pc->status != LUA_YIELD)
+    pf_walk_error(L, b, pc->st, 0, NULL, "%s: retry_on failed: %s", name,
+                  pf_tostring(L, -1));
+  if ((t == LUA_TNUMBER && !good_seconds(L, -1)) ||
+      (t != LUA_TNUMBER && t != LUA_TBOOLEAN && t != LUA_TNIL))
+    pf_walk_error(L, b, pc->st, 0, NULL, "%s: retry_on must return a "
+                  "boolean or a finite number of seconds >= 0 (got %s)",
+                  name, t == LUA_TNUMBER ? push_seconds(L, lua_tonumber(L, -1))
+                                        : lua_typename(L, t));
+  if (t == LUA_TNUMBER) w = lua_tonumber(L, -1);
+  else if (!lua_toboolean(L, -1)) w = -2;
+  lua_pop(L, 1);
+  return w;
+}
+
+/* The option at key as a number, or dflt if it is none. */
+static lua_Number number_or(lua_State *L, int b, int key, lua_Number dflt) {
+  int isnum;
+  lua_Number v;
+  get_key(L, b + F_SELF, key);
+  v = lua_tonumberx(L, -1, &isnum);
+  lua_pop(L, 1);
+  return isnum ? v : dflt;
+}
+
+/* u in [0, 1) for the jitter: splitmix64 of the clock and the thread, no
+** state kept (any spread will do; this is no cryptography). */
+static double jitter_u(lua_State *L) {
+  uint64_t x = uv_hrtime() ^ (uint64_t)(uintptr_t)L;
+  x += 0x9e3779b97f4a7c15u;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9u;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebu;
+  x ^= x >> 31;
+  return (double)(x >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* The wait the options give after the failed attempts in F_FAILS. */
+static lua_Number computed_wait(lua_State *L, Pc *pc) {
+  int b = pc->b;
+  lua_Number w = checked_wait(L, b, pc->st);
+  if (w == 0) return 0;
+  return pf_retry_delay(w, number_or(L, b, K_BACKOFF, 1),
+                        number_or(L, b, K_MAX_WAIT, -1),
+                        number_or(L, b, K_JITTER, 0),
+                        (int)(get_int(L, b, F_FAILS) & 0x7fffffff),
+                        jitter_u(L));
+}
+
+/* retry_on's answer on top: waits and attempts again, or falls back when
+** it says so or when the wait would end past the deadline. A table
+** error's retry_after sets the wait unless retry_on gave a number. */
+static int retry_asked(lua_State *L, Pc *pc) {
+  int b = pc->b;
+  lua_Number w = asked_wait(L, pc);
+  if (w == -2) return fall_back(L, pc);
+  if (w < 0 && lua_istable(L, b + F_ERROR)) {
+    lua_rawgeti(L, KEYS, K_RETRY_AFTER);
+    lua_rawget(L, b + F_ERROR);
+    if (good_seconds(L, -1)) w = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+  }
+  w = pf_next_wait(computed_wait(L, pc), w, deadline_left(L, b));
+  if (w < 0) return fall_back(L, pc);
+  pc->st = ST(ST_KIND(pc->st), P_ATTEMPT);
+  pc->status = LUA_OK;
+  if (pc->S->events) pf_ev_retry(L, b, get_int(L, b, F_FAILS) + 1, w);
+  return retry_wait(L, b, pc->st, w);
 }
 
 /* exec with retries: a node's (after its prep) and an item's frame. */
@@ -533,11 +838,63 @@ static int exec_step(lua_State *L, Pc *pc) {
       return attempt(L, pc);
     case NODE_EXECUTED: case EXEC_EXECUTED:
       return ok ? exec_done(L, pc) : attempt_failed(L, pc);
+    case NODE_TIMED: case EXEC_TIMED:
+      return attempt_ended(L, pc);
+    case NODE_ASKED: case EXEC_ASKED:
+      return retry_asked(L, pc);
     default:   /* NODE_FELL_BACK, EXEC_FELL_BACK */
       if (!ok) return lua_error(L);
       if (lua_type(L, pc->b + F_ERROR) == LUA_TSTRING) pf_drop_record(L);
       return exec_done(L, pc);
   }
+}
+
+/* The bound of a flow's whole run (frame b): its timeout or deadline,
+** the smaller; -1: none. */
+static lua_Number flow_limit(lua_State *L, int b) {
+  lua_Number t = seconds(L, b, K_TIMEOUT), d = seconds(L, b, K_DEADLINE);
+  return t < 0 || (d > 0 && d < t) ? d : t;
+}
+
+/* flow_limit, or -1 when b is the first frame of the task that runs the
+** flow under it. */
+static lua_Number flow_timeout(lua_State *L, int b) {
+  if (b == ROOT && lua_toboolean(L, 4)) return -1;
+  return flow_limit(L, b);
+}
+
+/* A flow with a timeout runs as a task of its own (its frame again, the
+** first of that task's walk), ended when the time is up. */
+static int timed_flow(lua_State *L, Pc *pc, lua_Number limit) {
+  int b = pc->b;
+  lua_pushcfunction(L, pf_walk_body);
+  lua_pushinteger(L, ST_KIND(pc->st));
+  lua_pushvalue(L, b + F_SELF);
+  lua_pushvalue(L, b + F_SHARED);
+  lua_pushboolean(L, 1);
+  pc->st = ST(ST_KIND(pc->st), P_TIMED);
+  return wait_timed(L, b, pc->st, 4, limit);
+}
+
+/* A timed flow's task ended, or its time is up: the frame ends with its
+** result, or raises its error. */
+static int flow_ended(lua_State *L, Pc *pc) {
+  int b = pc->b, timed_out, c = lua_gettop(L);
+  int status = timed_outcome(L, &timed_out);
+  const char *name = pf_node_name(L, b + F_SELF);
+  if (timed_out)
+    return pf_walk_error(L, b, pc->st, 0, "walk", "%s: flow timed out "
+                         "after %s s", name, push_seconds(L, flow_limit(L, b)));
+  if (status == ATTEMPT_CANCELLED)
+    return pf_walk_error(L, b, pc->st, 0, "walk", "%s: flow was "
+                         "cancelled", name);
+  if (status != LUA_OK) {
+    pf_adopt_record(L, -1, c, b, pc->st, 0);
+    return lua_error(L);
+  }
+  lua_replace(L, c);
+  lua_settop(L, c);
+  return end_frame(L, pc);
 }
 
 /* ---------------------------------------------------------------- kinds */
@@ -772,6 +1129,12 @@ static int plain_exec(lua_State *L, int self) {
   get_key(L, self, K_FALLBACK);
   plain = plain && lua_tocfunction(L, -1) == pf_reraise;
   lua_pop(L, 2);
+  if (plain && armed(L)) {   /* a timed attempt runs as a task */
+    get_key(L, self, K_TIMEOUT);
+    get_key(L, self, K_DEADLINE);
+    plain = lua_isnil(L, -1) && lua_isnil(L, -2);
+    lua_pop(L, 2);
+  }
   return plain;
 }
 
@@ -865,6 +1228,7 @@ static int walk(lua_State *L, int status, int b, int st) {
   pc.b = b;
   pc.st = st;
   pc.status = status;
+  pc.armed = armed(L);
   pc.S = pf_sched_get(L);
   for (;;) {
     switch (pc.st) {
@@ -876,8 +1240,13 @@ static int walk(lua_State *L, int status, int b, int st) {
         r = node_step(L, &pc);
         break;
       case NODE_ATTEMPT: case NODE_EXECUTED: case NODE_FELL_BACK:
+      case NODE_TIMED: case NODE_ASKED:
       case EXEC_ATTEMPT: case EXEC_EXECUTED: case EXEC_FELL_BACK:
+      case EXEC_TIMED: case EXEC_ASKED:
         r = exec_step(L, &pc);
+        break;
+      case FLOW_TIMED: case BFLOW_TIMED: case PBFLOW_TIMED:
+        r = flow_ended(L, &pc);
         break;
       case POSTED:   /* hook: after post */
       case EXEC_END: case WALK_END:
@@ -914,24 +1283,22 @@ static int walk_begin(lua_State *L, int kind, int from_node) {
   lua_settop(L, 4);
   lua_pushcfunction(L, pf_walk_msgh);
   push_keys(L);
-  if (from_node) {   /* slot 4: the run's options or nil */
+  lua_pushnil(L);      /* GUARD */
+  if (from_node) {     /* x: the run's options or nil */
     push_run_self(L, 2, 0);
     lua_replace(L, 2);
-    if (S->events || S->env_sinks || !lua_isnil(L, GUARD))
+    if (S->events || S->env_sinks || !lua_isnil(L, 4)) {
       pf_ev_walk_begin(L, 1);
+      lua_pushnil(L);  /* the options are done with */
+      lua_replace(L, 4);
+    }
   }
   b = push_frame(L, 2, 3, kind == PF_K_EXEC ? 4 : 0);
   if (kind == PF_K_WALK) {
     lua_pushvalue(L, 4);
     lua_replace(L, b + F_PARAMS);
   }
-  if (!from_node) {   /* slot 4 was copied */
-    if (S->events) pf_ev_walk_begin(L, 0);
-    else {
-      lua_pushnil(L);
-      lua_replace(L, GUARD);
-    }
-  }
+  if (!from_node && S->events) pf_ev_walk_begin(L, 0);
   return walk(L, LUA_OK, b, first_state(kind));
 }
 

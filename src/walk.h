@@ -27,6 +27,8 @@ enum {
 /* a node's and an item's exec */
 #define F_FAILS   F_5   /* attempts failed so far */
 #define F_ERROR   F_6   /* the last failed attempt's error */
+#define F_DEADLINE F_PARAMS /* with a deadline: when it passes (pf.now) */
+#define F_BOUND   F_RES /* a timed attempt runs: its limit is the deadline */
 /* a batch and a batch flow */
 #define F_INDEX   F_5   /* the item running, from 1 */
 #define F_ITEMS   F_6   /* prep's array: items or param tables (all batches) */
@@ -38,11 +40,11 @@ enum {
 
 /* The slots below the first frame, from 1: the arguments of the walk's
 ** C function (kind, self, shared, x), then: */
-#define GUARD 4     /* x, once copied: the walk's event guard or nil
-                       (events.c), closed when the walk ends */
 #define MSGH 5      /* the message handler of exec and exec_fallback */
 #define KEYS 6      /* the interned field names (walk.c) */
-#define ROOT 7      /* base of the first frame */
+#define GUARD 7     /* the walk's event guard or nil (events.c), closed
+                       when the walk ends */
+#define ROOT 8      /* base of the first frame */
 
 /* A state is its frame's kind and a phase: where.c reads both off it. */
 #define ST(kind, phase) ((kind) << 5 | (phase))
@@ -53,7 +55,7 @@ enum {
 ** after those of the frame's own kind: a node runs them inline, an
 ** item's frame (PF_K_EXEC) starts with them. */
 enum { P_PREP, P_PREPPED };
-enum { P_ATTEMPT = 16, P_EXECUTED, P_FELL_BACK, P_END };
+enum { P_ATTEMPT = 16, P_EXECUTED, P_FELL_BACK, P_END, P_TIMED, P_ASKED };
 
 /*
 ** The states. "top" is what lies above the frame on entry: the result of
@@ -70,6 +72,10 @@ enum { P_ATTEMPT = 16, P_EXECUTED, P_FELL_BACK, P_END };
 **                                    count it, wait, -> *_ATTEMPT again,
 **                                    or after the last: pcall exec_fallback
 ** *_FELL_BACK      result | error    ok: -> post (item: EXEC_END); raise
+** *_TIMED          attempt's task    a timed attempt (or flow) ended or ran
+**                                    out of time: -> *_EXECUTED with its
+**                                    result or error (a flow: its end)
+** *_ASKED          retry_on's answer wait and -> *_ATTEMPT, or fall back
 ** POSTED           post_res          end the frame with it (every kind)
 ** EXEC_END         exec_res          end the item's frame with it
 ** BATCH_PREPPED    prep_res          check items; F_RES = {}; F_INDEX = 1
@@ -96,7 +102,10 @@ enum walk_state {
   NODE_PREP = ST(PF_K_NODE, 0), NODE_PREPPED, POSTED = ST(PF_K_NODE, 3),
   NODE_ATTEMPT = ST(PF_K_NODE, P_ATTEMPT), NODE_EXECUTED, NODE_FELL_BACK,
   EXEC_ATTEMPT = ST(PF_K_EXEC, P_ATTEMPT), EXEC_EXECUTED, EXEC_FELL_BACK,
-  EXEC_END,
+  EXEC_END, NODE_TIMED = ST(PF_K_NODE, P_TIMED), NODE_ASKED,
+  EXEC_TIMED = ST(PF_K_EXEC, P_TIMED), EXEC_ASKED,
+  FLOW_TIMED = ST(PF_K_FLOW, P_TIMED), BFLOW_TIMED = ST(PF_K_BFLOW, P_TIMED),
+  PBFLOW_TIMED = ST(PF_K_PBFLOW, P_TIMED),
   BATCH_PREP = ST(PF_K_BATCH, 0), BATCH_PREPPED, BATCH_NEXT, BATCH_ITEM_DONE,
   PBATCH_PREP = ST(PF_K_PBATCH, 0), PBATCH_PREPPED, PBATCH_GATHERED,
   FLOW_PREP = ST(PF_K_FLOW, 0), FLOW_PREPPED, FLOW_WALKED,
@@ -116,5 +125,7 @@ int pf_walk_error(lua_State *L, int b, int st, int child, const char *phase,
                   const char *fmt, ...);
 int pf_push_record(lua_State *L, pf_task *t, int idx);
 void pf_drop_record(lua_State *L);
+void pf_adopt_record(lua_State *L, int err, int child, int b, int st,
+                     lua_Integer attempt);
 
 #endif

@@ -3,6 +3,7 @@
 ** is read raw; the where line is read off a walk's frames (walk.h).
 */
 #include <stdarg.h>
+#include <string.h>
 
 #include "pf.h"
 #include "pf_sched.h"
@@ -423,4 +424,72 @@ void pf_drop_record(lua_State *L) {
     lua_setiuservalue(L, -2, PF_UV_TRACE);
     lua_pop(L, 1);
   }
+}
+
+/* Pushes the record string the ended task at child (0: none) keeps for
+** the value at err, or this thread's traceback. */
+static void push_child_record(lua_State *L, int child, int err) {
+  int top = lua_gettop(L);
+  /* the child has ended: its userdata, not its anchor, holds the record */
+  if (child && lua_getiuservalue(L, child, PF_UV_TRACE) == LUA_TTABLE &&
+      lua_rawgeti(L, -1, 1) != LUA_TNIL && lua_rawequal(L, -1, err) &&
+      lua_rawgeti(L, -2, 2) == LUA_TSTRING) {
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+    return;
+  }
+  lua_settop(L, top);
+  luaL_traceback(L, L, NULL, 0);
+}
+
+/* The record string on top came from the task that ran the flow of
+** frame b: its where line starts at that flow. The path of the frames
+** below b goes in front. */
+static void prefix_path(lua_State *L, Walk *w, int b) {
+  lua_Integer item = 0;
+  const char *rec = lua_tostring(L, -1);
+  if (b <= ROOT || strncmp(rec, "in ", 3) != 0) return;
+  push_path(L, w, b - FS, (int)walk_int(L, w, b - FS + F_STATE), &item);
+  if (lua_rawlen(L, -1) > 0)
+    lua_pushfstring(L, "in %s > %s", lua_tostring(L, -1), rec + 3);
+  else
+    lua_pushvalue(L, -2);
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+}
+
+/* The error at err leaves a task the walk waited for, the ended one at
+** child (0: the walk made the error itself), and becomes the running
+** task's record. For an attempt (attempt > 0), the where line of frame
+** b in state st, then the child's record or this thread's traceback;
+** for a flow's task (attempt 0), the child's record, its where line
+** gaining the path of the frames below b. */
+void pf_adopt_record(lua_State *L, int err, int child, int b, int st,
+                     lua_Integer attempt) {
+  pf_task *t = pf_current(L);
+  Walk w;
+  err = lua_absindex(L, err);
+  if (t == NULL || lua_type(L, err) != LUA_TSTRING ||
+      pf_has_traceback(L, err) || !lua_checkstack(L, 8) ||
+      !lua_getstack(L, 0, &w.ar))
+    return;
+  w.co = L;
+  w.t = t;
+  if (attempt > 0) {
+    push_where(L, &w, b, st, 0, phase_of(st), attempt);
+    lua_pushliteral(L, "\n");
+    push_child_record(L, child, err);
+    lua_concat(L, 3);
+  } else {
+    push_child_record(L, child, err);
+    prefix_path(L, &w, b);
+  }
+  pf_push_task(L, t);
+  lua_createtable(L, 3, 0);
+  lua_pushvalue(L, err);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, -3);
+  lua_rawseti(L, -2, 2);
+  lua_setiuservalue(L, -2, PF_UV_TRACE);
+  lua_pop(L, 2);
 }

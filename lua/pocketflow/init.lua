@@ -27,7 +27,12 @@ local function is_node(x)
   return type(mt) == "table" and rawget(mt, "__pfkind") ~= nil
 end
 
+-- a timeout or deadline anywhere makes the walk look for them (until
+-- then, no attempt pays for the lookups)
+local timing = { timeout = true, deadline = true }
+
 local function set_field(t, k, v)
+  if timing[k] and v ~= nil then core.arm_timeouts() end
   local async = async_of[k]
   if async ~= nil then
     local a = t[async]
