@@ -26,14 +26,17 @@ local function a_run(extra)
   pf.run(function()
     core.event{ type = "run_start", node = "Flow", path = "Flow" }
     core.event{ type = "node_start", node = "Translate", path = "Flow/Translate", attempt = 1 }
-    local tasks = {}
+    local tasks, second_ended = {}, false
     for i = 1, 2 do
       tasks[i] = pf.spawn(function()
         core.event{ type = "item_start", node = "Translate", item = i }
         pf.sleep(0.01 * (3 - i))
+        -- the first ends after the second, however slow the machine
+        while i == 1 and not second_ended do pf.sleep(0.001) end
         if i == 2 then core.event{ type = "retry", delay = 0, attempt = 1 } end
         core.event{ type = "item_end", status = i == 2 and "error" or "ok",
                     error = i == 2 and "bad \"item\"\n" or nil }
+        second_ended = second_ended or i == 2
       end)
     end
     for i = 1, 2 do tasks[i]:wait() end
