@@ -4,6 +4,12 @@
 --
 --   build/pocketflow bench/store.lua [N] [BLOB_BYTES] [FLOOR_BINARY]
 --
+-- Then the walk's side: the loop workload (one node looping to itself N
+-- times, shared being that blob's table) as a durable run, a checkpoint
+-- after every step, with pf.memory, and pf.sqlite sync and async; the
+-- cost per checkpoint is the loop's time per step less the plain loop's,
+-- set against the same floor (it includes pf.serialize of shared).
+--
 -- Each figure is the median of 5 alternating runs, each on a fresh file.
 local pf = pf or require "pocketflow"
 
@@ -63,11 +69,55 @@ local function median(t)
   return t[(#t + 1) // 2]
 end
 
-local runs = { sync = {}, async = {}, floor = {} }
+-- the loop as a durable run: us per step ("none": no store)
+local function loop(kind)
+  local Step = pf.Node:extend("Step")
+  function Step:post(s)
+    s.step = s.step + 1
+    return s.step <= N and "loop" or "done"
+  end
+  local step = Step()
+  step:next(step, "loop")
+  step:next(pf.Node{ name = "End" }, "done")
+  local flow = pf.Flow{ start = step, name = "Loop" }
+  local path, store, opts = fresh(), nil, nil
+  if kind == "memory" then store = pf.memory{ keep = 10 }
+  elseif kind ~= "none" then store = pf.sqlite(path) end
+  if store then opts = { store = store, run_id = "loop", durability = kind == "async"
+                         and "async" or "sync" } end
+  local s = { step = 1, items = items }
+  local t0 = pf.now()
+  local _, run = flow:run(s, opts)
+  if kind == "async" then store:close() end  -- waits for the saves
+  local us = (pf.now() - t0) * 1e6 / N
+  if store then store:close() end
+  assert(s.step == N + 1 and (not store or run.status == "done"), "loop ended early")
+  rm(path)
+  return us
+end
+
+-- pf.serialize of the loop's shared alone, us per call: the part of a
+-- checkpoint the floor does not pay
+local function ser()
+  local s = { step = 1, items = items }
+  local opts = { root = "shared", skip = {}, checkpoint = true }
+  local t0 = pf.now()
+  for _ = 1, N do pf.serialize(s, opts) end
+  return (pf.now() - t0) * 1e6 / N
+end
+
+local LOOPS = { "none", "memory", "sync", "async" }
+local runs = { sync = {}, async = {}, floor = {}, ser = {} }
+for _, k in ipairs(LOOPS) do runs["loop " .. k] = {} end
 for _ = 1, 5 do
   runs.floor[#runs.floor + 1] = floor()
   runs.sync[#runs.sync + 1] = engine(true)
   runs.async[#runs.async + 1] = engine(false)
+  for _, k in ipairs(LOOPS) do
+    local t = runs["loop " .. k]
+    t[#t + 1] = loop(k)
+  end
+  runs.ser[#runs.ser + 1] = ser()
 end
 local f = median(runs.floor)
 print(("store: %d checkpoints of %d bytes, median of 5"):format(N, SIZE))
@@ -75,4 +125,14 @@ print(("  floor (libsqlite3, same settings)  %8.1f us/checkpoint"):format(f))
 for _, k in ipairs { "sync", "async" } do
   local m = median(runs[k])
   print(("  _save %-5s                        %8.1f us/checkpoint  %.2fx floor"):format(k, m, m / f))
+end
+local plain = median(runs["loop none"])
+print(("loop: %d steps, shared of %d bytes, one checkpoint a step, median of 5"):format(N, SIZE))
+print(("  no store                            %8.1f us/step"):format(plain))
+print(("  pf.serialize of shared alone        %8.1f us"):format(median(runs.ser)))
+for _, k in ipairs { "memory", "sync", "async" } do
+  local m = median(runs["loop " .. k])
+  print(("  %-6s %-28s %8.1f us/step  %8.1f us/checkpoint  %.2fx floor"):format(
+    k == "memory" and "memory" or "sqlite", k == "memory" and "" or k, m, m - plain,
+    (m - plain) / f))
 end

@@ -15,7 +15,7 @@ local srv   -- the fake LLM server of the running spec, closed after it
 
 -- runs examples/<args[1]> with the other args under the binary; the
 -- environment only names the fake server (when opts.llm) and what the
--- binary needs; opts.stdin, opts.cwd as pf.exec's
+-- binary needs, and opts.env's; opts.stdin, opts.cwd as pf.exec's
 local function run(args, opts)
   opts = opts or {}
   local argv = { BIN, SRC .. "/examples/" .. args[1] }
@@ -28,6 +28,7 @@ local function run(args, opts)
     ASAN_OPTIONS = os.getenv("ASAN_OPTIONS"), LSAN_OPTIONS = os.getenv("LSAN_OPTIONS"),
     UBSAN_OPTIONS = os.getenv("UBSAN_OPTIONS"),
   }
+  for k, v in pairs(opts.env or {}) do env[k] = v end
   return pf.exec(argv, { stdin = opts.stdin, cwd = opts.cwd, timeout = 60, env = env })
 end
 
@@ -250,6 +251,32 @@ local EXAMPLES = {
         assert.equal(spans[1].trace_id, s.trace_id)
         if s.parent_span_id ~= "" then assert.is_not_nil(ids[s.parent_span_id]) end
       end
+    end },
+  },
+
+  ["distributed.lua"] = {
+    { "counts words here, without Redis", function()
+      local r = run{ "distributed.lua" }
+      assert.equal(0, r.code, r.stderr)
+      assert.equal("the    6\na      4\nand    3\nfox    3\nquick  3\n"
+        .. "6 documents, 18 distinct words\n", r.stdout)
+    end },
+    { "prints the same with its items on two worker processes through Redis", function()
+      local rs = require("support.redisd").start()
+      local ok, err = pcall(pf.run, function()
+        local env = { REDIS_URL = rs.url }
+        local workers = {
+          pf.spawn(run, { "distributed.lua", "worker" }, { env = env }),
+          pf.spawn(run, { "distributed.lua", "worker" }, { env = env }),
+        }
+        -- with REDIS_URL the flow cannot run its items itself
+        local r = run({ "distributed.lua" }, { env = env })
+        for _, w in ipairs(workers) do w:cancel() end
+        assert.equal(0, r.code, r.stderr)
+        assert.equal(run{ "distributed.lua" }.stdout, r.stdout)
+      end)
+      rs:kill()
+      assert(ok, err)
     end },
   },
 

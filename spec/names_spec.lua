@@ -91,10 +91,18 @@ describe("run options", function()
   end)
 
   it("say which known keys are not supported yet", function()
-    for _, k in ipairs({ "store", "run_id", "durability", "transient", "on_interrupt" }) do
+    for _, k in ipairs({ "on_interrupt" }) do
       local ok, err = pcall(function() return pf.Node():run({}, { [k] = true }) end)
       assert.is_false(ok)
       assert.matches(": run option '" .. k .. "' is not supported yet$", err)
+    end
+  end)
+
+  it("say which need a store", function()
+    for _, k in ipairs({ "run_id", "durability", "transient" }) do
+      local ok, err = pcall(function() return pf.Node():run({}, { [k] = "x" }) end)
+      assert.is_false(ok)
+      assert.matches(": run option '" .. k .. "' needs a store$", err)
     end
   end)
 

@@ -16,7 +16,8 @@
 
 /* the Lua modules built in (tools/embed.c) */
 extern const pf_chunk pf_http_lua, pf_json_lua, pf_diagram_lua,
-                      pf_events_lua, pf_trace_lua, pf_progress_lua;
+                      pf_events_lua, pf_trace_lua, pf_progress_lua,
+                      pf_queue_lua;
 
 typedef void (*pf_open_fn)(lua_State *L);
 
@@ -30,6 +31,7 @@ static const pf_open_fn opens[] = {
   pf_open_serial,    /* serial.c: serialize, deserialize */
   pf_open_store,     /* store.c: the SQLite connection of pf.sqlite */
   pf_open_events,    /* events.c: the event bus's C half */
+  pf_open_checkpoint,  /* checkpoint.c: durable runs' walk side */
   NULL
 };
 
@@ -104,6 +106,7 @@ LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
   pf_preload(L, "pocketflow.events", &pf_events_lua);
   pf_preload(L, "pocketflow.trace", &pf_trace_lua);
   pf_preload(L, "pocketflow.progress", &pf_progress_lua);
+  pf_preload(L, "pocketflow.queue", &pf_queue_lua);
   lua_newtable(L);
   for (open = opens; *open; open++) (*open)(L);
   luaL_setfuncs(L, walk_funcs, 0);

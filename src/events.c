@@ -176,27 +176,22 @@ static const char *shown(lua_State *L, int idx) {
 void pf_ev_check_option(lua_State *L, const char *name, int vidx) {
   int v = lua_absindex(L, vidx), t = lua_type(L, v), ok;
   const char *want;
-  switch (name[0]) {
-    case 'o':   /* on_event */
-      ok = callable(L, v);
-      want = "a function";
-      break;
-    case 't':   /* trace */
-      ok = t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, v)) ||
-           (t == LUA_TSTRING && lua_rawlen(L, v) > 0);
-      want = "a file path or an http:// URL";
-      break;
-    case 'c':   /* capture */
-      ok = t == LUA_TNIL || t == LUA_TBOOLEAN;
-      want = "a boolean";
-      break;
-    case 'p':   /* progress */
-      ok = t == LUA_TNIL || t == LUA_TBOOLEAN || callable(L, v) ||
-           (t == LUA_TSTRING && strcmp(lua_tostring(L, v), "json") == 0);
-      want = "true, \"json\" or a function";
-      break;
-    default:
-      return;
+  if (strcmp(name, "on_event") == 0) {
+    ok = callable(L, v);
+    want = "a function";
+  } else if (strcmp(name, "trace") == 0) {
+    ok = t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, v)) ||
+         (t == LUA_TSTRING && lua_rawlen(L, v) > 0);
+    want = "a file path or an http:// URL";
+  } else if (strcmp(name, "capture") == 0) {
+    ok = t == LUA_TNIL || t == LUA_TBOOLEAN;
+    want = "a boolean";
+  } else if (strcmp(name, "progress") == 0) {
+    ok = t == LUA_TNIL || t == LUA_TBOOLEAN || callable(L, v) ||
+         (t == LUA_TSTRING && strcmp(lua_tostring(L, v), "json") == 0);
+    want = "true, \"json\" or a function";
+  } else {
+    return;   /* not an observing option */
   }
   if (!ok)
     luaL_error(L, "run: %s must be %s (got %s)", name, want, shown(L, v));

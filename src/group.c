@@ -20,7 +20,7 @@ struct pf_group {
 };
 
 /* user values of a group userdata; the starter's from PF_G_CTX on */
-enum { G_ITEMS = 1, G_RESULTS, G_ERROR, G_NUV = PF_G_CTX + 2 };
+enum { G_ITEMS = 1, G_RESULTS, G_ERROR, G_NUV = PF_G_CTX + 3 };
 
 static void push_group(lua_State *L, pf_group *g) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->ref);

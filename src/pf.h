@@ -60,6 +60,8 @@ struct pf_task {
   unsigned char started;        /* resumed once: its thread must be yielded */
   unsigned char hijacked;       /* resumed by user code: ends failed */
   unsigned char wake_error;     /* woken with an error to raise (sched.c) */
+  unsigned char in_run;         /* of a durable run: PF_UV_RUN holds its record
+                                   (checkpoint.c); children inherit it */
   lua_KFunction k;              /* continuation of the current wait */
   lua_KContext kctx;
   int ktop;                     /* stack top when it yielded without k */
@@ -71,7 +73,7 @@ struct pf_task {
 ** its arguments (returning their count), from the group userdata at
 ** gidx, whose user values from PF_G_CTX on are the starter's. */
 typedef int (*pf_group_body)(lua_State *L, int gidx, lua_Integer i);
-#define PF_G_CTX 4      /* the starter's user values: PF_G_CTX.. +2 */
+#define PF_G_CTX 4      /* the starter's user values: PF_G_CTX.. +3 */
 void pf_group_new(lua_State *L, int items, lua_Integer maxc,
                   pf_group_body body, int ctx);
 int pf_group_run(lua_State *L, int gidx);
@@ -104,5 +106,9 @@ void pf_open_runtime(lua_State *L);
 
 /* store.c: the SQLite connection of pf.sqlite, on a writer thread */
 void pf_open_store(lua_State *L);
+
+/* checkpoint.c: durable runs, the walk's side */
+void pf_open_checkpoint(lua_State *L);
+void pf_push_run(lua_State *L, pf_task *t);   /* t's run record, or nil */
 
 #endif

@@ -31,7 +31,7 @@
 #define PF_TASK_MT "pocketflow.task"
 
 /* user values of a task userdata */
-enum { PF_UV_THREAD = 1, PF_UV_AUX, PF_UV_TRACE, PF_UV_COUNT = 3 };
+enum { PF_UV_THREAD = 1, PF_UV_AUX, PF_UV_TRACE, PF_UV_RUN, PF_UV_COUNT = 4 };
 
 /* calls into the files above, wired by core.c */
 typedef void (*pf_child_done_fn)(pf_group *g, pf_task *child, int nres,

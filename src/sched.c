@@ -357,6 +357,13 @@ pf_task *pf_spawn_task(lua_State *L, pf_task *parent, int nargs) {
   pf_list_init(&t->waiters);
   pf_list_init(&t->waiter);
   luaL_setmetatable(L, PF_TASK_MT);
+  if (parent && parent->in_run) {   /* a durable run's tasks share its record */
+    t->in_run = 1;
+    pf_push_task(L, parent);
+    lua_getiuservalue(L, -1, PF_UV_RUN);
+    lua_setiuservalue(L, -3, PF_UV_RUN);
+    lua_pop(L, 1);
+  }
   co = take_thread(L, S);
   t->co = co;
   /* lua_xmove does not grow the target: a pooled thread has 20 slots */

@@ -43,12 +43,12 @@
 enum { K_PREP = 1, K_EXEC, K_POST, K_FALLBACK, K_CUR_RETRY, K_SUCCESSORS,
        K_PARAMS, K_DEFAULT, K_INDEX, K_KIND, K_START, K_RETRIES, K_WAIT,
        K_MAXC, K_TIMEOUT, K_DEADLINE, K_BACKOFF, K_MAX_WAIT, K_JITTER,
-       K_RETRY_ON, K_RETRY_AFTER, K_NKEYS };
+       K_RETRY_ON, K_RETRY_AFTER, K_DISTRIBUTE, K_NKEYS };
 static const char *const key_names[] = {
   NULL, "prep", "exec", "post", "exec_fallback", "cur_retry", "successors",
   "params", "default", "__index", "__pfkind", "start_node", "max_retries",
   "wait", "max_concurrency", "timeout", "deadline", "backoff", "max_wait",
-  "jitter", "retry_on", "retry_after"};
+  "jitter", "retry_on", "retry_after", "distribute"};
 /* The table's one slot past the names: true once any node or class was
 ** given a timeout or a deadline (core.arm_timeouts, from init.lua), so
 ** that a program without them never looks these options up per attempt. */
@@ -264,6 +264,35 @@ static int node_begin(lua_State *L, Pc *pc) {
   return GO;
 }
 
+/* The saves of durable runs: a checkpoint of the frames up to the top
+** in state st, committed (sync) before the walk goes on in st. */
+static int save(lua_State *L, Pc *pc) {
+  int n = pf_ckpt_push_save(L, pc->b, pc->st);
+  lua_callk(L, n, 0, CTX(pc->b, pc->st), walk_k);
+  return GO;
+}
+
+/* ... and of item i of the batch at pc->b, its result on top (popped). */
+static int save_item(lua_State *L, Pc *pc, lua_Integer i) {
+  int n = pf_ckpt_push_item(L, pc->b, i);
+  lua_callk(L, n, 0, CTX(pc->b, pc->st), walk_k);
+  return GO;
+}
+
+static int ret_top_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)L; (void)status; (void)ctx;
+  return 1;
+}
+
+/* The first frame of a durable walk ended, its result on top: an item of
+** a parallel batch records it (hook: item end), a run saves its end; the
+** walk returns it. */
+static int durable_end(lua_State *L) {
+  int n = pf_ckpt_push_end(L);
+  if (n > 0) lua_callk(L, n, 0, 0, ret_top_k);
+  return 1;
+}
+
 /* hook: node end (also an item frame's or a walk's end). The frame is
 ** done, its result on top: the parent goes on in its own state with it,
 ** or the walk returns it. */
@@ -272,7 +301,7 @@ static int end_frame(lua_State *L, Pc *pc) {
   pc->b = pop_frame(L, pc->b);
   if (pc->b == 0) {
     if (!lua_isnil(L, GUARD)) pf_ev_walk_end(L);
-    return 1;
+    return DURABLE(L) ? durable_end(L) : 1;
   }
   pc->st = get_state(L, pc->b);
   return GO;
@@ -932,14 +961,17 @@ static int batch_step(lua_State *L, Pc *pc) {
       lua_replace(L, b + F_RES);
       set_int(L, b, F_INDEX, 1);
       if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
+      if (DURABLE(L)) pf_ckpt_prep(L, b, BATCH_NEXT);
       pc->st = BATCH_NEXT;
       return GO;
     case BATCH_NEXT:
       if (i > (lua_Integer)lua_rawlen(L, b + F_ITEMS)) {
+        if (DURABLE(L)) pf_ckpt_item_key(L, b, 0);
         lua_pushvalue(L, b + F_RES);
         pc->st = call_post(L, b);
         return GO;
       }
+      if (DURABLE(L)) pf_ckpt_item_key(L, b, i);
       set_state(L, b, BATCH_ITEM_DONE);   /* hook: item start */
       if (pc->S->events) pf_ev_item(L, b, i, 1);
       pc->b = push_frame(L, b + F_SELF, 0, 0);
@@ -948,10 +980,15 @@ static int batch_step(lua_State *L, Pc *pc) {
       lua_replace(L, pc->b + F_PREP);
       return GO;
     default:   /* BATCH_ITEM_DONE; hook: item end */
-      lua_rawseti(L, b + F_RES, i);
       set_int(L, b, F_INDEX, i + 1);
       if (pc->S->events) item_done(L, b, i);
       pc->st = BATCH_NEXT;
+      if (DURABLE(L)) {
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, b + F_RES, i);
+        return save_item(L, pc, i);
+      }
+      lua_rawseti(L, b + F_RES, i);
       return GO;
   }
 }
@@ -989,6 +1026,7 @@ static int bflow_step(lua_State *L, Pc *pc) {
       check_param_sets(L, b, pc->st, b + F_ITEMS);
       set_int(L, b, F_INDEX, 1);
       if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
+      if (DURABLE(L)) pf_ckpt_prep(L, b, BFLOW_NEXT);
       pc->st = BFLOW_NEXT;
       return GO;
     case BFLOW_NEXT:
@@ -1009,10 +1047,11 @@ static int bflow_step(lua_State *L, Pc *pc) {
       pc->st = WALK_START;
       return GO;
     default:   /* BFLOW_WALKED; hook: item end */
-      lua_pop(L, 1);
       set_int(L, b, F_INDEX, i + 1);
       if (pc->S->events) item_done(L, b, i);
       pc->st = BFLOW_NEXT;
+      if (DURABLE(L)) return save_item(L, pc, i);
+      lua_pop(L, 1);
       return GO;
   }
 }
@@ -1027,6 +1066,7 @@ static int start_child(lua_State *L, Pc *pc) {
                          luaL_typename(L, b + F_NODE));
   set_state(L, b, WALK_NODE_DONE);
   push_run_self(L, b + F_NODE, b + F_PARAMS);
+  if (DURABLE(L)) pf_ckpt_node_start(L, b, 1);
   pc->st = first_state(kind);
   pc->b = push_frame(L, 0, b + F_SHARED, 0);
   return GO;
@@ -1048,17 +1088,17 @@ static int walk_step(lua_State *L, Pc *pc) {
       lua_pushvalue(L, b + F_ACTION);
       pc->st = WALK_END;
       return GO;
-    default:   /* WALK_NODE_DONE */
+    default:   /* WALK_NODE_DONE; hook: after post */
       lua_replace(L, b + F_ACTION);
       next_node(L, b);
       pc->st = WALK_STEP;
-      return GO;
+      return DURABLE(L) ? save(L, pc) : GO;
   }
 }
 
 /* ------------------------------------------------------- parallel kinds */
 
-/* The group's user values (group.c) for its bodies. */
+/* The group's user values (group.c) for its bodies (and C_RUN, walk.h). */
 enum { C_SELF = PF_G_CTX, C_SHARED, C_PARAMS };
 #define C_EXEC C_SHARED   /* direct items: the exec they run */
 
@@ -1111,12 +1151,28 @@ static int walk_item_body(lua_State *L, int gidx, lua_Integer i) {
   return 4;
 }
 
+/* In durable runs: an item done before the resume returns its saved
+** result; the others run with their own task record (and a walk with
+** its saved frames). */
+static int durable_item_body(lua_State *L, int gidx, lua_Integer i) {
+  if (pf_ckpt_item_done(L, gidx, i)) return 1;
+  item_body(L, gidx, i);
+  return 4 + pf_ckpt_item_rec(L, gidx, i, lua_gettop(L) - 2);
+}
+
+static int durable_walk_body(lua_State *L, int gidx, lua_Integer i) {
+  if (pf_ckpt_item_done(L, gidx, i)) return 1;
+  walk_item_body(L, gidx, i);
+  return 4 + pf_ckpt_item_rec(L, gidx, i, 0);
+}
+
 /* The kind of the frame that started a group with this body (for the
 ** where line, where.c), 0 if none; *direct: items run exec itself. */
 int pf_item_kind(pf_group_body body, int *direct) {
   *direct = body == direct_item_body;
-  if (body == item_body || body == direct_item_body) return PF_K_PBATCH;
-  return body == walk_item_body ? PF_K_PBFLOW : 0;
+  if (body == item_body || body == direct_item_body ||
+      body == durable_item_body) return PF_K_PBATCH;
+  return body == walk_item_body || body == durable_walk_body ? PF_K_PBFLOW : 0;
 }
 
 /* Items may run direct_item_body: decided once per group; not while
@@ -1141,10 +1197,14 @@ static int plain_exec(lua_State *L, int self) {
 /* Pushes the group of the items in F_ITEMS, started; returns 1 if the
 ** walk must wait for them. */
 static int start_group(lua_State *L, int b, lua_Integer maxc, int flow) {
-  int gidx, direct = !flow && plain_exec(L, b + F_SELF);
-  pf_group_new(L, b + F_ITEMS, maxc, flow ? walk_item_body
+  int gidx, durable = DURABLE(L);
+  int direct = !flow && !durable && plain_exec(L, b + F_SELF);
+  pf_group_new(L, b + F_ITEMS, maxc, durable ? (flow ? durable_walk_body
+               : durable_item_body) : flow ? walk_item_body
                : direct ? direct_item_body : item_body, b);
   gidx = lua_gettop(L);
+  if (durable)
+    pf_ckpt_group(L, b, flow ? PBFLOW_GATHERED : PBATCH_GATHERED, gidx);
   lua_pushvalue(L, b + F_SELF);
   if (!flow) {   /* items read self's fields through it */
     lua_rawgeti(L, KEYS, K_INDEX);
@@ -1197,8 +1257,41 @@ static int group_wait(lua_State *L, Pc *pc, lua_Integer maxc, int flow) {
   return wait ? pf_wait_yield(L, t, CTX(b, pc->st), walk_k) : GO;
 }
 
+/* The names of the nodes of frames ROOT..b, an array: the path of the
+** node at b from the outermost node of this walk. */
+static void push_path(lua_State *L, int b) {
+  int f, n = 0;
+  lua_newtable(L);
+  for (f = ROOT; f <= b; f += FS) {
+    int kind = ST_KIND(get_state(L, f));   /* b's own: a parallel kind */
+    if (f < b && (kind == PF_K_WALK || kind == PF_K_EXEC)) continue;
+    lua_pushstring(L, pf_node_name(L, f + F_SELF));
+    lua_rawseti(L, -2, ++n);
+  }
+}
+
+/* distribute = q (API.md section 9): the items go to workers through
+** q:_distribute(self, shared, items, params, maxc, flow, path), Lua in
+** lua/pocketflow/queue.lua, which returns the results (or nil) in place
+** of the group's; the distribute field is on top. */
+static int distribute(lua_State *L, Pc *pc, lua_Integer maxc, int flow) {
+  int b = pc->b;
+  lua_getfield(L, -1, "_distribute");
+  lua_insert(L, -2);
+  lua_pushvalue(L, b + F_SELF);
+  lua_pushvalue(L, b + F_SHARED);
+  lua_pushvalue(L, b + F_ITEMS);
+  lua_pushvalue(L, b + F_PARAMS);
+  lua_pushinteger(L, maxc);
+  lua_pushboolean(L, flow);
+  push_path(L, b);
+  lua_callk(L, 8, 1, CTX(b, pc->st), walk_k);
+  return GO;
+}
+
 /* A parallel batch node or flow: the items (item frames or walks) as
-** tasks of a group, then post with the results or nil. */
+** tasks of a group, or sent to workers (distribute), then post with the
+** results or nil. */
 static int parallel_step(lua_State *L, Pc *pc) {
   int b = pc->b, flow = ST_KIND(pc->st) == PF_K_PBFLOW;
   lua_Integer maxc;
@@ -1207,9 +1300,13 @@ static int parallel_step(lua_State *L, Pc *pc) {
       maxc = parallel_items(L, b, pc->st, flow);
       if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
       pc->st = flow ? PBFLOW_GATHERED : PBATCH_GATHERED;
+      if (get_key(L, b + F_SELF, K_DISTRIBUTE) != LUA_TNIL)
+        return distribute(L, pc, maxc, flow);
+      lua_pop(L, 1);
       return group_wait(L, pc, maxc, flow);
     default:   /* PBATCH_GATHERED, PBFLOW_GATHERED */
-      pf_group_finish(L, b + F_GROUP);
+      if (lua_type(L, b + F_GROUP) == LUA_TUSERDATA)   /* else distributed */
+        pf_group_finish(L, b + F_GROUP);
       if (flow) {
         lua_pop(L, 1);
         lua_pushnil(L);
@@ -1275,35 +1372,128 @@ static int walk(lua_State *L, int status, int b, int st) {
   }
 }
 
-/* Runs the frame for kind over the arguments (kind, self, shared, x);
-** with from_node, self is the node object and its run's self is made. */
-static int walk_begin(lua_State *L, int kind, int from_node) {
-  int b;
+/* --------------------------------------------------------------- resume */
+
+/* Sets the slot of frame b to field k of the descriptor on top. */
+static void from_desc(lua_State *L, int b, int slot, const char *k) {
+  lua_getfield(L, -1, k);
+  lua_replace(L, b + slot);
+}
+
+/* A container's saved prep result, on top, replaced by its items. */
+static void restore_items(lua_State *L, int b, int st, const char *what) {
+  from_desc(L, b, F_PREP, "prep");
+  lua_pushvalue(L, b + F_PREP);
+  checked_items(L, b, st, what);
+  lua_replace(L, b + F_ITEMS);
+  from_desc(L, b, F_INDEX, "index");
+}
+
+/* Restores frame b (kind) from the descriptor on top (popped); more: a
+** frame of its child follows. Returns the frame's state, the child's
+** kind in *kind. A parallel batch starts its items again, with its
+** saved group (pf_ckpt_group reuses it), from prep's result. */
+static int restore_frame(lua_State *L, int b, int *kind, int more) {
+  int k = *kind;
+  switch (k) {
+    case PF_K_WALK:
+      from_desc(L, b, F_NODE, "obj");
+      from_desc(L, b, F_ACTION, "action");
+      from_desc(L, b, F_PARAMS, "params");
+      from_desc(L, b, F_VISITS, "visits");
+      lua_pop(L, 1);
+      if (more) *kind = node_kind(L, b + F_NODE, 1);
+      return more ? WALK_NODE_DONE : WALK_STEP;
+    case PF_K_FLOW:
+      from_desc(L, b, F_PREP, "prep");
+      lua_pop(L, 1);
+      *kind = PF_K_WALK;
+      return FLOW_WALKED;
+    case PF_K_BATCH: case PF_K_BFLOW:
+      restore_items(L, b, ST(k, P_PREPPED), k == PF_K_BATCH ? "items"
+                                                            : "param tables");
+      if (k == PF_K_BATCH) from_desc(L, b, F_RES, "res");
+      lua_pop(L, 1);
+      *kind = PF_K_WALK;
+      return k == PF_K_BATCH ? BATCH_NEXT : more ? BFLOW_WALKED : BFLOW_NEXT;
+    default:   /* PF_K_PBATCH, PF_K_PBFLOW */
+      lua_getfield(L, -1, "group");
+      lua_setfield(L, RUN, "resume");
+      lua_getfield(L, -1, "prep");
+      lua_remove(L, -2);
+      return ST(k, P_PREPPED);
+  }
+}
+
+/* A resumed durable walk pushes the frames saved in SNAP (checkpoint.c
+** wrote them; durable.lua found their nodes again) over its first frame
+** at *pb, of kind. Returns the top frame's state: the cut node reruns
+** from prep, a batch from its next item. */
+static int restore_frames(lua_State *L, int *pb, int kind) {
+  lua_Integer i, n = (lua_Integer)lua_rawlen(L, SNAP);
+  int b = *pb, st = first_state(kind);
+  for (i = 1; i <= n; i++) {
+    int more = i < n;
+    lua_rawgeti(L, SNAP, i);
+    lua_getfield(L, -1, "k");
+    if (lua_tointeger(L, -1) != kind || kind == PF_K_NODE ||
+        kind == PF_K_EXEC || (!more && kind == PF_K_FLOW) ||
+        (more && (kind == PF_K_BATCH || kind == PF_K_PBATCH ||
+                  kind == PF_K_PBFLOW)))
+      luaL_error(L, "pocketflow: the checkpoint does not match the graph");
+    lua_pop(L, 1);
+    st = restore_frame(L, b, &kind, more);
+    if (!more) break;
+    set_state(L, b, st);
+    if (kind == PF_K_WALK) {
+      b = push_frame(L, b + F_SELF, b + F_SHARED, 0);
+    } else {
+      push_run_self(L, b + F_NODE, b + F_PARAMS);
+      pf_ckpt_node_start(L, b, 0);
+      b = push_frame(L, 0, b + F_SHARED, 0);
+    }
+    st = first_state(kind);
+  }
+  *pb = b;
+  return st;
+}
+
+/* Runs the frame for kind over the arguments (kind, self, shared, x, run,
+** snap); with from_node, self is the node object and its run's self is
+** made; run: a durable run's task record, and snap the frames it resumes. */
+static int walk_begin(lua_State *L, int kind, int from_node, int run) {
+  int b, st = first_state(kind);
   pf_sched *S = pf_sched_get(L);
-  lua_settop(L, 4);
+  lua_settop(L, 6);
   lua_pushcfunction(L, pf_walk_msgh);
   push_keys(L);
   lua_pushnil(L);      /* GUARD */
-  if (from_node) {     /* x: the run's options or nil */
+  if (from_node) {
     push_run_self(L, 2, 0);
     lua_replace(L, 2);
-    if (S->events || S->env_sinks || !lua_isnil(L, 4)) {
-      pf_ev_walk_begin(L, 1);
-      lua_pushnil(L);  /* the options are done with */
-      lua_replace(L, 4);
-    }
+  }
+  /* run: node:run's walk, x its options or nil */
+  if (run && (S->events || S->env_sinks || !lua_isnil(L, 4))) {
+    pf_ev_walk_begin(L, 1);
+    lua_pushnil(L);    /* the options are done with */
+    lua_replace(L, 4);
   }
   b = push_frame(L, 2, 3, kind == PF_K_EXEC ? 4 : 0);
   if (kind == PF_K_WALK) {
     lua_pushvalue(L, 4);
     lua_replace(L, b + F_PARAMS);
   }
-  if (!from_node && S->events) pf_ev_walk_begin(L, 0);
-  return walk(L, LUA_OK, b, first_state(kind));
+  if (!run && S->events) pf_ev_walk_begin(L, 0);
+  if (DURABLE(L)) {
+    pf_ckpt_begin(L, kind);
+    if (lua_istable(L, SNAP)) st = restore_frames(L, &b, kind);
+  }
+  return walk(L, LUA_OK, b, st);
 }
 
-/* core.machine(kind, self, shared, x): the body of item and walk tasks
-** (the group bodies above). x is the item (exec) or the params (walk). */
+/* core.machine(kind, self, shared, x [, run, snap]): the body of item and
+** walk tasks (the group bodies above), x the item (exec) or the params
+** (walk); and a durable run's walk (durable.lua), self a node of kind. */
 int pf_walk_body(lua_State *L) {
   lua_Integer kind = luaL_checkinteger(L, 1);
   if (kind < PF_K_NODE || kind > PF_K_EXEC)
@@ -1311,7 +1501,9 @@ int pf_walk_body(lua_State *L) {
   /* the frames write into self and merge the params: both raw */
   luaL_checktype(L, 2, LUA_TTABLE);
   if (kind == PF_K_WALK) luaL_checktype(L, 4, LUA_TTABLE);
-  return walk_begin(L, (int)kind, 0);
+  if (kind < PF_K_WALK && node_kind(L, 2, 0) != kind)
+    return luaL_error(L, "pocketflow: not a node of kind %I", kind);
+  return walk_begin(L, (int)kind, kind < PF_K_WALK, 0);
 }
 
 /* The run options (API.md section 5): every key run accepts, and
@@ -1321,7 +1513,7 @@ static const struct {
   int ready;
 } run_options[] = {
   {"on_event", 1}, {"trace", 1}, {"capture", 1}, {"progress", 1},
-  {"store", 0}, {"run_id", 0}, {"durability", 0}, {"transient", 0},
+  {"store", 1}, {"run_id", 1}, {"durability", 1}, {"transient", 1},
   {"on_interrupt", 0}, {NULL, 0}
 };
 
@@ -1357,7 +1549,17 @@ int pf_run_node(lua_State *L) {
   if (kind == 0)
     return luaL_error(L, "run: expected a pocketflow node (got %s)",
                       luaL_typename(L, 1));
-  if (!lua_isnoneornil(L, 3)) check_run_options(L, 3);
+  if (!lua_isnoneornil(L, 3)) {
+    static const char *const needs_store[] = {"run_id", "durability",
+                                               "transient", NULL};
+    const char *const *k;
+    check_run_options(L, 3);
+    if (lua_getfield(L, 3, "store") != LUA_TNIL) return pf_ckpt_run(L);
+    for (k = needs_store; *k; k++)
+      if (lua_getfield(L, 3, *k) != LUA_TNIL)
+        return luaL_error(L, "run option '%s' needs a store", *k);
+    lua_settop(L, 3);
+  }
   if (pf_current(L) == NULL) return pf_wait_outside(L, pf_run_node, "run");
   lua_settop(L, 3);
   if (lua_getfield(L, 1, "successors") == LUA_TTABLE) {
@@ -1373,5 +1575,5 @@ int pf_run_node(lua_State *L) {
   lua_pop(L, 1);
   lua_pushinteger(L, kind);
   lua_insert(L, 1);            /* kind, node, shared, opts */
-  return walk_begin(L, kind, 1);
+  return walk_begin(L, kind, 1, 1);
 }

@@ -35,16 +35,20 @@ enum {
 /* a parallel batch and a parallel batch flow (and F_ITEMS) */
 #define F_GROUP   F_5   /* the group while the items run, then 0 */
 /* a walk */
+#define F_KEY     F_PREP /* durable runs: its nodes' idempotency key prefix */
+#define F_VISITS  F_5   /* durable runs: the nodes it started so far */
 #define F_NODE    F_6   /* the node running, then its successor */
 #define F_ACTION  F_RES /* the last node's action: the walk's result */
 
 /* The slots below the first frame, from 1: the arguments of the walk's
-** C function (kind, self, shared, x), then: */
-#define MSGH 5      /* the message handler of exec and exec_fallback */
-#define KEYS 6      /* the interned field names (walk.c) */
-#define GUARD 7     /* the walk's event guard or nil (events.c), closed
+** C function (kind, self, shared, x, run, snap), then: */
+#define RUN  5      /* a durable run's task record (checkpoint.c), or nil */
+#define SNAP 6      /* the frames a resumed walk restores first, or nil */
+#define MSGH 7      /* the message handler of exec and exec_fallback */
+#define KEYS 8      /* the interned field names (walk.c) */
+#define GUARD 9     /* the walk's event guard or nil (events.c), closed
                        when the walk ends */
-#define ROOT 8      /* base of the first frame */
+#define ROOT 10     /* base of the first frame */
 
 /* A state is its frame's kind and a phase: where.c reads both off it. */
 #define ST(kind, phase) ((kind) << 5 | (phase))
@@ -114,6 +118,22 @@ enum walk_state {
   WALK_START = ST(PF_K_WALK, 0), WALK_STEP, WALK_NODE_DONE, WALK_END
 };
 
+/* checkpoint.c: durable runs (walk.c calls these only when slot RUN holds
+** a record). C_RUN is the group's user value with the run's record. */
+#define C_RUN (PF_G_CTX + 3)
+#define DURABLE(L) (lua_type(L, RUN) == LUA_TTABLE)
+void pf_ckpt_begin(lua_State *L, int kind);
+void pf_ckpt_node_start(lua_State *L, int w, int count);
+void pf_ckpt_item_key(lua_State *L, int b, lua_Integer i);
+int pf_ckpt_push_save(lua_State *L, int top, int st);
+void pf_ckpt_prep(lua_State *L, int b, int st);
+int pf_ckpt_push_item(lua_State *L, int b, lua_Integer i);
+void pf_ckpt_group(lua_State *L, int b, int st, int gidx);
+int pf_ckpt_item_done(lua_State *L, int gidx, lua_Integer i);
+int pf_ckpt_item_rec(lua_State *L, int gidx, lua_Integer i, int self);
+int pf_ckpt_push_end(lua_State *L);
+int pf_ckpt_run(lua_State *L);
+
 /* walk.c, for where.c */
 lua_Integer pf_retries(lua_State *L, int idx);
 int pf_item_kind(pf_group_body body, int *direct);
@@ -125,6 +145,7 @@ int pf_walk_error(lua_State *L, int b, int st, int child, const char *phase,
                   const char *fmt, ...);
 int pf_push_record(lua_State *L, pf_task *t, int idx);
 void pf_drop_record(lua_State *L);
+void pf_push_running_self(lua_State *L);
 void pf_adopt_record(lua_State *L, int err, int child, int b, int st,
                      lua_Integer attempt);
 

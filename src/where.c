@@ -116,7 +116,12 @@ static int frame_kind(lua_State *L, Walk *w, int f, int top, int st) {
   if (f == ROOT) return (int)walk_int(L, w, 1);
   parent = ST_KIND((int)walk_int(L, w, f - FS + F_STATE));
   if (parent == PF_K_BATCH) return PF_K_EXEC;
-  return parent == PF_K_WALK ? PF_K_NODE : PF_K_WALK;
+  if (parent != PF_K_WALK) return PF_K_WALK;
+  walk_slot(L, w, f + F_SELF);   /* a walk's node: its class's kind */
+  parent = raw_lookup(L, "__pfkind") == LUA_TNUMBER ? (int)lua_tointeger(L, -1)
+                                                  : PF_K_NODE;
+  lua_pop(L, 1);
+  return parent;
 }
 
 /* Fills w with the innermost walk on co's stack; returns its level, or
@@ -241,6 +246,8 @@ static const char *call_phase(lua_State *L, Walk *w, int top, int kind,
   }
   lua_pop(L, i < last ? 3 : 2);
   *attempt = 0;
+  if (i == last && (kind == PF_K_PBATCH || kind == PF_K_PBFLOW))
+    return kind == PF_K_PBATCH ? "exec" : "walk";   /* distribute (queue.lua) */
   if (i == 1 || i == 2)   /* exec's own failure is not counted yet */
     *attempt = walk_int(L, w, top + F_FAILS) + (i == 1);
   return names[i];
@@ -302,6 +309,21 @@ static int push_raise_where(lua_State *L, lua_State *co, pf_task *t,
   phase = call_phase(L, &w, top, kind, &attempt);
   push_where(L, &w, top, -1, 0, phase, attempt);
   return 1;
+}
+
+/* Pushes the self of the top frame of the innermost walk on L's stack:
+** the run of the node (or item) whose prep, exec or post is running; nil
+** if there is none (checkpoint.c: the running node's idempotency key). */
+void pf_push_running_self(lua_State *L) {
+  Walk w;
+  int top;
+  if (find_walk(L, NULL, &w, 0) < 0 || !lua_checkstack(L, 2)) {
+    lua_pushnil(L);
+    return;
+  }
+  top = count_slots(&w) - FS + 1;
+  if (top < ROOT || (top - ROOT) % FS != 0) lua_pushnil(L);
+  else walk_slot(L, &w, top + F_SELF);
 }
 
 /* An error on co's top leaves task t, unrecorded: the message gains the

@@ -7,6 +7,10 @@ local pf = {}
 
 local kinds = core.kinds
 
+-- pocketflow.queue (section 9) is loaded on first use: a program that
+-- distributes nothing keeps its heap (and the collector's work) smaller.
+local function queue() return require "pocketflow.queue" end
+
 -- The seed's async names: X_async is used in place of X whenever a node
 -- has both, whatever the order they were defined in. A table that gets
 -- X_async also gets it as X (the walk looks up X only); a plain X
@@ -133,6 +137,17 @@ local function check_options(self)
   end
   check_attempts(self, name)
   check_progress(self, name)
+  local q = self.distribute
+  if q ~= nil then
+    if not queue().is_queue(q) then
+      error(("%s: distribute must be a pf.queue (got %s)"):format(name, type(q)), 3)
+    end
+    local kind = rawget(getmetatable(self), "__pfkind")
+    if kind ~= kinds.parallel_batch and kind ~= kinds.parallel_batch_flow then
+      error(("%s: distribute needs a parallel batch node or flow (got a %s)")
+        :format(name, self.__name or "node"), 3)
+    end
+  end
 end
 
 -- Options are checked once init is done (whichever init, however deep
@@ -343,7 +358,15 @@ pf.http = require "pocketflow.http"
 pf.json = require "pocketflow.json"
 local store = require "pocketflow.store"
 pf.sqlite, pf.memory, pf.store_id = store.sqlite, store.memory, store.id
+BaseNode.resume = require("pocketflow.durable").resume
 pf.redis = { connect = core.redis_connect, null = pf.json.null }
+function pf.queue(opts)
+  local q = queue().new(opts, 3)   -- not a tail call: errors at level 3
+  return q
+end
+function pf.work(q, flow, opts)
+  queue().work(q, flow, opts, 3)
+end
 
 local events = require "pocketflow.events"
 pf.on = events.on

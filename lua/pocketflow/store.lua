@@ -8,10 +8,11 @@ local core = require "pocketflow.core"
 
 local M = {}
 
-local FORMAT = 1           -- PRAGMA user_version of the files we write
+local FORMAT = 2           -- PRAGMA user_version of the files we write
 local KEEP = 100
 local BUSY = 5             -- seconds a writer waits for another process
 local FINAL = { done = true, interrupted = true, failed = true }
+local STATE = "__pocketflow_run"   -- the walk's frames in a checkpoint's shared
 
 local fmt = string.format
 
@@ -40,6 +41,10 @@ local SCHEMA = {
   [[CREATE TABLE IF NOT EXISTS checkpoints(
       run_id TEXT NOT NULL, step INTEGER NOT NULL, path TEXT,
       t REAL NOT NULL, blob BLOB, PRIMARY KEY(run_id, step))]],
+  -- format 2: the items of a batch, saved one by one (durable.lua)
+  [[CREATE TABLE IF NOT EXISTS items(
+      run_id TEXT NOT NULL, batch TEXT NOT NULL, idx INTEGER NOT NULL,
+      step INTEGER NOT NULL, blob BLOB, PRIMARY KEY(run_id, batch, idx))]],
   "PRAGMA user_version = " .. FORMAT,
 }
 
@@ -79,6 +84,14 @@ local SQL = {
   fork_ckpt = "INSERT INTO checkpoints(run_id, step, path, t, blob) " ..
               "SELECT ?3, step, path, t, blob FROM checkpoints " ..
               "WHERE run_id = ?1 AND step = ?2",
+  fork_items = "INSERT INTO items(run_id, batch, idx, step, blob) " ..
+               "SELECT ?3, batch, idx, step, blob FROM items " ..
+               "WHERE run_id = ?1 AND step < ?2",
+  item = "INSERT OR REPLACE INTO items(run_id, batch, idx, step, blob) " ..
+         "SELECT id, ?2, ?3, step, ?4 FROM runs WHERE id = ?1 AND " ..
+         "pid = ?5 AND host = ?6 AND pstart IS ?7",
+  items = "SELECT batch, idx, blob FROM items WHERE run_id = ?1",
+  drop_items = "DELETE FROM items WHERE run_id = ?1 AND ?2 = 'done'",
 }
 
 local Sqlite = {}
@@ -151,7 +164,7 @@ function Sqlite:finish(id, status, meta, holder)
   local s = q(SQL.finish, id, status, holder.pid, holder.host, holder.start, meta)
   s.blob = { [6] = true }
   s.must = fmt("run '%s' is not held by this process", id)
-  local res, err = self:exec("w", s)
+  local res, err = self:exec("w", s, q(SQL.drop_items, id, status))
   if not res then return nil, err end
   return true
 end
@@ -181,9 +194,31 @@ end
 function Sqlite:fork(id, step, new_id)
   local s1 = q(SQL.fork_run, id, step, new_id)
   s1.must = fmt("run '%s' has no checkpoint at step %d", id, step)
-  local res, err = self:exec("w", s1, q(SQL.fork_ckpt, id, step, new_id))
+  local res, err = self:exec("w", s1, q(SQL.fork_ckpt, id, step, new_id),
+                             q(SQL.fork_items, id, step, new_id))
   if not res then return nil, err end
   return true
+end
+
+function Sqlite:item(id, batch, idx, blob, holder, sync)
+  local s = q(SQL.item, id, batch, idx, blob, holder.pid, holder.host, holder.start)
+  s.blob = { [4] = true }
+  s.must = fmt("run '%s' is not held by this process", id)
+  if not sync then
+    self.h:exec("a", s)
+    return true
+  end
+  local res, err = self:exec("w", s)
+  if not res then return nil, err end
+  return true
+end
+
+function Sqlite:items(id)
+  local res, err = self:exec("n", q(SQL.items, id))
+  if not res then return nil, err end
+  local out = {}
+  for i, r in ipairs(res[1]) do out[i] = { batch = r[1], idx = r[2], blob = r[3] } end
+  return out
 end
 
 function Sqlite:close()
@@ -240,6 +275,7 @@ function Memory:begin(id, holder, graph, meta)
                     pid = holder.pid, host = holder.host, pstart = holder.start,
                     graph = graph, meta = meta }
   self.ckpts[id] = {}
+  self.itemrows[id] = {}
   return true
 end
 
@@ -285,6 +321,7 @@ function Memory:finish(id, status, meta, holder)
   end
   r.status, r.pid, r.host, r.pstart = status, nil, nil, nil
   if meta ~= nil then r.meta = meta end
+  if status == "done" then self.itemrows[id] = {} end
   r.updated = core.store_time()
   return true
 end
@@ -316,7 +353,27 @@ function Memory:fork(id, step, new_id)
   self.rows[new_id] = { id = new_id, status = "interrupted", step = c.step,
                         updated = core.store_time(), graph = src.graph, meta = src.meta }
   self.ckpts[new_id] = { copy(c) }
+  local items = {}
+  for k, it in pairs(self.itemrows[id] or {}) do
+    if it.step < c.step then items[k] = it end
+  end
+  self.itemrows[new_id] = items
   return true
+end
+
+function Memory:item(id, batch, idx, blob, holder)
+  local r = self.rows[id]
+  if not held(r, holder) then return nil, fmt("run '%s' is not held by this process", id) end
+  self.itemrows[id][batch .. "\0" .. idx] = { batch = batch, idx = idx, step = r.step, blob = blob }
+  return true
+end
+
+function Memory:items(id)
+  local out = {}
+  for _, it in pairs(self.itemrows[id] or {}) do
+    out[#out + 1] = { batch = it.batch, idx = it.idx, blob = it.blob }
+  end
+  return out
 end
 
 function Memory:close() end
@@ -362,6 +419,10 @@ local function decode(id, c)
     return nil, fmt("run '%s' step %d: the checkpoint cannot be decoded: %s", id, c.step,
                     tostring(v))
   end
+  if type(v) == "table" then   -- a durable run's own part (durable.lua)
+    c.state = rawget(v, STATE)
+    rawset(v, STATE, nil)
+  end
   c.shared = v
   return c
 end
@@ -389,7 +450,24 @@ function Store:_begin(id, opts)
   return call(self, do_begin, id, opts.graph, opts.meta)
 end
 
-local function do_acquire(b, id)
+-- The runs this process holds but no longer walks (durable.lua marks a
+-- run whose walk's task was cancelled): they can be taken again here.
+local ABANDONED = {}
+
+local function walk_key(self, id)
+  return (self._path or tostring(self._b)) .. "\0" .. id
+end
+
+-- _abandon(id): this process holds run id but no longer runs it
+function Store:_abandon(id)
+  ABANDONED[walk_key(self, id)] = true
+end
+
+local function ours(row, holder, abandoned)
+  return row.pid == holder.pid and row.pstart == holder.start and abandoned
+end
+
+local function do_acquire(b, id, abandoned)
   local holder = me()
   for _ = 1, 8 do
     local row, err = b:load(id)
@@ -399,7 +477,7 @@ local function do_acquire(b, id)
       if row.host ~= holder.host then
         return nil, fmt("run '%s' is running (pid %d on host %s)", id, row.pid, row.host)
       end
-      if core.store_alive(row.pid, row.pstart) then
+      if core.store_alive(row.pid, row.pstart) and not ours(row, holder, abandoned) then
         return nil, fmt("run '%s' is running (pid %d)", id, row.pid)
       end
     end
@@ -423,7 +501,10 @@ end
 -- _acquire(id) -> record: takes an existing run to resume it
 function Store:_acquire(id)
   check_id("store:_acquire", id)
-  return call(self, do_acquire, id)
+  local key = walk_key(self, id)
+  local got = call(self, do_acquire, id, ABANDONED[key])
+  ABANDONED[key] = nil
+  return got
 end
 
 local function do_save(b, ...) return b:save(...) end
@@ -457,6 +538,41 @@ function Store:_save(id, step, path, blob, opts)
     return true
   end
   return call(self, do_save, id, step, path, blob, holder, true)
+end
+
+local function do_item(b, ...) return b:item(...) end
+
+-- _item(id, batch, idx, blob, { sync = true }): saves item idx (0: the
+-- prep result) of batch (a string) of a run held by this process, with
+-- the run's step, in place of an earlier one; rows go when the run is done
+function Store:_item(id, batch, idx, blob, opts)
+  check_id("store:_item", id)
+  if type(batch) ~= "string" then
+    error(fmt("store:_item: batch must be a string (got %s)", type(batch)), 2)
+  end
+  if math.type(idx) ~= "integer" or idx < 0 then
+    error(fmt("store:_item: idx must be an integer >= 0 (got %s)", tostring(idx)), 2)
+  end
+  if type(blob) ~= "string" then
+    error(fmt("store:_item: blob must be a string (got %s)", type(blob)), 2)
+  end
+  local sync = not (type(opts) == "table" and opts.sync == false)
+  if not sync then
+    local b = self._b
+    if b == nil then error("store: the store is closed", 2) end
+    local ok, err = b:item(id, batch, idx, blob, me(), false)
+    if not ok then error(err, 2) end
+    return true
+  end
+  return call(self, do_item, id, batch, idx, blob, me(), true)
+end
+
+local function do_items(b, id) return b:items(id) end
+
+-- _items(id) -> { { batch, idx, blob } }: the items saved, in no order
+function Store:_items(id)
+  check_id("store:_items", id)
+  return call(self, do_items, id)
 end
 
 local function do_finish(b, ...) return b:finish(...) end
@@ -607,7 +723,7 @@ end
 -- pf.memory({ keep = 100 }): the same interface, in this Lua state
 function M.memory(opts)
   local keep = check_opts("pf.memory", opts)
-  local b = setmetatable({ rows = {}, ckpts = {}, keep = keep }, Memory)
+  local b = setmetatable({ rows = {}, ckpts = {}, itemrows = {}, keep = keep }, Memory)
   return setmetatable({ _b = b, _mem = true }, Store)
 end
 
