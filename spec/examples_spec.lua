@@ -219,6 +219,41 @@ local EXAMPLES = {
     end },
   },
 
+  ["observe.lua"] = {
+    { "prints its diagram, draws progress and writes the trace it then shows", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(uv.fs_mkdir(dir, 448))
+      local r = run({ "observe.lua", "t.jsonl" }, { cwd = dir })
+      local spans = {}
+      local f = io.open(dir .. "/t.jsonl")
+      if f then
+        for line in f:lines() do spans[#spans + 1] = pf.json.decode(line) end
+        f:close()
+      end
+      rm_tree(dir)
+      assert.equal(0, r.code, r.stderr)
+      assert.equal(table.concat({
+        "flowchart LR", '  subgraph n1["PerDoc (parallel batch)"]', '    n2["Load"]',
+        '    n3["Summarise"]', "  end", '  n4["Report"]', "  n1 --> n4", "  n2 --> n3", "",
+        "TEXT OF ALPHA", "TEXT OF BETA", "TEXT OF GAMMA", "trace: 13 spans in t.jsonl",
+        "  Digest run OK", "    Digest node OK", "      PerDoc node OK",
+        "        PerDoc item 1 OK", "          Load node OK", "          Summarise node OK",
+        "        PerDoc item 2 OK", "          Load node OK", "          Summarise node (retried 1) OK",
+        "        PerDoc item 3 OK", "          Load node OK", "          Summarise node OK",
+        "      Report node OK", "" }, "\n"), r.stdout)
+      -- stderr is not a terminal: the summary line only, no control codes
+      assert.matches("^PerDoc 3/3 100%% [%d.]+/s %d:%d%d\n$", r.stderr)
+      assert.equal(13, #spans)
+      local ids = {}
+      for _, s in ipairs(spans) do ids[s.span_id] = s end
+      for _, s in ipairs(spans) do
+        assert.equal(spans[1].trace_id, s.trace_id)
+        if s.parent_span_id ~= "" then assert.is_not_nil(ids[s.parent_span_id]) end
+      end
+    end },
+  },
+
   ["distributed.lua"] = {
     { "counts words here, without Redis", function()
       local r = run{ "distributed.lua" }

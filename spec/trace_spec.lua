@@ -198,7 +198,7 @@ describe("trace to a file", function()
     assert.equal(1, s.attributes["pf.retries"])
     assert.is_true(s.attributes["pf.fallback"])
     assert.equal(2, s.attributes["pf.attempt"])
-    assert.matches("^table: ", s.attributes["pf.path"])
+    assert.equal("not > a > string", s.attributes["pf.path"])   -- an array of names
     assert.equal("\0weird\u{FFFD}name", s.name)
     assert.matches('^"table: ', s.attributes["pf.exec_res"])
   end)
@@ -615,5 +615,109 @@ describe("trace to an OTLP/HTTP collector", function()
     srv:close()
     assert.equal(1, #seen)
     assert.matches("HTTP status 503 %(4 spans dropped%)$", seen[1])
+  end)
+end)
+
+-- Traces of real runs: the walk's spans, through the run options and
+-- PF_TRACE.
+describe("trace of a real run", function()
+  local path
+  before_each(function() path = os.tmpname() end)
+  after_each(function()
+    os.remove(path)
+    assert.equal(0, events.count())
+  end)
+
+  local function flow()
+    local Fetch = pf.Node:extend("Fetch")
+    Fetch.max_retries = 2
+    function Fetch:prep(shared) return shared.url end
+    function Fetch:exec(url)
+      if self.cur_retry == 0 then error("flaky", 0) end
+      return "page of " .. url
+    end
+    local Split = pf.ParallelBatchNode:extend("Split")
+    function Split:prep() return { "a", "b", "c" } end
+    function Split:exec(x) pf.sleep(0.001) return x:upper() end
+    local f = Fetch()
+    local _ = f >> Split()
+    return pf.Flow{ name = "Main", start = f }
+  end
+
+  it("writes the run's spans as JSON lines, parents and names right", function()
+    flow():run({ url = "u" }, { trace = path })
+    local spans = lines_of(path)
+    assert.equal(7, #spans)   -- run, Main, Fetch, Split and its 3 items
+    local by_id, by_name = {}, {}
+    for _, s in ipairs(spans) do
+      by_id[s.span_id] = s
+      by_name[s.name] = by_name[s.name] or {}
+      table.insert(by_name[s.name], s)
+      assert.equal(spans[1].trace_id, s.trace_id)
+      assert.is_true(s.end_time_unix_nano >= s.start_time_unix_nano)
+    end
+    local run = spans[#spans]   -- the run's span ends last
+    assert.equal("run", run.attributes["pf.kind"])
+    assert.equal("", run.parent_span_id)
+    assert.equal(2, #by_name.Main)   -- the run and the flow's node span
+    local fetch = by_name.Fetch[1]
+    assert.equal("Main > Fetch", fetch.attributes["pf.path"])
+    assert.equal(1, fetch.attributes["pf.retries"])
+    assert.equal(2, fetch.attributes["pf.attempt"])
+    assert.equal("Main", by_id[fetch.parent_span_id].name)
+    assert.is_nil(fetch.attributes["pf.exec_res"])   -- no capture
+    local items = {}
+    for _, s in ipairs(by_name.Split) do
+      if s.attributes["pf.kind"] == "item" then
+        items[s.attributes["pf.item"]] = true
+        assert.equal("Split", by_id[s.parent_span_id].name)
+        assert.equal("node", by_id[s.parent_span_id].attributes["pf.kind"])
+      end
+    end
+    assert.same({ true, true, true }, items)
+  end)
+
+  it("captures prep and exec results with capture = true, and marks errors", function()
+    local f = flow()
+    f:run({ url = "u" }, { trace = path, capture = true })
+    local Bad = pf.Node:extend("Bad")
+    function Bad:exec() error("gone", 0) end
+    assert.has_error(function() Bad():run({}, { trace = path }) end)
+    local spans = lines_of(path)
+    local fetch, bad
+    for _, s in ipairs(spans) do
+      if s.name == "Fetch" then fetch = s end
+      if s.name == "Bad" and s.attributes["pf.kind"] == "node" then bad = s end
+    end
+    assert.equal('"u"', fetch.attributes["pf.prep_res"])
+    assert.equal('"page of u"', fetch.attributes["pf.exec_res"])
+    assert.equal("ERROR", bad.status.code)
+    assert.matches("^gone", bad.status.message)
+    assert.equal("error", bad.attributes["pf.status"])
+    assert.is_not.equal(spans[1].trace_id, spans[#spans].trace_id)   -- two runs
+  end)
+
+  it("writes PF_TRACE's file from the binary, for every run", function()
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+local pf = require "pocketflow"
+local N = pf.Node:extend("Step")
+function N:exec() return 1 end
+N():run({})
+pf.Flow{ name = "Twice", start = N() }:run({})
+print("ran")
+]])
+    f:close()
+    local bin = assert(os.getenv("PF_BIN"))
+    local h = io.popen(("PF_TRACE=%s %s %s 2>&1"):format(path, bin, script))
+    local out = h:read("a")
+    h:close()
+    os.remove(script)
+    assert.equal("ran\n", out)
+    local spans = lines_of(path)
+    local names = {}
+    for _, s in ipairs(spans) do names[#names + 1] = s.name .. "/" .. s.attributes["pf.kind"] end
+    assert.same({ "Step/node", "Step/run", "Step/node", "Twice/node", "Twice/run" }, names)
   end)
 end)

@@ -147,6 +147,14 @@ pf_group_body pf_group_owner(pf_group *g, pf_task **owner, int *ctx) {
   return g->body;
 }
 
+/* g's items: how many, ended ok so far, running (a batch's progress) */
+void pf_group_counts(pf_group *g, lua_Integer *total, lua_Integer *done,
+                     lua_Integer *running) {
+  *total = g->n;
+  *done = g->done;
+  *running = g->running;
+}
+
 static void group_release(lua_State *L, pf_group *g) {
   luaL_unref(L, LUA_REGISTRYINDEX, g->ref);
   g->ref = LUA_NOREF;

@@ -88,6 +88,8 @@ pf_group_body pf_group_owner(pf_group *g, pf_task **owner, int *ctx);
 #define PF_PENDING_MT "pocketflow.pending"
 void pf_pending_mt(lua_State *L);
 int pf_is_pending(lua_State *L, int idx);
+void pf_group_counts(pf_group *g, lua_Integer *total, lua_Integer *done,
+                     lua_Integer *running);
 
 /* walk.c: nodes, flows and batches (its functions are registered by
 ** core.c); where.c: the where line of errors */

@@ -34,6 +34,7 @@
 #include "pf.h"
 #include "pf_sched.h"
 #include "attempts.h"
+#include "events.h"
 #include "walk.h"
 
 /* Field names, interned once in a table kept below the first frame: a
@@ -101,10 +102,12 @@ static int walk_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* The walk's registers: the running frame's base and state (its program
 ** counter), and the status of the pcall a state waited for. A step returns GO for the loop
-** to go on with them, or the value the walk returns. */
+** to go on with them, or the value the walk returns. S->events: someone
+** listens, the transitions emit (events.h). */
 typedef struct Pc {
   int b, st, status;
   int armed;   /* timeouts may be set (K_ARMED), read when the walk resumes */
+  pf_sched *S;
 } Pc;
 #define GO (-1)
 
@@ -247,11 +250,13 @@ static int timed_flow(lua_State *L, Pc *pc, lua_Number limit);
 ** shared), whose result comes back in the kind's *_PREPPED; a flow with
 ** a timeout runs in a task of its own first. */
 static int node_begin(lua_State *L, Pc *pc) {
+  int kind = ST_KIND(pc->st);
   lua_Number limit;
-  if (ST_KIND(pc->st) >= PF_K_FLOW && pc->armed &&
-      (limit = flow_timeout(L, pc->b)) > 0)
-    return timed_flow(L, pc, limit);
-  pc->st = ST(ST_KIND(pc->st), P_PREPPED);
+  if (kind >= PF_K_FLOW && pc->armed && (limit = flow_timeout(L, pc->b)) > 0)
+    return timed_flow(L, pc, limit);   /* its task's walk emits */
+  if (pc->S->events || (kind != PF_K_NODE && kind != PF_K_FLOW))
+    pf_ev_node_start(L, pc->S, pc->b, kind);
+  pc->st = ST(kind, P_PREPPED);
   if (push_method(L, pc->b, K_PREP)) {
     lua_pushvalue(L, pc->b + F_SHARED);
     call(L, pc->b, pc->st, 1);
@@ -292,8 +297,12 @@ static int durable_end(lua_State *L) {
 ** done, its result on top: the parent goes on in its own state with it,
 ** or the walk returns it. */
 static int end_frame(lua_State *L, Pc *pc) {
+  if (pc->S->events && pc->st == POSTED) pf_ev_node_end(L, pc->b);
   pc->b = pop_frame(L, pc->b);
-  if (pc->b == 0) return DURABLE(L) ? durable_end(L) : 1;
+  if (pc->b == 0) {
+    if (!lua_isnil(L, GUARD)) pf_ev_walk_end(L);
+    return DURABLE(L) ? durable_end(L) : 1;
+  }
   pc->st = get_state(L, pc->b);
   return GO;
 }
@@ -719,6 +728,7 @@ static int call_fallback(lua_State *L, int b, int st) {
     lua_pushvalue(L, b + F_ERROR);
     return lua_error(L);
   }
+  if (pf_sched_get(L)->events) pf_ev_fallback(L, b);
   if (lua_type(L, b + F_ERROR) == LUA_TSTRING) {
     pf_task *t = pf_current(L);
     if (t && pf_push_record(L, t, b + F_ERROR)) {  /* kept if re-raised */
@@ -843,6 +853,7 @@ static int retry_asked(lua_State *L, Pc *pc) {
   if (w < 0) return fall_back(L, pc);
   pc->st = ST(ST_KIND(pc->st), P_ATTEMPT);
   pc->status = LUA_OK;
+  if (pc->S->events) pf_ev_retry(L, b, get_int(L, b, F_FAILS) + 1, w);
   return retry_wait(L, b, pc->st, w);
 }
 
@@ -931,6 +942,12 @@ static void keep_items(lua_State *L, int b, int st, const char *what) {
   lua_replace(L, b + F_ITEMS);
 }
 
+/* Item i of the sequential batch at b ended: its span, then progress. */
+static void item_done(lua_State *L, int b, lua_Integer i) {
+  pf_ev_item(L, b, i, 0);
+  pf_ev_progress(L, i, lua_rawlen(L, b + F_ITEMS), 0);
+}
+
 /* A batch node: an item frame (exec) per item, in order, then post. */
 static int batch_step(lua_State *L, Pc *pc) {
   int b = pc->b;
@@ -941,6 +958,7 @@ static int batch_step(lua_State *L, Pc *pc) {
       lua_newtable(L);
       lua_replace(L, b + F_RES);
       set_int(L, b, F_INDEX, 1);
+      if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
       if (DURABLE(L)) pf_ckpt_prep(L, b, BATCH_NEXT);
       pc->st = BATCH_NEXT;
       return GO;
@@ -953,6 +971,7 @@ static int batch_step(lua_State *L, Pc *pc) {
       }
       if (DURABLE(L)) pf_ckpt_item_key(L, b, i);
       set_state(L, b, BATCH_ITEM_DONE);   /* hook: item start */
+      if (pc->S->events) pf_ev_item(L, b, i, 1);
       pc->b = push_frame(L, b + F_SELF, 0, 0);
       pc->st = EXEC_ATTEMPT;
       lua_rawgeti(L, b + F_ITEMS, i);
@@ -960,6 +979,7 @@ static int batch_step(lua_State *L, Pc *pc) {
       return GO;
     default:   /* BATCH_ITEM_DONE; hook: item end */
       set_int(L, b, F_INDEX, i + 1);
+      if (pc->S->events) item_done(L, b, i);
       pc->st = BATCH_NEXT;
       if (DURABLE(L)) {
         lua_pushvalue(L, -1);
@@ -1003,6 +1023,7 @@ static int bflow_step(lua_State *L, Pc *pc) {
       keep_items(L, b, pc->st, "param tables");
       check_param_sets(L, b, pc->st, b + F_ITEMS);
       set_int(L, b, F_INDEX, 1);
+      if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
       if (DURABLE(L)) pf_ckpt_prep(L, b, BFLOW_NEXT);
       pc->st = BFLOW_NEXT;
       return GO;
@@ -1013,6 +1034,7 @@ static int bflow_step(lua_State *L, Pc *pc) {
         return GO;
       }
       set_state(L, b, BFLOW_WALKED);   /* hook: item start */
+      if (pc->S->events) pf_ev_item(L, b, i, 1);
       pc->b = push_frame(L, b + F_SELF, b + F_SHARED, 0);
       get_key(L, b + F_SELF, K_PARAMS);
       lua_rawgeti(L, b + F_ITEMS, i);
@@ -1024,6 +1046,7 @@ static int bflow_step(lua_State *L, Pc *pc) {
       return GO;
     default:   /* BFLOW_WALKED; hook: item end */
       set_int(L, b, F_INDEX, i + 1);
+      if (pc->S->events) item_done(L, b, i);
       pc->st = BFLOW_NEXT;
       if (DURABLE(L)) return save_item(L, pc, i);
       lua_pop(L, 1);
@@ -1150,9 +1173,11 @@ int pf_item_kind(pf_group_body body, int *direct) {
   return body == walk_item_body || body == durable_walk_body ? PF_K_PBFLOW : 0;
 }
 
-/* Items may run direct_item_body: decided once per group. */
+/* Items may run direct_item_body: decided once per group; not while
+** someone listens, as items' events come from their walks. */
 static int plain_exec(lua_State *L, int self) {
   int plain;
+  if (pf_sched_get(L)->events) return 0;
   get_key(L, self, K_RETRIES);
   plain = pf_retries(L, -1) == 1;
   get_key(L, self, K_FALLBACK);
@@ -1271,6 +1296,7 @@ static int parallel_step(lua_State *L, Pc *pc) {
   switch (pc->st) {
     case PBATCH_PREPPED: case PBFLOW_PREPPED:
       maxc = parallel_items(L, b, pc->st, flow);
+      if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
       pc->st = flow ? PBFLOW_GATHERED : PBATCH_GATHERED;
       if (get_key(L, b + F_SELF, K_DISTRIBUTE) != LUA_TNIL)
         return distribute(L, pc, maxc, flow);
@@ -1298,6 +1324,7 @@ static int walk(lua_State *L, int status, int b, int st) {
   pc.st = st;
   pc.status = status;
   pc.armed = armed(L);
+  pc.S = pf_sched_get(L);
   for (;;) {
     switch (pc.st) {
       case NODE_PREP: case BATCH_PREP: case PBATCH_PREP: case FLOW_PREP:
@@ -1432,20 +1459,29 @@ static int restore_frames(lua_State *L, int *pb, int kind) {
 /* Runs the frame for kind over the arguments (kind, self, shared, x, run,
 ** snap); with from_node, self is the node object and its run's self is
 ** made; run: a durable run's task record, and snap the frames it resumes. */
-static int walk_begin(lua_State *L, int kind, int from_node) {
+static int walk_begin(lua_State *L, int kind, int from_node, int run) {
   int b, st = first_state(kind);
+  pf_sched *S = pf_sched_get(L);
   lua_settop(L, 6);
   lua_pushcfunction(L, pf_walk_msgh);
   push_keys(L);
+  lua_pushnil(L);      /* GUARD */
   if (from_node) {
     push_run_self(L, 2, 0);
     lua_replace(L, 2);
+  }
+  /* run: node:run's walk, x its options or nil */
+  if (run && (S->events || S->env_sinks || !lua_isnil(L, 4))) {
+    pf_ev_walk_begin(L, 1);
+    lua_pushnil(L);    /* the options are done with */
+    lua_replace(L, 4);
   }
   b = push_frame(L, 2, 3, kind == PF_K_EXEC ? 4 : 0);
   if (kind == PF_K_WALK) {
     lua_pushvalue(L, 4);
     lua_replace(L, b + F_PARAMS);
   }
+  if (!run && S->events) pf_ev_walk_begin(L, 0);
   if (DURABLE(L)) {
     pf_ckpt_begin(L, kind);
     if (lua_istable(L, SNAP)) st = restore_frames(L, &b, kind);
@@ -1465,18 +1501,13 @@ int pf_walk_body(lua_State *L) {
   if (kind == PF_K_WALK) luaL_checktype(L, 4, LUA_TTABLE);
   if (kind < PF_K_WALK && node_kind(L, 2, 0) != kind)
     return luaL_error(L, "pocketflow: not a node of kind %I", kind);
-  return walk_begin(L, (int)kind, kind < PF_K_WALK);
+  return walk_begin(L, (int)kind, kind < PF_K_WALK, 0);
 }
 
-/* The run options (API.md section 5): every key run accepts, and
-** whether it is implemented yet. Sections 6-8 add theirs here. */
-static const struct {
-  const char *name;
-  int ready;
-} run_options[] = {
-  {"on_event", 0}, {"trace", 0}, {"capture", 0}, {"progress", 0},
-  {"store", 1}, {"run_id", 1}, {"durability", 1}, {"transient", 1},
-  {"on_interrupt", 1}, {NULL, 0}
+/* The run options (API.md sections 5-8): every key run accepts. */
+static const char *const run_options[] = {
+  "on_event", "trace", "capture", "progress", "store", "run_id",
+  "durability", "transient", "on_interrupt", NULL
 };
 
 /* Checks run's options at idx, raising at the caller's position. */
@@ -1490,14 +1521,15 @@ static void check_run_options(lua_State *L, int idx) {
     lua_pop(L, 1);
     if (t != LUA_TSTRING && t != LUA_TNUMBER)
       luaL_error(L, "unknown run option (a %s key)", lua_typename(L, t));
-    for (i = 0; run_options[i].name != NULL; i++)
-      if (t == LUA_TSTRING && strcmp(run_options[i].name,
-                                     lua_tostring(L, -1)) == 0)
+    for (i = 0; run_options[i] != NULL; i++)
+      if (t == LUA_TSTRING && strcmp(run_options[i], lua_tostring(L, -1)) == 0)
         break;
-    if (run_options[i].name == NULL)
+    if (run_options[i] == NULL)
       luaL_error(L, "unknown run option '%s'", lua_tostring(L, -1));
-    if (!run_options[i].ready)
-      luaL_error(L, "run option '%s' is not supported yet", run_options[i].name);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, idx);
+    pf_ev_check_option(L, run_options[i], -1);
+    lua_pop(L, 1);
   }
 }
 
@@ -1548,5 +1580,5 @@ int pf_run_node(lua_State *L) {
   lua_pop(L, 1);
   lua_pushinteger(L, kind);
   lua_insert(L, 1);            /* kind, node, shared, opts */
-  return walk_begin(L, kind, 1);
+  return walk_begin(L, kind, 1, 1);
 }

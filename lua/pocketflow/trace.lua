@@ -82,6 +82,12 @@ end
 
 -- ----------------------------------------------------------- the spans
 
+-- a path (the bus's array of names) as "Main > Fetch"
+local function path_string(path)
+  if type(path) == "table" then return concat(path, " > ") end
+  return tostring(path)
+end
+
 -- A span being built is its start event (kept in sink.open by span_id)
 -- and, once retried or fallen back, a note in sink.notes.
 
@@ -122,8 +128,8 @@ local path_attrs, n_paths = {}, 0
 local function path_attr(path)
   local a = path_attrs[path]
   if a == nil then
-    a = opt("pf.path", tostring(path))
-    if type(path) == "string" and #path < 200 then
+    a = opt("pf.path", path_string(path))
+    if type(path) == "table" or #path < 200 then   -- the bus interns path tables
       if n_paths >= 1000 then path_attrs, n_paths = {}, 0 end
       path_attrs[path], n_paths = a, n_paths + 1
     end
@@ -189,8 +195,8 @@ local otlp_paths, n_otlp_paths = {}, 0
 local function otlp_path(path)
   local a = otlp_paths[path]
   if a == nil then
-    a = otlp_attr("pf.path", tostring(path))
-    if type(path) == "string" and #path < 200 then
+    a = otlp_attr("pf.path", path_string(path))
+    if type(path) == "table" or #path < 200 then   -- the bus interns path tables
       if n_otlp_paths >= 1000 then otlp_paths, n_otlp_paths = {}, 0 end
       otlp_paths[path], n_otlp_paths = a, n_otlp_paths + 1
     end
