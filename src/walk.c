@@ -883,10 +883,14 @@ static lua_Number flow_limit(lua_State *L, int b) {
   return t < 0 || (d > 0 && d < t) ? d : t;
 }
 
+/* The x of a timed flow's own task: node:run's walks have their options
+** in that slot, so the mark must be a value no caller can pass. */
+static const char TIMED_FLOW = 'T';
+
 /* flow_limit, or -1 when b is the first frame of the task that runs the
 ** flow under it. */
 static lua_Number flow_timeout(lua_State *L, int b) {
-  if (b == ROOT && lua_toboolean(L, 4)) return -1;
+  if (b == ROOT && lua_touserdata(L, 4) == &TIMED_FLOW) return -1;
   return flow_limit(L, b);
 }
 
@@ -898,7 +902,7 @@ static int timed_flow(lua_State *L, Pc *pc, lua_Number limit) {
   lua_pushinteger(L, ST_KIND(pc->st));
   lua_pushvalue(L, b + F_SELF);
   lua_pushvalue(L, b + F_SHARED);
-  lua_pushboolean(L, 1);
+  lua_pushlightuserdata(L, (void *)&TIMED_FLOW);
   pc->st = ST(ST_KIND(pc->st), P_TIMED);
   return wait_timed(L, b, pc->st, 4, limit);
 }
@@ -1470,12 +1474,10 @@ static int walk_begin(lua_State *L, int kind, int from_node, int run) {
     push_run_self(L, 2, 0);
     lua_replace(L, 2);
   }
-  /* run: node:run's walk, x its options or nil */
-  if (run && (S->events || S->env_sinks || !lua_isnil(L, 4))) {
+  /* run: node:run's walk, x its options or nil (kept: core.node_here
+  ** reads on_interrupt there) */
+  if (run && (S->events || S->env_sinks || !lua_isnil(L, 4)))
     pf_ev_walk_begin(L, 1);
-    lua_pushnil(L);    /* the options are done with */
-    lua_replace(L, 4);
-  }
   b = push_frame(L, 2, 3, kind == PF_K_EXEC ? 4 : 0);
   if (kind == PF_K_WALK) {
     lua_pushvalue(L, 4);
