@@ -53,6 +53,9 @@ static const char *const key_names[] = {
 ** given a timeout or a deadline (core.arm_timeouts, from init.lua), so
 ** that a program without them never looks these options up per attempt. */
 #define K_ARMED K_NKEYS
+/* And the next: the scheduler, a light userdata, since a registry lookup
+** (pf_sched_get) on every entry of the walk costs four times as much. */
+#define K_SCHED (K_NKEYS + 1)
 static const char KEYS_KEY = 'K';
 
 static void push_keys(lua_State *L) {
@@ -64,6 +67,8 @@ static void push_keys(lua_State *L) {
       lua_pushstring(L, key_names[i]);
       lua_rawseti(L, -2, i);
     }
+    lua_pushlightuserdata(L, pf_sched_get(L));
+    lua_rawseti(L, -2, K_SCHED);
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &KEYS_KEY);
   }
@@ -107,6 +112,7 @@ static int walk_k(lua_State *L, int status, lua_KContext ctx) {
 typedef struct Pc {
   int b, st, status;
   int armed;   /* timeouts may be set (K_ARMED), read when the walk resumes */
+  int durable; /* a durable run's walk (DURABLE), read when it resumes */
   pf_sched *S;
 } Pc;
 #define GO (-1)
@@ -301,7 +307,7 @@ static int end_frame(lua_State *L, Pc *pc) {
   pc->b = pop_frame(L, pc->b);
   if (pc->b == 0) {
     if (!lua_isnil(L, GUARD)) pf_ev_walk_end(L);
-    return DURABLE(L) ? durable_end(L) : 1;
+    return pc->durable ? durable_end(L) : 1;
   }
   pc->st = get_state(L, pc->b);
   return GO;
@@ -505,6 +511,14 @@ static int exec_done(lua_State *L, Pc *pc) {
 ** pf.interrupt marked (its questions and errors: where.c). */
 static int is_final_error(lua_State *L, int status, int err) {
   return status == ATTEMPT_CANCELLED || pf_no_retry(L, err);
+}
+
+static pf_sched *sched(lua_State *L) {
+  pf_sched *S;
+  lua_rawgeti(L, KEYS, K_SCHED);
+  S = (pf_sched *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return S;
 }
 
 static int armed(lua_State *L) {
@@ -963,17 +977,17 @@ static int batch_step(lua_State *L, Pc *pc) {
       lua_replace(L, b + F_RES);
       set_int(L, b, F_INDEX, 1);
       if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
-      if (DURABLE(L)) pf_ckpt_prep(L, b, BATCH_NEXT);
+      if (pc->durable) pf_ckpt_prep(L, b, BATCH_NEXT);
       pc->st = BATCH_NEXT;
       return GO;
     case BATCH_NEXT:
       if (i > (lua_Integer)lua_rawlen(L, b + F_ITEMS)) {
-        if (DURABLE(L)) pf_ckpt_item_key(L, b, 0);
+        if (pc->durable) pf_ckpt_item_key(L, b, 0);
         lua_pushvalue(L, b + F_RES);
         pc->st = call_post(L, b);
         return GO;
       }
-      if (DURABLE(L)) pf_ckpt_item_key(L, b, i);
+      if (pc->durable) pf_ckpt_item_key(L, b, i);
       set_state(L, b, BATCH_ITEM_DONE);   /* hook: item start */
       if (pc->S->events) pf_ev_item(L, b, i, 1);
       pc->b = push_frame(L, b + F_SELF, 0, 0);
@@ -985,7 +999,7 @@ static int batch_step(lua_State *L, Pc *pc) {
       set_int(L, b, F_INDEX, i + 1);
       if (pc->S->events) item_done(L, b, i);
       pc->st = BATCH_NEXT;
-      if (DURABLE(L)) {
+      if (pc->durable) {
         lua_pushvalue(L, -1);
         lua_rawseti(L, b + F_RES, i);
         return save_item(L, pc, i);
@@ -1028,7 +1042,7 @@ static int bflow_step(lua_State *L, Pc *pc) {
       check_param_sets(L, b, pc->st, b + F_ITEMS);
       set_int(L, b, F_INDEX, 1);
       if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
-      if (DURABLE(L)) pf_ckpt_prep(L, b, BFLOW_NEXT);
+      if (pc->durable) pf_ckpt_prep(L, b, BFLOW_NEXT);
       pc->st = BFLOW_NEXT;
       return GO;
     case BFLOW_NEXT:
@@ -1052,7 +1066,7 @@ static int bflow_step(lua_State *L, Pc *pc) {
       set_int(L, b, F_INDEX, i + 1);
       if (pc->S->events) item_done(L, b, i);
       pc->st = BFLOW_NEXT;
-      if (DURABLE(L)) return save_item(L, pc, i);
+      if (pc->durable) return save_item(L, pc, i);
       lua_pop(L, 1);
       return GO;
   }
@@ -1068,7 +1082,7 @@ static int start_child(lua_State *L, Pc *pc) {
                          luaL_typename(L, b + F_NODE));
   set_state(L, b, WALK_NODE_DONE);
   push_run_self(L, b + F_NODE, b + F_PARAMS);
-  if (DURABLE(L)) pf_ckpt_node_start(L, b, 1);
+  if (pc->durable) pf_ckpt_node_start(L, b, 1);
   pc->st = first_state(kind);
   pc->b = push_frame(L, 0, b + F_SHARED, 0);
   return GO;
@@ -1094,7 +1108,7 @@ static int walk_step(lua_State *L, Pc *pc) {
       lua_replace(L, b + F_ACTION);
       next_node(L, b);
       pc->st = WALK_STEP;
-      return DURABLE(L) ? save(L, pc) : GO;
+      return pc->durable ? save(L, pc) : GO;
   }
 }
 
@@ -1328,7 +1342,8 @@ static int walk(lua_State *L, int status, int b, int st) {
   pc.st = st;
   pc.status = status;
   pc.armed = armed(L);
-  pc.S = pf_sched_get(L);
+  pc.durable = DURABLE(L);
+  pc.S = sched(L);
   for (;;) {
     switch (pc.st) {
       case NODE_PREP: case BATCH_PREP: case PBATCH_PREP: case FLOW_PREP:
@@ -1465,10 +1480,11 @@ static int restore_frames(lua_State *L, int *pb, int kind) {
 ** made; run: a durable run's task record, and snap the frames it resumes. */
 static int walk_begin(lua_State *L, int kind, int from_node, int run) {
   int b, st = first_state(kind);
-  pf_sched *S = pf_sched_get(L);
+  pf_sched *S;
   lua_settop(L, 6);
   lua_pushcfunction(L, pf_walk_msgh);
   push_keys(L);
+  S = sched(L);
   lua_pushnil(L);      /* GUARD */
   if (from_node) {
     push_run_self(L, 2, 0);
