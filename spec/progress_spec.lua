@@ -253,6 +253,27 @@ describe("progress of a real run", function()
     assert.equal(0, got[21].in_flight)
   end)
 
+  it("counts the items that fell back as failed, in a batch and a parallel batch", function()
+    for _, base in ipairs({ pf.BatchNode, pf.ParallelBatchNode }) do
+      local got = {}
+      local B = base:extend("Translate")
+      function B:prep() return { 1, 2, 3, 4, 5 } end
+      function B:exec(x)
+        if x % 2 == 0 then pf.sleep(0.001); error("item " .. x .. " failed", 0) end
+        return x
+      end
+      function B:exec_fallback() return "n/a" end
+      local b = B{ progress = function(pr) got[#got + 1] = pr end }
+      local shared = {}
+      function B:post(sh, _, res) sh.res = res end
+      pf.Flow{ name = "Main", start = b }:run(shared)
+      assert.same({ 1, "n/a", 3, "n/a", 5 }, shared.res)
+      assert.equal(5, got[#got].done)
+      assert.equal(2, got[#got].failed)
+      for i = 2, #got do assert.is_true(got[i].failed >= got[i - 1].failed) end
+    end
+  end)
+
   it("shows a batch class's own batches only, and closes its bars when the batch fails", function()
     local got = {}
     local P = pbatch(10, 7)

@@ -163,6 +163,10 @@ local function close_span(ev, st)
   fill_from(ev, f)
   if ev.dur == nil and f.t then ev.dur = ev.t - f.t end
   if ev.item == nil then ev.item = f.item end
+  if f.type == "item_start" and (f.fell_back or ev.status == "error") then
+    local batch = i > 1 and st[i - 1] or st.base   -- progress's failed
+    if batch then batch.failed = (batch.failed or 0) + 1 end
+  end
   for j = i, n do
     if bars_of[st[j]] then close_bars(st[j]) end
     st[j] = nil
@@ -182,6 +186,8 @@ local function complete(ev)
   else
     local f = current(co)
     if f then
+      if ty == "fallback" then f.fell_back = true
+      elseif ty == "progress" and f.failed then ev.failed = f.failed end
       if ev.span_id == nil then ev.span_id = f.span_id end
       if ev.parent_id == nil then ev.parent_id = f.parent_id end
       fill_from(ev, f)
