@@ -20,11 +20,7 @@ local function ids(log, sorted)
   return out
 end
 
-local function errmsg(f, ...)
-  local ok, err = pcall(f, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+local errmsg = require("support.util").errmsg
 
 describe("pf.interrupt with on_interrupt", function()
   it("answers in prep, exec and post, in order", function()

@@ -161,18 +161,19 @@ describe("progress sinks", function()
   end)
 end)
 
+-- runs a shell command: what it wrote (stdout and stderr), and its status
+local function run(cmd)
+  local out = os.tmpname()
+  local ok = os.execute(cmd .. " >" .. out .. " 2>&1")
+  local f = assert(io.open(out, "rb")); local s = f:read("a"); f:close()
+  os.remove(out)
+  return s, ok
+end
+
 describe("progress on a real terminal", function()
   local bin = assert(os.getenv("PF_BIN"))
   local src = os.getenv("PF_SRC") or "."
   local feeder = src .. "/spec/support/progress_feed.lua"
-
-  local function run(cmd)
-    local out = os.tmpname()
-    local ok = os.execute(cmd .. " >" .. out .. " 2>&1")
-    local f = assert(io.open(out, "rb")); local s = f:read("a"); f:close()
-    os.remove(out)
-    return s, ok
-  end
 
   local function under_pty(env)
     -- script runs the command on a new pseudo-terminal and copies what it
@@ -344,14 +345,6 @@ describe("progress of a real run, from the binary", function()
     local path = os.tmpname()
     local f = assert(io.open(path, "w")); f:write(body); f:close()
     return path
-  end
-
-  local function run(cmd)
-    local out = os.tmpname()
-    local ok = os.execute(cmd .. " >" .. out .. " 2>&1")
-    local f = assert(io.open(out, "rb")); local s = f:read("a"); f:close()
-    os.remove(out)
-    return s, ok
   end
 
   local src = [[

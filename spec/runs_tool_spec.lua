@@ -5,15 +5,8 @@ local pf = require "pocketflow"
 local BIN, SRC = os.getenv("PF_BIN"), os.getenv("PF_SRC")
 local TOOL = SRC .. "/tools/runs.lua"
 
-local function rm_db(path)
-  os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm")
-end
-
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local util = require "support.util"
+local rm_db, write = util.rm_db, util.write
 
 local function exists(path)
   local f = io.open(path, "rb")

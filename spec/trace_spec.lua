@@ -46,13 +46,19 @@ local function a_run(extra)
   end)
 end
 
-describe("trace to a file", function()
-  local path
+-- path: a fresh file for each spec of the describe block that calls
+-- each_path, removed after it, and no event subscriber left behind
+local path
+local function each_path()
   before_each(function() path = os.tmpname() end)
   after_each(function()
     os.remove(path)
     assert.equal(0, events.count())
   end)
+end
+
+describe("trace to a file", function()
+  each_path()
 
   it("writes one JSON object per finished span with OpenTelemetry's names", function()
     local before = core.wall()
@@ -621,12 +627,7 @@ end)
 -- Traces of real runs: the walk's spans, through the run options and
 -- PF_TRACE.
 describe("trace of a real run", function()
-  local path
-  before_each(function() path = os.tmpname() end)
-  after_each(function()
-    os.remove(path)
-    assert.equal(0, events.count())
-  end)
+  each_path()
 
   local function flow()
     local Fetch = pf.Node:extend("Fetch")

@@ -7,17 +7,7 @@ local B = require "workloads.lib"
 local N = B.n(1000000)
 local mode = arg and arg[2] or "noop"
 
-local methods = require "workloads.step"
-local Step = pf.Node:extend("Step")
-Step.prep, Step.exec, Step.post = methods.prep, methods.exec, methods.post
-
-pf.on_warning = function(msg)
-  if not msg:find("flow ends: 'done'", 1, true) then io.stderr:write(msg, "\n") end
-end
-
-local step = Step()
-step:next(step, "loop")
-local flow = pf.Flow{ start = step }
+local flow = require("workloads.step").flow(pf)
 local shared = { left = N }
 local ends, sub, opts = 0, nil, nil
 if mode == "trace" then

@@ -124,18 +124,28 @@ local function opt(key, v)
   return '"' .. key .. '":' .. json_scalar(v) .. ","
 end
 
-local path_attrs, n_paths = {}, 0
-local function path_attr(path)
-  local a = path_attrs[path]
-  if a == nil then
-    a = opt("pf.path", path_string(path))
-    if type(path) == "table" or #path < 200 then   -- the bus interns path tables
-      if n_paths >= 1000 then path_attrs, n_paths = {}, 0 end
-      path_attrs[path], n_paths = a, n_paths + 1
+-- A path's "pf.path" attribute text as attr writes it, memoised: the memo
+-- table for the callers' fast lookup, and the function for a miss. The
+-- memo holds at most 1000 paths, then starts again.
+local function path_memo(attr)
+  local memo, n = {}, 0
+  return memo, function(path)
+    local a = memo[path]
+    if a == nil then
+      a = attr("pf.path", path_string(path))
+      if type(path) == "table" or #path < 200 then   -- the bus interns path tables
+        if n >= 1000 then
+          for k in pairs(memo) do memo[k] = nil end
+          n = 0
+        end
+        memo[path], n = a, n + 1
+      end
     end
+    return a
   end
-  return a
 end
+
+local path_attrs, path_attr = path_memo(opt)
 
 local function status_json(st, err)
   if err ~= nil then
@@ -191,18 +201,7 @@ local otlp_kinds = {}
 for ty, kind in pairs(kind_of) do otlp_kinds[ty] = otlp_attr("pf.kind", kind) end
 local otlp_ok = '{"key":"pf.status","value":{"stringValue":"ok"}}'
 
-local otlp_paths, n_otlp_paths = {}, 0
-local function otlp_path(path)
-  local a = otlp_paths[path]
-  if a == nil then
-    a = otlp_attr("pf.path", path_string(path))
-    if type(path) == "table" or #path < 200 then   -- the bus interns path tables
-      if n_otlp_paths >= 1000 then otlp_paths, n_otlp_paths = {}, 0 end
-      otlp_paths[path], n_otlp_paths = a, n_otlp_paths + 1
-    end
-  end
-  return a
-end
+local otlp_paths, otlp_path = path_memo(otlp_attr)
 
 -- An OTLP span as JSON text, its attributes in the attribute order;
 -- the common ones from caches, so that a span is one concatenation.
