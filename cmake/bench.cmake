@@ -18,11 +18,19 @@ add_test(NAME bench.store_smoke
                  20 1000 $<TARGET_FILE:store_floor>)
 set_tests_properties(bench.store_smoke PROPERTIES LABELS bench TIMEOUT 120)
 
-# bench/redis.lua's floor: the same Redis traffic from plain hiredis in C
-add_executable(redis_floor bench/redis_floor.c)
-target_link_libraries(redis_floor PRIVATE PkgConfig::HIREDIS)
-set_target_properties(redis_floor PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
-add_test(NAME bench.redis_smoke
-         COMMAND ${CMAKE_BINARY_DIR}/pocketflow ${CMAKE_SOURCE_DIR}/bench/redis.lua
-                 --smoke --floor ${CMAKE_BINARY_DIR}/bench/redis_floor)
-set_tests_properties(bench.redis_smoke PROPERTIES LABELS bench TIMEOUT 120)
+# bench/<name>.lua's smoke test against its floor: the same Redis traffic
+# from plain hiredis in C (bench/<name>_floor.c), built into build/bench
+function(pf_redis_bench name timeout)
+  add_executable(${name}_floor bench/${name}_floor.c)
+  target_link_libraries(${name}_floor PRIVATE PkgConfig::HIREDIS)
+  set_target_properties(${name}_floor PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
+  add_test(NAME bench.${name}_smoke
+           COMMAND ${CMAKE_BINARY_DIR}/pocketflow ${CMAKE_SOURCE_DIR}/bench/${name}.lua
+                   --smoke --floor ${CMAKE_BINARY_DIR}/bench/${name}_floor)
+  set_tests_properties(bench.${name}_smoke PROPERTIES LABELS bench TIMEOUT ${timeout})
+endfunction()
+
+# bench/redis.lua: plain Redis commands
+pf_redis_bench(redis 120)
+# bench/queue.lua: Redis Streams (a coordinator and forked workers)
+pf_redis_bench(queue 300)

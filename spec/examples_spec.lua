@@ -219,6 +219,41 @@ local EXAMPLES = {
     end },
   },
 
+  ["observe.lua"] = {
+    { "prints its diagram, draws progress and writes the trace it then shows", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(uv.fs_mkdir(dir, 448))
+      local r = run({ "observe.lua", "t.jsonl" }, { cwd = dir })
+      local spans = {}
+      local f = io.open(dir .. "/t.jsonl")
+      if f then
+        for line in f:lines() do spans[#spans + 1] = pf.json.decode(line) end
+        f:close()
+      end
+      rm_tree(dir)
+      assert.equal(0, r.code, r.stderr)
+      assert.equal(table.concat({
+        "flowchart LR", '  subgraph n1["PerDoc (parallel batch)"]', '    n2["Load"]',
+        '    n3["Summarise"]', "  end", '  n4["Report"]', "  n1 --> n4", "  n2 --> n3", "",
+        "TEXT OF ALPHA", "TEXT OF BETA", "TEXT OF GAMMA", "trace: 13 spans in t.jsonl",
+        "  Digest run OK", "    Digest node OK", "      PerDoc node OK",
+        "        PerDoc item 1 OK", "          Load node OK", "          Summarise node OK",
+        "        PerDoc item 2 OK", "          Load node OK", "          Summarise node (retried 1) OK",
+        "        PerDoc item 3 OK", "          Load node OK", "          Summarise node OK",
+        "      Report node OK", "" }, "\n"), r.stdout)
+      -- stderr is not a terminal: the summary line only, no control codes
+      assert.matches("^PerDoc 3/3 100%% [%d.]+/s %d:%d%d\n$", r.stderr)
+      assert.equal(13, #spans)
+      local ids = {}
+      for _, s in ipairs(spans) do ids[s.span_id] = s end
+      for _, s in ipairs(spans) do
+        assert.equal(spans[1].trace_id, s.trace_id)
+        if s.parent_span_id ~= "" then assert.is_not_nil(ids[s.parent_span_id]) end
+      end
+    end },
+  },
+
   ["distributed.lua"] = {
     { "counts words here, without Redis", function()
       local r = run{ "distributed.lua" }
@@ -242,6 +277,35 @@ local EXAMPLES = {
       end)
       rs:kill()
       assert(ok, err)
+    end },
+  },
+
+  ["approve.lua"] = {
+    { "drafts, stops at the question, and finishes when resumed with the answer", function()
+      local dir = assert(uv.fs_mkdtemp("/tmp/pf_approve_XXXXXX"))
+      local first = run({ "approve.lua", "Where", "is", "my", "parcel?" }, { cwd = dir })
+      assert.equal(0, first.code, first.stderr)
+      local id = first.stdout:match("^run (%S+) waits for an answer\n")
+      assert.truthy(id, first.stdout)
+      assert.matches("\nReply/Approve#1: Send this reply%? %(yes/no%)\n" ..
+                     '  Dear customer, thank you for your message %("Where is my parcel%?"%)', first.stdout)
+      assert.matches("\nanswer with: pocketflow examples/approve.lua %-%-resume " ..
+                     id:gsub("%p", "%%%0") .. " yes\n$", first.stdout)
+      -- the answer, in another process on the same file
+      local second = run({ "approve.lua", "--resume", id, "yes" }, { cwd = dir })
+      assert.equal(0, second.code, second.stderr)
+      assert.equal('sent: Dear customer, thank you for your message ("Where is my parcel?"). ' ..
+                   "We are on it.\nrun " .. id .. " is done\n", second.stdout)
+      local again = run({ "approve.lua", "--resume", id, "yes" }, { cwd = dir })
+      assert.same({ 1, "approve: run '" .. id .. "' is done\n" }, { again.code, again.stderr })
+      -- "no", with --db
+      local db = dir .. "/other.db"
+      local third = run({ "approve.lua", "--db", db }, { cwd = dir })
+      id = third.stdout:match("^run (%S+) waits")
+      assert.matches("approve.lua %-%-db " .. db:gsub("%p", "%%%0") .. " %-%-resume", third.stdout)
+      local fourth = run({ "approve.lua", "--db", db, "--resume", id, "no" }, { cwd = dir })
+      assert.equal("dropped (answer: no)\nrun " .. id .. " is done\n", fourth.stdout)
+      rm_tree(dir)
     end },
   },
 

@@ -90,14 +90,6 @@ describe("run options", function()
     assert.matches("^spec/names_spec%.lua:%d+: unknown run option 'retries'$", err)
   end)
 
-  it("say which known keys are not supported yet", function()
-    for _, k in ipairs({ "on_event", "trace", "capture", "progress", "on_interrupt" }) do
-      local ok, err = pcall(function() return pf.Node():run({}, { [k] = true }) end)
-      assert.is_false(ok)
-      assert.matches(": run option '" .. k .. "' is not supported yet$", err)
-    end
-  end)
-
   it("say which need a store", function()
     for _, k in ipairs({ "run_id", "durability", "transient" }) do
       local ok, err = pcall(function() return pf.Node():run({}, { [k] = "x" }) end)

@@ -161,18 +161,19 @@ describe("progress sinks", function()
   end)
 end)
 
+-- runs a shell command: what it wrote (stdout and stderr), and its status
+local function run(cmd)
+  local out = os.tmpname()
+  local ok = os.execute(cmd .. " >" .. out .. " 2>&1")
+  local f = assert(io.open(out, "rb")); local s = f:read("a"); f:close()
+  os.remove(out)
+  return s, ok
+end
+
 describe("progress on a real terminal", function()
   local bin = assert(os.getenv("PF_BIN"))
   local src = os.getenv("PF_SRC") or "."
   local feeder = src .. "/spec/support/progress_feed.lua"
-
-  local function run(cmd)
-    local out = os.tmpname()
-    local ok = os.execute(cmd .. " >" .. out .. " 2>&1")
-    local f = assert(io.open(out, "rb")); local s = f:read("a"); f:close()
-    os.remove(out)
-    return s, ok
-  end
 
   local function under_pty(env)
     -- script runs the command on a new pseudo-terminal and copies what it
@@ -214,5 +215,176 @@ describe("progress on a real terminal", function()
     assert.is_nil(s:find("\27", 1, true))
     assert.equal("pocketflow: warning: halfway there\n"
       .. s:match("Translate 1000/1000 100%% [%d.]+/s %d+:%d%d failed 3\n") .. "end\n", s)
+  end)
+end)
+
+-- Progress of real batches: the walk's progress events, through the
+-- class option and the run option.
+describe("progress of a real run", function()
+  after_each(function() assert.equal(0, events.count()) end)
+
+  local function pbatch(n, fail_at)
+    local P = pf.ParallelBatchNode:extend("Translate")
+    function P:prep() local t = {} for i = 1, n do t[i] = i end return t end
+    function P:exec(x)
+      pf.sleep(0.001 * (x % 3))
+      if x == fail_at then error("item " .. x .. " failed", 0) end
+      return x
+    end
+    return P
+  end
+
+  it("calls a batch class's progress function from the start to the end", function()
+    local got = {}
+    local P = pbatch(20)
+    local p = P{ max_concurrency = 4, progress = function(pr) got[#got + 1] = pr end }
+    pf.Flow{ name = "Main", start = p }:run({})
+    assert.equal(21, #got)
+    assert.equal(0, got[1].done)
+    for i, pr in ipairs(got) do
+      assert.equal(i - 1, pr.done)
+      assert.equal(20, pr.total)
+      assert.equal(0, pr.failed)
+      assert.equal("Translate", pr.node)
+      -- nothing listened when Main started: the path starts at the batch
+      assert.same({ "Translate" }, pr.path)
+      assert.is_true(pr.in_flight >= 0 and pr.in_flight <= 4)
+      assert.is_number(pr.rate); assert.is_number(pr.elapsed)
+    end
+    assert.equal(0, got[21].in_flight)
+  end)
+
+  it("counts the items that fell back as failed, in a batch and a parallel batch", function()
+    for _, base in ipairs({ pf.BatchNode, pf.ParallelBatchNode }) do
+      local got = {}
+      local B = base:extend("Translate")
+      function B:prep() return { 1, 2, 3, 4, 5 } end
+      function B:exec(x)
+        if x % 2 == 0 then pf.sleep(0.001); error("item " .. x .. " failed", 0) end
+        return x
+      end
+      function B:exec_fallback() return "n/a" end
+      local b = B{ progress = function(pr) got[#got + 1] = pr end }
+      local shared = {}
+      function B:post(sh, _, res) sh.res = res end
+      pf.Flow{ name = "Main", start = b }:run(shared)
+      assert.same({ 1, "n/a", 3, "n/a", 5 }, shared.res)
+      assert.equal(5, got[#got].done)
+      assert.equal(2, got[#got].failed)
+      for i = 2, #got do assert.is_true(got[i].failed >= got[i - 1].failed) end
+    end
+  end)
+
+  it("shows a batch class's own batches only, and closes its bars when the batch fails", function()
+    local got = {}
+    local P = pbatch(10, 7)
+    P.progress = function(pr) got[#got + 1] = pr.node end
+    local Q = pbatch(3)
+    local q = Q{ name = "Other" }
+    local p = P()
+    local _ = q >> p
+    local ok, err = pcall(function() pf.Flow{ start = q }:run({}) end)
+    assert.is_false(ok)
+    assert.matches("^item 7 failed", err)
+    assert.is_true(#got >= 1 and #got <= 10)
+    for _, n in ipairs(got) do assert.equal("Translate", n) end
+  end)
+
+  it("closes a batch class's bars when the run is cancelled", function()
+    local P = pf.ParallelBatchNode:extend("Slow")
+    function P:prep() return { 1, 2 } end
+    function P:exec() pf.sleep(10) end
+    local seen = 0
+    local p = P{ progress = function() seen = seen + 1 end }
+    pf.run(function()
+      local t = pf.spawn(function() p:run({}) end)
+      for _ = 1, 1000 do if seen > 0 then break end pf.sleep(0.001) end
+      t:cancel()
+    end)
+    assert.equal(1, seen)
+  end)
+
+  it("reports every batch of a run with the run option", function()
+    local got = {}
+    local B = pf.BatchNode:extend("Seq")
+    function B:prep() return { 1, 2, 3 } end
+    local b = B()
+    local _ = b >> pbatch(5)()
+    local other = {}
+    pf.run(function()
+      local o = pf.spawn(function()
+        pbatch(4)():run({}, { progress = function(pr) other[#other + 1] = pr.node end })
+      end)
+      pf.Flow{ name = "Main", start = b }:run({}, { progress = function(pr)
+        got[#got + 1] = ("%s %d/%d"):format(pr.node, pr.done, pr.total) end })
+      o:wait()
+    end)
+    assert.same({ "Seq 0/3", "Seq 1/3", "Seq 2/3", "Seq 3/3", "Translate 0/5", "Translate 1/5",
+                  "Translate 2/5", "Translate 3/5", "Translate 4/5", "Translate 5/5" }, got)
+    assert.equal(5, #other)   -- the other run's batch, to its own option only
+  end)
+
+  it("refuses a bad progress option at construction", function()
+    local P = pf.ParallelBatchNode:extend("P")
+    assert.has_error(function() P{ progress = "yes" } end,
+      'P: progress must be true, "json" or a function (got "yes")')
+    assert.has_error(function() pf.BatchFlow{ name = "BF", progress = 3 } end,
+      'BF: progress must be true, "json" or a function (got 3)')
+    local ok, err = pcall(function() P{ progress = {} } end)
+    assert.is_false(ok)
+    assert.matches("^spec/progress_spec%.lua:%d+: P: progress must be", err)
+    -- a plain node's progress field is its own business
+    assert.is_not_nil(pf.Node{ progress = "anything" })
+  end)
+end)
+
+describe("progress of a real run, from the binary", function()
+  local bin = assert(os.getenv("PF_BIN"))
+
+  local function script(body)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w")); f:write(body); f:close()
+    return path
+  end
+
+  local src = [[
+local pf = require "pocketflow"
+local P = pf.ParallelBatchNode:extend("Translate")
+function P:prep() local t = {} for i = 1, 60 do t[i] = i end return t end
+function P:exec(x) pf.sleep(0.005) return x end
+P{ max_concurrency = 8, progress = arg[1] == "class" or nil }:run({})
+io.stderr:write("end\n")
+]]
+
+  it("draws a class's bar on a terminal and its summary", function()
+    local path = script(src)
+    local s, ok = run(("env -u LD_PRELOAD PF_PROGRESS= NO_COLOR=1 script -qec '%s %s class' /dev/null </dev/null")
+                      :format(bin, path))
+    os.remove(path)
+    assert.is_true(ok, s)
+    print("\n---- the terminal's bytes ----\n" .. s:gsub("\27", "\\e"):gsub("\r", "\\r"):sub(-300))
+    assert.matches("Translate %[#*%-*%] %d+/60", s)
+    assert.matches("\r\27%[KTranslate 60/60 100%% [%d.]+/s %d+:%d%d\r?\n", s)
+    assert.matches("end\r?\n$", s)
+  end)
+
+  it("follows PF_PROGRESS for any run, and PF_PROGRESS=0 turns a class's off", function()
+    local path = script(src)
+    local s, ok = run(("PF_PROGRESS=json %s %s"):format(bin, path))
+    assert.is_true(ok, s)
+    local n = 0
+    for line in s:gmatch("[^\n]+") do
+      if line:sub(1, 1) == "{" then
+        local p = pf.json.decode(line)
+        assert.equal(n, p.done)
+        assert.equal(60, p.total)
+        n = n + 1
+      end
+    end
+    assert.equal(61, n)
+    s, ok = run(("PF_PROGRESS=0 %s %s class"):format(bin, path))
+    os.remove(path)
+    assert.is_true(ok, s)
+    assert.equal("end\n", s)
   end)
 end)

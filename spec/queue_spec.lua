@@ -16,28 +16,6 @@ local tmp = os.tmpname()
 os.remove(tmp)
 assert(uv.fs_mkdir(tmp, 448))
 
--- the pids of live processes whose argv holds marker
-local function pids(marker)
-  local out = {}
-  for _, pid in ipairs((function()
-    local names, req = {}, uv.fs_scandir("/proc")
-    while req do
-      local n = uv.fs_scandir_next(req)
-      if not n then break end
-      names[#names + 1] = n
-    end
-    return names
-  end)()) do
-    if pid:match("^%d+$") then
-      local f = io.open("/proc/" .. pid .. "/cmdline", "rb")
-      local s = f and f:read("a")
-      if f then f:close() end
-      if s and s:find(marker, 1, true) then out[#out + 1] = tonumber(pid) end
-    end
-  end
-  return out
-end
-
 local workers = {}
 local names = 0
 
@@ -69,7 +47,7 @@ local function wait_until(test, what)
 end
 
 local function kill(w)
-  for _, pid in ipairs(pids(w.marker)) do uv.kill(pid, "sigkill") end
+  for _, pid in ipairs(left.pids(w.marker)) do uv.kill(pid, "sigkill") end
   assert.equal(0, left.wait_gone(w.marker), "a worker is still running")
 end
 

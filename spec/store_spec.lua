@@ -18,21 +18,8 @@ local PID = core.store_proc()
 local function threads() return count("/proc/" .. PID .. "/task") end
 local function fds() return count("/proc/" .. PID .. "/fd") end
 
-local function rm_db(path)
-  os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm")
-end
-
-local function tmp_db()
-  local path = os.tmpname()
-  rm_db(path)
-  return path
-end
-
-local function errmsg(f, ...)
-  local ok, err = pcall(f, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+local util = require "support.util"
+local rm_db, tmp_db, errmsg, write = util.rm_db, util.tmp_db, util.errmsg, util.write
 
 -- the raw connection, for checks the API does not offer
 local function sql(store, text)
@@ -41,12 +28,6 @@ local function sql(store, text)
     assert(res, err)
     return res[1]
   end)
-end
-
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
 end
 
 local kinds = {

@@ -380,10 +380,12 @@ static int ret_args(lua_State *L) {
 static int item_main_k(lua_State *L, int status, lua_KContext ctx) {
   if (status == LUA_OK || status == LUA_YIELD)
     return lua_gettop(L) - (int)ctx;
-  lua_getfield(L, 2, "run");
-  lua_pushboolean(L, 1);
-  lua_setfield(L, -2, "failed");
-  lua_pop(L, 1);
+  if (!pf_is_pending(L, -1)) {   /* a question (pf.interrupt) fails nothing */
+    lua_getfield(L, 2, "run");
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "failed");
+    lua_pop(L, 1);
+  }
   return lua_error(L);
 }
 

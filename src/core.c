@@ -17,7 +17,7 @@
 /* the Lua modules built in (tools/embed.c) */
 extern const pf_chunk pf_http_lua, pf_json_lua, pf_diagram_lua,
                       pf_events_lua, pf_trace_lua, pf_progress_lua,
-                      pf_queue_lua;
+                      pf_queue_lua, pf_interrupt_lua;
 
 typedef void (*pf_open_fn)(lua_State *L);
 
@@ -31,6 +31,7 @@ static const pf_open_fn opens[] = {
   pf_open_serial,    /* serial.c: serialize, deserialize */
   pf_open_store,     /* store.c: the SQLite connection of pf.sqlite */
   pf_open_events,    /* events.c: the event bus's C half */
+  pf_open_trace,     /* trace.c: span_writer, spawn_detached */
   pf_open_checkpoint,  /* checkpoint.c: durable runs' walk side */
   NULL
 };
@@ -41,6 +42,8 @@ static const luaL_Reg walk_funcs[] = {
   {"machine", pf_walk_body},
   {"noop", pf_noop},
   {"reraise", pf_reraise},
+  {"node_here", pf_node_here},
+  {"no_retry", pf_mark_no_retry},
   {"arm_timeouts", pf_arm_timeouts},
   {NULL, NULL}
 };
@@ -57,8 +60,16 @@ static int l_retry_delay(lua_State *L) {
   return 1;
 }
 
+/* core.pending_mt(): the metatable of values that end a parallel item
+** without failing its group (group.c): pf.interrupt's */
+static int l_pending_mt(lua_State *L) {
+  pf_pending_mt(L);
+  return 1;
+}
+
 static const luaL_Reg attempt_funcs[] = {
   {"retry_delay", l_retry_delay},
+  {"pending_mt", l_pending_mt},
   {NULL, NULL}
 };
 
@@ -107,6 +118,7 @@ LUALIB_API int luaopen_pocketflow_core(lua_State *L) {
   pf_preload(L, "pocketflow.trace", &pf_trace_lua);
   pf_preload(L, "pocketflow.progress", &pf_progress_lua);
   pf_preload(L, "pocketflow.queue", &pf_queue_lua);
+  pf_preload(L, "pocketflow.interrupt", &pf_interrupt_lua);
   lua_newtable(L);
   for (open = opens; *open; open++) (*open)(L);
   luaL_setfuncs(L, walk_funcs, 0);

@@ -4,6 +4,9 @@
 ** items run at once; the first failure cancels the items still running;
 ** the results come back in the items' order. What an item runs is the
 ** starter's: the walk's items and walks (walk.c), pf.gather's functions.
+** An item that ends raising a "pending" value (a table whose metatable is
+** the registry's PF_PENDING_MT: pf.interrupt's) does not fail the group:
+** the others run to their end, then the group raises what is pending.
 */
 #include <string.h>
 
@@ -17,6 +20,7 @@ struct pf_group {
   int ref;              /* registry ref while items run */
   int failed;
   lua_Integer n, next, running, done, maxc;
+  lua_Integer pending;  /* items ended with a pending value (G_ERROR) */
 };
 
 /* user values of a group userdata; the starter's from PF_G_CTX on */
@@ -143,6 +147,14 @@ pf_group_body pf_group_owner(pf_group *g, pf_task **owner, int *ctx) {
   return g->body;
 }
 
+/* g's items: how many, ended ok so far, running (a batch's progress) */
+void pf_group_counts(pf_group *g, lua_Integer *total, lua_Integer *done,
+                     lua_Integer *running) {
+  *total = g->n;
+  *done = g->done;
+  *running = g->running;
+}
+
 static void group_release(lua_State *L, pf_group *g) {
   luaL_unref(L, LUA_REGISTRYINDEX, g->ref);
   g->ref = LUA_NOREF;
@@ -188,6 +200,47 @@ static void group_fail(lua_State *L, pf_group *g, pf_task *child,
   g->running = 0;
 }
 
+/* Pushes the metatable of pending values, made on first use. */
+void pf_pending_mt(lua_State *L) {
+  if (luaL_getmetatable(L, PF_PENDING_MT) == LUA_TNIL) {
+    lua_pop(L, 1);
+    luaL_newmetatable(L, PF_PENDING_MT);
+  }
+}
+
+/* True if the value at idx is pending (see above). */
+int pf_is_pending(lua_State *L, int idx) {
+  int r = 0;
+  if (lua_type(L, idx) == LUA_TTABLE && lua_checkstack(L, 2) &&
+      lua_getmetatable(L, idx)) {
+    luaL_getmetatable(L, PF_PENDING_MT);
+    r = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+  }
+  return r;
+}
+
+static int is_pending(lua_State *L, lua_State *co) {
+  (void)L;
+  return pf_is_pending(co, -1);
+}
+
+/* An item ended pending: its value is kept in order of ending. */
+static void keep_pending(lua_State *L, pf_group *g, lua_State *co,
+                         int gidx) {
+  if (g->pending == 0) {
+    lua_newtable(L);
+    lua_setiuservalue(L, gidx, G_ERROR);
+  }
+  lua_getiuservalue(L, gidx, G_ERROR);
+  lua_pushvalue(co, -1);
+  lua_xmove(co, L, 1);
+  lua_rawseti(L, -2, g->pending + 1);
+  lua_pop(L, 1);
+  g->pending++;
+  g->running--;
+}
+
 /* hook: item end (parallel). An item ended: nres >= 0 results on co's
 ** top, or -1 for an error on co's top. Runs on the driver, with 'from'
 ** its scratch state. */
@@ -206,7 +259,10 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
   gidx = lua_gettop(L);
   /* an error here (out of memory) leaves child in g: sched.c's recover
   ** ends it failed, and g fails, whatever was done for its result */
-  if (nres < 0) {
+  if (nres < 0 && !g->failed && is_pending(L, co)) {
+    keep_pending(L, g, co, gidx);
+    group_launch(L, g, gidx);
+  } else if (nres < 0) {
     group_fail(L, g, child, co, gidx);
   } else {
     lua_getiuservalue(L, gidx, G_RESULTS);
@@ -223,7 +279,8 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
     group_launch(L, g, gidx);
   }
   child->group = NULL;
-  if (owner_waits(g) && g->running == 0 && (g->failed || g->done == g->n)) {
+  if (owner_waits(g) && g->running == 0 &&
+      (g->failed || g->done + g->pending == g->n)) {
     group_release(L, g);
     pf_wait_wake(g->owner, 0);
   }
@@ -231,11 +288,25 @@ void pf_group_child_done(pf_group *g, pf_task *child, int nres,
 }
 
 /* In the owner, after the wait: pushes the results array or raises the
-** first error. */
+** first error, else what is pending: the one value, or for several a
+** pending value { pending = { values in order of ending } }. */
 int pf_group_finish(lua_State *L, int gidx) {
   pf_group *g = (pf_group *)lua_touserdata(L, gidx);
   if (g->failed) {
     lua_getiuservalue(L, gidx, G_ERROR);
+    return lua_error(L);
+  }
+  if (g->pending > 0) {
+    lua_getiuservalue(L, gidx, G_ERROR);
+    if (g->pending == 1) {
+      lua_rawgeti(L, -1, 1);
+      return lua_error(L);
+    }
+    lua_createtable(L, 0, 1);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "pending");
+    pf_pending_mt(L);
+    lua_setmetatable(L, -2);
     return lua_error(L);
   }
   lua_getiuservalue(L, gidx, G_RESULTS);

@@ -85,6 +85,11 @@ void pf_group_child_done(pf_group *g, pf_task *child, int ok, lua_State *from);
 int pf_group_finish(lua_State *L, int gidx);
 void pf_group_cancel(pf_task *owner, void *data);
 pf_group_body pf_group_owner(pf_group *g, pf_task **owner, int *ctx);
+#define PF_PENDING_MT "pocketflow.pending"
+void pf_pending_mt(lua_State *L);
+int pf_is_pending(lua_State *L, int idx);
+void pf_group_counts(pf_group *g, lua_Integer *total, lua_Integer *done,
+                     lua_Integer *running);
 
 /* walk.c: nodes, flows and batches (its functions are registered by
 ** core.c); where.c: the where line of errors */
@@ -94,6 +99,10 @@ int pf_reraise(lua_State *L);
 int pf_run_node(lua_State *L);
 int pf_arm_timeouts(lua_State *L);
 void pf_add_where(lua_State *L, pf_task *t, lua_State *co);
+/* where.c: for pf.interrupt */
+int pf_node_here(lua_State *L);
+int pf_mark_no_retry(lua_State *L);
+int pf_no_retry(lua_State *L, int idx);
 
 /* node kinds: a node class's __pfkind */
 enum pf_kind { PF_K_NODE = 1, PF_K_BATCH, PF_K_PBATCH, PF_K_FLOW,
@@ -108,5 +117,9 @@ void pf_open_store(lua_State *L);
 /* checkpoint.c: durable runs, the walk's side */
 void pf_open_checkpoint(lua_State *L);
 void pf_push_run(lua_State *L, pf_task *t);   /* t's run record, or nil */
+
+/* trace.c: core.span_writer (the JSON lines of trace = file) and
+** core.spawn_detached (the OTLP senders) */
+void pf_open_trace(lua_State *L);
 
 #endif

@@ -63,6 +63,7 @@ struct pf_sched {
   pf_add_where_fn add_where;    /* names the node in a task's error (walk.c) */
   pf_in_handler_fn in_handler;  /* an event handler runs on L (events.c) */
   int events;               /* someone listens: the walk emits (events.h) */
+  int env_sinks;            /* PF_TRACE or PF_PROGRESS: every run has sinks */
 };
 
 /* the wait protocol */

@@ -34,6 +34,7 @@
 #include "pf.h"
 #include "pf_sched.h"
 #include "attempts.h"
+#include "events.h"
 #include "walk.h"
 
 /* Field names, interned once in a table kept below the first frame: a
@@ -52,6 +53,9 @@ static const char *const key_names[] = {
 ** given a timeout or a deadline (core.arm_timeouts, from init.lua), so
 ** that a program without them never looks these options up per attempt. */
 #define K_ARMED K_NKEYS
+/* And the next: the scheduler, a light userdata, since a registry lookup
+** (pf_sched_get) on every entry of the walk costs four times as much. */
+#define K_SCHED (K_NKEYS + 1)
 static const char KEYS_KEY = 'K';
 
 static void push_keys(lua_State *L) {
@@ -63,6 +67,8 @@ static void push_keys(lua_State *L) {
       lua_pushstring(L, key_names[i]);
       lua_rawseti(L, -2, i);
     }
+    lua_pushlightuserdata(L, pf_sched_get(L));
+    lua_rawseti(L, -2, K_SCHED);
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &KEYS_KEY);
   }
@@ -101,10 +107,13 @@ static int walk_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* The walk's registers: the running frame's base and state (its program
 ** counter), and the status of the pcall a state waited for. A step returns GO for the loop
-** to go on with them, or the value the walk returns. */
+** to go on with them, or the value the walk returns. S->events: someone
+** listens, the transitions emit (events.h). */
 typedef struct Pc {
   int b, st, status;
   int armed;   /* timeouts may be set (K_ARMED), read when the walk resumes */
+  int durable; /* a durable run's walk (DURABLE), read when it resumes */
+  pf_sched *S;
 } Pc;
 #define GO (-1)
 
@@ -247,11 +256,13 @@ static int timed_flow(lua_State *L, Pc *pc, lua_Number limit);
 ** shared), whose result comes back in the kind's *_PREPPED; a flow with
 ** a timeout runs in a task of its own first. */
 static int node_begin(lua_State *L, Pc *pc) {
+  int kind = ST_KIND(pc->st);
   lua_Number limit;
-  if (ST_KIND(pc->st) >= PF_K_FLOW && pc->armed &&
-      (limit = flow_timeout(L, pc->b)) > 0)
-    return timed_flow(L, pc, limit);
-  pc->st = ST(ST_KIND(pc->st), P_PREPPED);
+  if (kind >= PF_K_FLOW && pc->armed && (limit = flow_timeout(L, pc->b)) > 0)
+    return timed_flow(L, pc, limit);   /* its task's walk emits */
+  if (pc->S->events || (kind != PF_K_NODE && kind != PF_K_FLOW))
+    pf_ev_node_start(L, pc->S, pc->b, kind);
+  pc->st = ST(kind, P_PREPPED);
   if (push_method(L, pc->b, K_PREP)) {
     lua_pushvalue(L, pc->b + F_SHARED);
     call(L, pc->b, pc->st, 1);
@@ -292,8 +303,12 @@ static int durable_end(lua_State *L) {
 ** done, its result on top: the parent goes on in its own state with it,
 ** or the walk returns it. */
 static int end_frame(lua_State *L, Pc *pc) {
+  if (pc->S->events && pc->st == POSTED) pf_ev_node_end(L, pc->b);
   pc->b = pop_frame(L, pc->b);
-  if (pc->b == 0) return DURABLE(L) ? durable_end(L) : 1;
+  if (pc->b == 0) {
+    if (!lua_isnil(L, GUARD)) pf_ev_walk_end(L);
+    return pc->durable ? durable_end(L) : 1;
+  }
   pc->st = get_state(L, pc->b);
   return GO;
 }
@@ -492,12 +507,18 @@ static int exec_done(lua_State *L, Pc *pc) {
 #define ATTEMPT_CANCELLED 100
 
 /* An error that ends the attempts at once, past exec_fallback: it leaves
-** the node as it is. Cancellation is never retried; interrupts (API
-** section 8) are to be checked here as well. */
+** the node as it is. Cancellation is never retried, nor what
+** pf.interrupt marked (its questions and errors: where.c). */
 static int is_final_error(lua_State *L, int status, int err) {
-  (void)L;
-  (void)err;
-  return status == ATTEMPT_CANCELLED;
+  return status == ATTEMPT_CANCELLED || pf_no_retry(L, err);
+}
+
+static pf_sched *sched(lua_State *L) {
+  pf_sched *S;
+  lua_rawgeti(L, KEYS, K_SCHED);
+  S = (pf_sched *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return S;
 }
 
 static int armed(lua_State *L) {
@@ -721,6 +742,7 @@ static int call_fallback(lua_State *L, int b, int st) {
     lua_pushvalue(L, b + F_ERROR);
     return lua_error(L);
   }
+  if (pf_sched_get(L)->events) pf_ev_fallback(L, b);
   if (lua_type(L, b + F_ERROR) == LUA_TSTRING) {
     pf_task *t = pf_current(L);
     if (t && pf_push_record(L, t, b + F_ERROR)) {  /* kept if re-raised */
@@ -845,6 +867,7 @@ static int retry_asked(lua_State *L, Pc *pc) {
   if (w < 0) return fall_back(L, pc);
   pc->st = ST(ST_KIND(pc->st), P_ATTEMPT);
   pc->status = LUA_OK;
+  if (pc->S->events) pf_ev_retry(L, b, get_int(L, b, F_FAILS) + 1, w);
   return retry_wait(L, b, pc->st, w);
 }
 
@@ -874,10 +897,14 @@ static lua_Number flow_limit(lua_State *L, int b) {
   return t < 0 || (d > 0 && d < t) ? d : t;
 }
 
+/* The x of a timed flow's own task: node:run's walks have their options
+** in that slot, so the mark must be a value no caller can pass. */
+static const char TIMED_FLOW = 'T';
+
 /* flow_limit, or -1 when b is the first frame of the task that runs the
 ** flow under it. */
 static lua_Number flow_timeout(lua_State *L, int b) {
-  if (b == ROOT && lua_toboolean(L, 4)) return -1;
+  if (b == ROOT && lua_touserdata(L, 4) == &TIMED_FLOW) return -1;
   return flow_limit(L, b);
 }
 
@@ -890,7 +917,7 @@ static int timed_flow(lua_State *L, Pc *pc, lua_Number limit) {
   lua_pushinteger(L, ST_KIND(pc->st));
   lua_pushvalue(L, b + F_SELF);
   lua_pushvalue(L, b + F_SHARED);
-  lua_pushboolean(L, 1);
+  lua_pushlightuserdata(L, (void *)&TIMED_FLOW);
   if (DURABLE(L)) n += pf_ckpt_push_inner(L, b, pc->st);
   pc->st = ST(ST_KIND(pc->st), P_TIMED);
   return wait_timed(L, b, pc->st, n, limit);
@@ -935,6 +962,12 @@ static void keep_items(lua_State *L, int b, int st, const char *what) {
   lua_replace(L, b + F_ITEMS);
 }
 
+/* Item i of the sequential batch at b ended: its span, then progress. */
+static void item_done(lua_State *L, int b, lua_Integer i) {
+  pf_ev_item(L, b, i, 0);
+  pf_ev_progress(L, i, lua_rawlen(L, b + F_ITEMS), 0);
+}
+
 /* A batch node: an item frame (exec) per item, in order, then post. */
 static int batch_step(lua_State *L, Pc *pc) {
   int b = pc->b;
@@ -945,18 +978,20 @@ static int batch_step(lua_State *L, Pc *pc) {
       lua_newtable(L);
       lua_replace(L, b + F_RES);
       set_int(L, b, F_INDEX, 1);
-      if (DURABLE(L)) pf_ckpt_prep(L, b, BATCH_NEXT);
+      if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
+      if (pc->durable) pf_ckpt_prep(L, b, BATCH_NEXT);
       pc->st = BATCH_NEXT;
       return GO;
     case BATCH_NEXT:
       if (i > (lua_Integer)lua_rawlen(L, b + F_ITEMS)) {
-        if (DURABLE(L)) pf_ckpt_item_key(L, b, 0);
+        if (pc->durable) pf_ckpt_item_key(L, b, 0);
         lua_pushvalue(L, b + F_RES);
         pc->st = call_post(L, b);
         return GO;
       }
-      if (DURABLE(L)) pf_ckpt_item_key(L, b, i);
+      if (pc->durable) pf_ckpt_item_key(L, b, i);
       set_state(L, b, BATCH_ITEM_DONE);   /* hook: item start */
+      if (pc->S->events) pf_ev_item(L, b, i, 1);
       pc->b = push_frame(L, b + F_SELF, 0, 0);
       pc->st = EXEC_ATTEMPT;
       lua_rawgeti(L, b + F_ITEMS, i);
@@ -964,8 +999,9 @@ static int batch_step(lua_State *L, Pc *pc) {
       return GO;
     default:   /* BATCH_ITEM_DONE; hook: item end */
       set_int(L, b, F_INDEX, i + 1);
+      if (pc->S->events) item_done(L, b, i);
       pc->st = BATCH_NEXT;
-      if (DURABLE(L)) {
+      if (pc->durable) {
         lua_pushvalue(L, -1);
         lua_rawseti(L, b + F_RES, i);
         return save_item(L, pc, i);
@@ -1007,7 +1043,8 @@ static int bflow_step(lua_State *L, Pc *pc) {
       keep_items(L, b, pc->st, "param tables");
       check_param_sets(L, b, pc->st, b + F_ITEMS);
       set_int(L, b, F_INDEX, 1);
-      if (DURABLE(L)) pf_ckpt_prep(L, b, BFLOW_NEXT);
+      if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
+      if (pc->durable) pf_ckpt_prep(L, b, BFLOW_NEXT);
       pc->st = BFLOW_NEXT;
       return GO;
     case BFLOW_NEXT:
@@ -1017,6 +1054,7 @@ static int bflow_step(lua_State *L, Pc *pc) {
         return GO;
       }
       set_state(L, b, BFLOW_WALKED);   /* hook: item start */
+      if (pc->S->events) pf_ev_item(L, b, i, 1);
       pc->b = push_frame(L, b + F_SELF, b + F_SHARED, 0);
       get_key(L, b + F_SELF, K_PARAMS);
       lua_rawgeti(L, b + F_ITEMS, i);
@@ -1028,8 +1066,9 @@ static int bflow_step(lua_State *L, Pc *pc) {
       return GO;
     default:   /* BFLOW_WALKED; hook: item end */
       set_int(L, b, F_INDEX, i + 1);
+      if (pc->S->events) item_done(L, b, i);
       pc->st = BFLOW_NEXT;
-      if (DURABLE(L)) return save_item(L, pc, i);
+      if (pc->durable) return save_item(L, pc, i);
       lua_pop(L, 1);
       return GO;
   }
@@ -1045,7 +1084,7 @@ static int start_child(lua_State *L, Pc *pc) {
                          luaL_typename(L, b + F_NODE));
   set_state(L, b, WALK_NODE_DONE);
   push_run_self(L, b + F_NODE, b + F_PARAMS);
-  if (DURABLE(L)) pf_ckpt_node_start(L, b, 1);
+  if (pc->durable) pf_ckpt_node_start(L, b, 1);
   pc->st = first_state(kind);
   pc->b = push_frame(L, 0, b + F_SHARED, 0);
   return GO;
@@ -1071,7 +1110,7 @@ static int walk_step(lua_State *L, Pc *pc) {
       lua_replace(L, b + F_ACTION);
       next_node(L, b);
       pc->st = WALK_STEP;
-      return DURABLE(L) ? save(L, pc) : GO;
+      return pc->durable ? save(L, pc) : GO;
   }
 }
 
@@ -1154,9 +1193,11 @@ int pf_item_kind(pf_group_body body, int *direct) {
   return body == walk_item_body || body == durable_walk_body ? PF_K_PBFLOW : 0;
 }
 
-/* Items may run direct_item_body: decided once per group. */
+/* Items may run direct_item_body: decided once per group; not while
+** someone listens, as items' events come from their walks. */
 static int plain_exec(lua_State *L, int self) {
   int plain;
+  if (pf_sched_get(L)->events) return 0;
   get_key(L, self, K_RETRIES);
   plain = pf_retries(L, -1) == 1;
   get_key(L, self, K_FALLBACK);
@@ -1275,6 +1316,7 @@ static int parallel_step(lua_State *L, Pc *pc) {
   switch (pc->st) {
     case PBATCH_PREPPED: case PBFLOW_PREPPED:
       maxc = parallel_items(L, b, pc->st, flow);
+      if (pc->S->events) pf_ev_progress(L, 0, lua_rawlen(L, b + F_ITEMS), 0);
       pc->st = flow ? PBFLOW_GATHERED : PBATCH_GATHERED;
       if (get_key(L, b + F_SELF, K_DISTRIBUTE) != LUA_TNIL)
         return distribute(L, pc, maxc, flow);
@@ -1302,6 +1344,8 @@ static int walk(lua_State *L, int status, int b, int st) {
   pc.st = st;
   pc.status = status;
   pc.armed = armed(L);
+  pc.durable = DURABLE(L);
+  pc.S = sched(L);
   for (;;) {
     switch (pc.st) {
       case NODE_PREP: case BATCH_PREP: case PBATCH_PREP: case FLOW_PREP:
@@ -1447,20 +1491,28 @@ static int restore_frames(lua_State *L, int *pb, int kind) {
 /* Runs the frame for kind over the arguments (kind, self, shared, x, run,
 ** snap); with from_node, self is the node object and its run's self is
 ** made; run: a durable run's task record, and snap the frames it resumes. */
-static int walk_begin(lua_State *L, int kind, int from_node) {
+static int walk_begin(lua_State *L, int kind, int from_node, int run) {
   int b, st = first_state(kind);
+  pf_sched *S;
   lua_settop(L, 6);
   lua_pushcfunction(L, pf_walk_msgh);
   push_keys(L);
+  S = sched(L);
+  lua_pushnil(L);      /* GUARD */
   if (from_node) {
     push_run_self(L, 2, 0);
     lua_replace(L, 2);
   }
+  /* run: node:run's walk, x its options or nil (kept: core.node_here
+  ** reads on_interrupt there) */
+  if (run && (S->events || S->env_sinks || !lua_isnil(L, 4)))
+    pf_ev_walk_begin(L, 1);
   b = push_frame(L, 2, 3, kind == PF_K_EXEC ? 4 : 0);
   if (kind == PF_K_WALK) {
     lua_pushvalue(L, 4);
     lua_replace(L, b + F_PARAMS);
   }
+  if (!run && S->events) pf_ev_walk_begin(L, 0);
   if (DURABLE(L)) {
     pf_ckpt_begin(L, kind);
     if (lua_istable(L, SNAP)) st = restore_frames(L, &b, kind);
@@ -1480,18 +1532,13 @@ int pf_walk_body(lua_State *L) {
   if (kind == PF_K_WALK) luaL_checktype(L, 4, LUA_TTABLE);
   if (kind < PF_K_WALK && node_kind(L, 2, 0) != kind)
     return luaL_error(L, "pocketflow: not a node of kind %I", kind);
-  return walk_begin(L, (int)kind, kind < PF_K_WALK);
+  return walk_begin(L, (int)kind, kind < PF_K_WALK, 0);
 }
 
-/* The run options (API.md section 5): every key run accepts, and
-** whether it is implemented yet. Sections 6-8 add theirs here. */
-static const struct {
-  const char *name;
-  int ready;
-} run_options[] = {
-  {"on_event", 0}, {"trace", 0}, {"capture", 0}, {"progress", 0},
-  {"store", 1}, {"run_id", 1}, {"durability", 1}, {"transient", 1},
-  {"on_interrupt", 0}, {NULL, 0}
+/* The run options (API.md sections 5-8): every key run accepts. */
+static const char *const run_options[] = {
+  "on_event", "trace", "capture", "progress", "store", "run_id",
+  "durability", "transient", "on_interrupt", NULL
 };
 
 /* Checks run's options at idx, raising at the caller's position. */
@@ -1505,15 +1552,30 @@ static void check_run_options(lua_State *L, int idx) {
     lua_pop(L, 1);
     if (t != LUA_TSTRING && t != LUA_TNUMBER)
       luaL_error(L, "unknown run option (a %s key)", lua_typename(L, t));
-    for (i = 0; run_options[i].name != NULL; i++)
-      if (t == LUA_TSTRING && strcmp(run_options[i].name,
-                                     lua_tostring(L, -1)) == 0)
+    for (i = 0; run_options[i] != NULL; i++)
+      if (t == LUA_TSTRING && strcmp(run_options[i], lua_tostring(L, -1)) == 0)
         break;
-    if (run_options[i].name == NULL)
+    if (run_options[i] == NULL)
       luaL_error(L, "unknown run option '%s'", lua_tostring(L, -1));
-    if (!run_options[i].ready)
-      luaL_error(L, "run option '%s' is not supported yet", run_options[i].name);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, idx);
+    pf_ev_check_option(L, run_options[i], -1);
+    lua_pop(L, 1);
   }
+}
+
+static void check_on_interrupt(lua_State *L, int idx) {
+  int t;
+  lua_pushliteral(L, "on_interrupt");
+  t = lua_rawget(L, idx);
+  if (t != LUA_TNIL && t != LUA_TFUNCTION)
+    luaL_error(L, "run: on_interrupt must be a function (got %s)",
+               lua_typename(L, t));
+  lua_pushliteral(L, "store");
+  if (t != LUA_TNIL && lua_rawget(L, idx) != LUA_TNIL)
+    luaL_error(L, "run: on_interrupt is for runs without a store; with a "
+               "store, answer with flow:resume");
+  lua_pop(L, 2);
 }
 
 /* node:run(shared [, opts]) */
@@ -1527,6 +1589,7 @@ int pf_run_node(lua_State *L) {
                                                "transient", NULL};
     const char *const *k;
     check_run_options(L, 3);
+    check_on_interrupt(L, 3);
     if (lua_getfield(L, 3, "store") != LUA_TNIL) return pf_ckpt_run(L);
     for (k = needs_store; *k; k++)
       if (lua_getfield(L, 3, *k) != LUA_TNIL)
@@ -1534,7 +1597,7 @@ int pf_run_node(lua_State *L) {
     lua_settop(L, 3);
   }
   if (pf_current(L) == NULL) return pf_wait_outside(L, pf_run_node, "run");
-  lua_settop(L, 2);
+  lua_settop(L, 3);            /* the options stay in slot 4 (node_here) */
   if (lua_getfield(L, 1, "successors") == LUA_TTABLE) {
     lua_pushnil(L);
     if (lua_next(L, -2)) {
@@ -1547,6 +1610,6 @@ int pf_run_node(lua_State *L) {
   }
   lua_pop(L, 1);
   lua_pushinteger(L, kind);
-  lua_insert(L, 1);            /* kind, node, shared */
-  return walk_begin(L, kind, 1);
+  lua_insert(L, 1);            /* kind, node, shared, opts */
+  return walk_begin(L, kind, 1, 1);
 }

@@ -46,7 +46,9 @@ enum {
 #define SNAP 6      /* the frames a resumed walk restores first, or nil */
 #define MSGH 7      /* the message handler of exec and exec_fallback */
 #define KEYS 8      /* the interned field names (walk.c) */
-#define ROOT 9      /* base of the first frame */
+#define GUARD 9     /* the walk's event guard or nil (events.c), closed
+                       when the walk ends */
+#define ROOT 10     /* base of the first frame */
 
 /* A state is its frame's kind and a phase: where.c reads both off it. */
 #define ST(kind, phase) ((kind) << 5 | (phase))

@@ -448,6 +448,222 @@ void pf_drop_record(lua_State *L) {
   }
 }
 
+
+/* ------------------------------------------------------------ the node here */
+
+/* For pf.interrupt (lua/pocketflow/interrupt.lua): which node run the
+** calling user code belongs to, read off the walks like the where line. */
+
+/* Appends "[i]" to the string on top. */
+static void add_item(lua_State *L, lua_Integer i) {
+  lua_pushfstring(L, "%s[%I]", lua_tostring(L, -1), (LUAI_UACINT)i);
+  lua_remove(L, -2);
+}
+
+/* Pushes the key of frame top of w (in state st, or -1): its path with
+** every item on it, "Main/Docs[2]/Ask": the names joined by "/", a batch
+** or batch flow followed by the item running in it; after the key of the
+** walk that started w's task as an item. */
+static void push_key(lua_State *L, Walk *w, int top, int st) {
+  Walk ow;
+  int f, frame, direct, kind, n = 0;
+  luaL_checkstack(L, 4, "pf.interrupt");
+  kind = frame_kind(L, w, ROOT, top, st);
+  if ((kind == PF_K_WALK || kind == PF_K_EXEC) &&
+      (kind = owner_walk(w->t, &ow, &frame, &direct)) != 0) {
+    push_key(L, &ow, frame,
+             kind == PF_K_PBATCH ? PBATCH_GATHERED : PBFLOW_GATHERED);
+    add_item(L, w->t->group_idx);
+    n = 1;
+  } else {
+    lua_pushliteral(L, "");
+  }
+  for (f = ROOT; f <= top; f += FS) {
+    kind = frame_kind(L, w, f, top, st);
+    if (kind == PF_K_WALK || kind == PF_K_EXEC) continue;
+    walk_slot(L, w, f + F_SELF);
+    push_name(L, -1);
+    lua_remove(L, -2);
+    if (n++ > 0) {
+      lua_pushliteral(L, "/");
+      lua_insert(L, -2);
+    }
+    lua_concat(L, n > 1 ? 3 : 2);
+    if (f < top && (kind == PF_K_BATCH || kind == PF_K_BFLOW))
+      add_item(L, walk_int(L, w, f + F_INDEX));
+  }
+}
+
+/* Pushes the options of the run w belongs to: the third argument of the
+** innermost node:run, through the walks that started items. */
+static void push_run_opts(lua_State *L, Walk w) {
+  int frame, direct;
+  for (;;) {
+    lua_CFunction f;
+    if (!lua_checkstack(w.co, 1)) break;
+    lua_getinfo(w.co, "f", &w.ar);
+    f = lua_tocfunction(w.co, -1);
+    lua_pop(w.co, 1);
+    if (f == pf_run_node) {
+      walk_slot(L, &w, 4);
+      return;
+    }
+    if (owner_walk(w.t, &w, &frame, &direct) == 0) break;
+  }
+  lua_pushnil(L);
+}
+
+/* True if the function at level of thread co is the prep, exec,
+** exec_fallback or post of frame top (of that kind) of w, or was
+** replaced by a tail call. */
+static int is_method(lua_State *L, lua_State *co, int level, Walk *w,
+                     int top, int kind) {
+  static const char *const names[] = {"prep", "post", "exec",
+                                      "exec_fallback"};
+  lua_Debug mar;
+  int i, found = 0;
+  if (level < 0 || !lua_getstack(co, level, &mar) || !lua_checkstack(co, 1))
+    return 0;
+  lua_getinfo(co, "tf", &mar);
+  if (mar.istailcall) {   /* return pf.interrupt(...): the method is gone */
+    lua_pop(co, 1);
+    return 1;
+  }
+  lua_xmove(co, L, 1);
+  walk_slot(L, w, top + F_SELF);
+  for (i = kind == PF_K_EXEC ? 2 : 0; i < 4 && !found; i++) {
+    lua_pushvalue(L, -1);
+    raw_lookup(L, names[i]);
+    found = lua_rawequal(L, -1, -3);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return found;
+}
+
+/* The top frame of the walk w: its base, or 0 if it is a walk's, or if
+** the slots do not end on a frame. A walk waiting for a task may keep a
+** few slots above its frames (with extra): the frame below them. */
+static int top_frame(lua_State *L, Walk *w, int *kind, int extra) {
+  int n = count_slots(w) - ROOT + 1, top;
+  if (n < FS || (!extra && n % FS != 0)) return 0;
+  top = ROOT + (n / FS - 1) * FS;
+  *kind = frame_kind(L, w, top, top, -1);
+  return *kind == PF_K_WALK ? 0 : top;
+}
+
+/* Task t has no walk: is its parent's walk waiting for it (a task the
+** walk runs a method in, as an attempt with a timeout), with t running
+** that method? Fills w and returns the top frame, else 0. */
+static int waited_by_walk(lua_State *L, pf_task *t, Walk *w, int *kind) {
+  lua_CFunction f;
+  int top, deepest = 0;
+  lua_Debug ar;
+  pf_task *p = t->parent;
+  if (p == NULL || p->co == NULL || !lua_checkstack(p->co, 1) ||
+      !lua_getstack(p->co, 0, &w->ar))
+    return 0;
+  lua_getinfo(p->co, "f", &w->ar);
+  f = lua_tocfunction(p->co, -1);
+  lua_pop(p->co, 1);
+  if (f != pf_run_node && f != pf_walk_body) return 0;
+  w->co = p->co;
+  w->t = p;
+  if ((top = top_frame(L, w, kind, 1)) == 0) return 0;
+  while (deepest < MAX_LEVEL && lua_getstack(L, deepest + 1, &ar)) deepest++;
+  /* the task's body is the method, or a function that called it */
+  return is_method(L, L, deepest, w, top, *kind) ||
+         is_method(L, L, deepest - 1, w, top, *kind) ? top : 0;
+}
+
+/* core.node_here() -> opts, key, run, name: for user code that runs in
+** a node's prep, exec, exec_fallback or post (in its task): the options
+** of its run (or nil), the node's key (push_key), the table that stands
+** for this run of the node (for a batch item: of the batch), a new one
+** each time the node runs, and the node's name. Nothing elsewhere. */
+int pf_node_here(lua_State *L) {
+  Walk w;
+  int level, top, kind, frame, direct;
+  pf_task *t = pf_current(L);
+  if (t == NULL) return 0;
+  level = find_walk(L, t, &w, 1);
+  if (level < 0 && owner_walk(t, &w, &frame, &direct) == PF_K_PBATCH &&
+      direct) {   /* a parallel item running exec as its body */
+    push_run_opts(L, w);
+    push_key(L, &w, frame, PBATCH_GATHERED);
+    add_item(L, t->group_idx);
+    walk_slot(L, &w, frame + F_SELF);
+    push_name(L, -1);
+    return 4;
+  }
+  if (level < 0) {
+    if ((top = waited_by_walk(L, t, &w, &kind)) == 0) return 0;
+  } else {
+    top = top_frame(L, &w, &kind, 0);
+    if (top == 0 || !is_method(L, L, level - 1, &w, top, kind)) return 0;
+  }
+  push_run_opts(L, w);
+  push_key(L, &w, top, -1);
+  if (kind == PF_K_EXEC && top == ROOT &&
+      owner_walk(w.t, &w, &frame, &direct) != 0)
+    walk_slot(L, &w, frame + F_SELF);   /* a parallel item's batch */
+  else
+    walk_slot(L, &w, top + F_SELF);
+  push_name(L, -1);
+  return 4;
+}
+
+/* Errors that end a node's attempts at once, without retry or fallback
+** (pf.interrupt's): the values about to be raised, as keys of a registry
+** table, weak for tables. Keyed by value, not by thread, as exec may run
+** in a task of its own (timeouts). A mark is taken when the walk sees
+** it; a string left unseen (raised in prep or post, or caught) stays. */
+static const char NO_RETRY_KEY = 'R';
+
+/* core.no_retry(v): v is about to be raised and must not be retried. */
+int pf_mark_no_retry(lua_State *L) {
+  lua_settop(L, 1);
+  if (lua_isnil(L, 1) || (lua_type(L, 1) == LUA_TNUMBER &&
+                          lua_tonumber(L, 1) != lua_tonumber(L, 1)))
+    return 0;   /* not a key */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NO_RETRY_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &NO_RETRY_KEY);
+  }
+  lua_pushvalue(L, 1);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  return 0;
+}
+
+/* True (and the mark is taken) if the error at idx was marked by
+** core.no_retry. Called on the failure path only. */
+int pf_no_retry(lua_State *L, int idx) {
+  int r = 0;
+  idx = lua_absindex(L, idx);
+  if (lua_isnil(L, idx) || (lua_type(L, idx) == LUA_TNUMBER &&
+                            lua_tonumber(L, idx) != lua_tonumber(L, idx)))
+    return 0;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NO_RETRY_KEY) == LUA_TTABLE) {
+    lua_pushvalue(L, idx);
+    r = lua_rawget(L, -2) != LUA_TNIL;
+    lua_pop(L, 1);
+    if (r) {
+      lua_pushvalue(L, idx);
+      lua_pushnil(L);
+      lua_rawset(L, -3);
+    }
+  }
+  lua_pop(L, 1);
+  return r;
+}
+
 /* Pushes the record string the ended task at child (0: none) keeps for
 ** the value at err, or this thread's traceback. */
 static void push_child_record(lua_State *L, int child, int err) {

@@ -17,4 +17,18 @@ function M.class()
   return Step
 end
 
+-- The engine's loop flow: one Step node whose post returns "loop" to
+-- itself. The walk ends on "done", which has no successor: the engine
+-- warns about that once; this keeps the run's output clean.
+function M.flow(pf)
+  local Step = pf.Node:extend("Step")
+  Step.prep, Step.exec, Step.post = M.prep, M.exec, M.post
+  pf.on_warning = function(msg)
+    if not msg:find("flow ends: 'done'", 1, true) then io.stderr:write(msg, "\n") end
+  end
+  local step = Step()
+  step:next(step, "loop")
+  return pf.Flow{ start = step }
+end
+
 return M

@@ -12,6 +12,7 @@
 -- shared and the frames, however many items are done.
 local core = require "pocketflow.core"
 local store_mod = require "pocketflow.store"
+local interrupt = require "pocketflow.interrupt"
 
 local M = {}
 
@@ -256,7 +257,7 @@ local function walk(run, node, frames)
                           run.shared, nil, rec, frames)
   core.task_run(before)
   walked = true
-  local status = ok and "done" or run.stop or "failed"
+  local status = ok and "done" or run.stop or interrupt.stopped(run, last) or "failed"
   local saved, meta = pcall(core.serialize, run.meta)
   if not saved then
     ok, last, status, meta = false, meta, "failed", nil
@@ -388,9 +389,11 @@ function M.resume(node, store, id, opts)
     give_back(store, got, fmt("run '%s' has no checkpoint to resume from", id), 2)
   end
   local shared, frames = c.shared, c.state or {}
+  local ok3, answers = pcall(interrupt.resume_answers, got.id, meta, opts.answer)
+  if not ok3 then give_back(store, got, answers, 2) end
   meta.durability = opts.durability or meta.durability
   local run = new_run(store, got.id, shared, meta)
-  run.step, run.root, run.answers, run.resumed = c.step, frames, opts.answer, got.status
+  run.step, run.root, run.answers, run.resumed = c.step, frames, answers, got.status
   if frames.finished then   -- it died after its last post: it is done
     store:_finish(got.id, "done", core.serialize(meta))
     return nil, record(run, "done")

@@ -78,6 +78,40 @@ local function current(co)
   return inherited()
 end
 
+-- Paths: arrays of names from the outermost flow down, interned so that
+-- a run makes no table per node and sinks can cache what they make of
+-- one. A run's span has the empty path; a node's extends its parent's.
+local ROOT_PATH = {}
+local children = setmetatable({}, { __mode = "k" })  -- path -> name -> path
+local function child_path(parent, name)
+  if type(parent) ~= "table" then parent = ROOT_PATH end
+  local kids = children[parent]
+  if kids == nil or kids.n > 1000 then   -- names made per item: no growth
+    kids = { n = 0, paths = {} }
+    children[parent] = kids
+  end
+  local p = kids.paths[name]
+  if p == nil then
+    p = table.move(parent, 1, #parent, 1, {})
+    p[#p + 1] = name
+    kids.paths[name] = p
+    kids.n = kids.n + 1
+  end
+  return p
+end
+M.ROOT_PATH = ROOT_PATH
+
+-- progress bars of a batch class (its progress option), by the start
+-- event of the batch's span: closed when the span ends
+local bars_of = setmetatable({}, { __mode = "k" })
+local function close_bars(f)
+  local bars = bars_of[f]
+  if bars ~= nil then
+    bars_of[f] = nil
+    bars:close()
+  end
+end
+
 local function fill_from(ev, f)
   if f == nil then return end
   if ev.run_id == nil then ev.run_id = f.run_id end
@@ -88,6 +122,18 @@ end
 local function open_span(ev, st)
   local up = top(st)
   if ev.span_id == nil then ev.span_id = new_span_id() end
+  if ev.path == nil then
+    local ty = ev.type
+    if ty == "node_start" then ev.path = child_path(up and up.path, ev.node)
+    elseif ty == "item_start" then ev.path = up and up.path or ROOT_PATH
+    else ev.path = ROOT_PATH end
+  end
+  local bars = ev.bars
+  if bars ~= nil then
+    ev.bars = nil
+    bars.span_id = ev.span_id
+    bars_of[ev] = bars
+  end
   if ev.parent_id == nil and up then ev.parent_id = up.span_id end
   if ev.run_id == nil then
     if ev.type == "run_start" or up == nil then ev.run_id = new_run_id()
@@ -116,7 +162,15 @@ local function close_span(ev, st)
   if ev.parent_id == nil then ev.parent_id = f.parent_id end
   fill_from(ev, f)
   if ev.dur == nil and f.t then ev.dur = ev.t - f.t end
-  for j = i, n do st[j] = nil end
+  if ev.item == nil then ev.item = f.item end
+  if f.type == "item_start" and (f.fell_back or ev.status == "error") then
+    local batch = i > 1 and st[i - 1] or st.base   -- progress's failed
+    if batch then batch.failed = (batch.failed or 0) + 1 end
+  end
+  for j = i, n do
+    if bars_of[st[j]] then close_bars(st[j]) end
+    st[j] = nil
+  end
   st.n = i - 1
   if st.n == 0 then frames[running()] = nil end  -- threads are reused
 end
@@ -132,6 +186,8 @@ local function complete(ev)
   else
     local f = current(co)
     if f then
+      if ty == "fallback" then f.fell_back = true
+      elseif ty == "progress" and f.failed then ev.failed = f.failed end
       if ev.span_id == nil then ev.span_id = f.span_id end
       if ev.parent_id == nil then ev.parent_id = f.parent_id end
       fill_from(ev, f)
@@ -228,16 +284,17 @@ end
 -- PF_TRACE), capture and progress (or PF_PROGRESS) as subscribers of the
 -- run run_id. Returns a function that closes them (flushing the trace),
 -- or nil when there is none.
-function M.run_sinks(opts, run_id)
+function M.run_sinks(opts, run_id, level)
+  level = level or 2
   local list = {}
-  if opts.on_event ~= nil then
-    list[#list + 1] = M.subscribe(opts.on_event, nil, run_id, 2)
-  end
   local target = opts.trace
   if target == nil then target = require("pocketflow.trace").from_env() end
-  if target then
+  if target then   -- first: it may fail to open, before anything listens
     list[#list + 1] = require("pocketflow.trace").open(target,
-      { capture = opts.capture, run_id = run_id }, 2)
+      { capture = opts.capture, run_id = run_id }, level)
+  end
+  if opts.on_event ~= nil then
+    list[#list + 1] = M.subscribe(opts.on_event, nil, run_id, level)
   end
   local bars = require("pocketflow.progress").new(opts.progress, { run_id = run_id })
   if bars then list[#list + 1] = bars end
@@ -252,5 +309,111 @@ end
 
 -- how many subscribers listen (for the specs and the sinks)
 function M.count() return #subs end
+
+-- ------------------------------------------------------ the walk's guard
+-- A walk (a run, a parallel item's walk) holds a guard in a slot marked
+-- to be closed (src/events.c): the depth of its thread's span stack when
+-- it began. When the walk ends, the spans above that depth end: ok
+-- (finish), error (an error leaves the walk: __close gets it) or
+-- cancelled (the task's thread is reset: __close gets nil). A run's sinks
+-- close after its run_end.
+
+local Guard = {}
+Guard.__index = Guard
+
+local end_of = { run_start = "run_end", node_start = "node_end", item_start = "item_end" }
+
+local function err_string(e)
+  if type(e) == "string" then return e end
+  local ok, s = pcall(tostring, e)
+  if ok and type(s) == "string" then return s end
+  return "(a " .. type(e) .. " error)"
+end
+
+local function unwind(g, status, err)
+  if g.done then return end
+  g.done = true
+  local co = running()
+  local st = frames[co]
+  while st ~= nil and st.n > g.mark do
+    local n = st.n
+    local f = st[n]
+    if #subs > 0 then
+      M.dispatch({ type = end_of[f.type] or "node_end", span_id = f.span_id,
+                   status = status, error = err })
+    end
+    if st.n >= n then   -- nobody listens any more: drop it
+      close_bars(f)
+      st[n] = nil
+      st.n = n - 1
+      if st.n == 0 and frames[co] == st then frames[co] = nil end
+    end
+  end
+  if g.close then g.close() end
+end
+
+function Guard.__close(g, err)
+  if g.done then return end
+  if err == nil then unwind(g, "cancelled")
+  else unwind(g, "error", err_string(err)) end
+end
+
+local env_sinks = false
+
+-- walk_guard(kind, opts, name, item) -> guard or nil: what a walk that
+-- starts while someone listens (or a run with options, or with PF_TRACE
+-- or PF_PROGRESS set) keeps. kind: "run" (opts: its run options, checked
+-- by the walk, src/events.c), "item"
+-- (a parallel batch's item, its number), "walk". A run is a new run, with
+-- its own run_id, span and sinks, unless it runs inside a span of another
+-- and has no sinks of its own. Called from C: level 3 is the run's caller.
+function M.walk_guard(kind, opts, name, item)
+  local co = running()
+  local st = frames[co]
+  local g = setmetatable({ mark = st and st.n or 0 }, Guard)
+  if kind == "run" then
+    local own = opts ~= nil and (opts.on_event ~= nil or opts.trace or opts.progress ~= nil)
+    if own or (current(co) == nil and (env_sinks or #subs > 0)) then
+      local run_id = new_run_id()
+      g.close = M.run_sinks(opts or {}, run_id, 4)
+      if #subs == 0 then
+        if g.close then g.close() end
+        return nil
+      end
+      M.dispatch({ type = "run_start", run_id = run_id, node = name, path = ROOT_PATH,
+                   capture = opts and opts.capture or nil })
+    elseif #subs == 0 then
+      return nil
+    end
+  elseif kind == "item" and #subs > 0 then
+    M.dispatch({ type = "item_start", node = name, item = item })
+  end
+  return g
+end
+
+-- walk_finish(g [, done, total, in_flight]): the walk ended normally; an
+-- item's walk tells its batch's progress after its span ended
+function M.walk_finish(g, done, total, in_flight)
+  unwind(g, "ok")
+  if done ~= nil and #subs > 0 then
+    M.dispatch({ type = "progress", done = done, failed = 0, total = total,
+                 in_flight = in_flight })
+  end
+end
+
+-- class_bars(mode): a batch class's progress option; nil when
+-- PF_PROGRESS turns it off. Only the progress of its span is shown.
+function M.class_bars(mode)
+  return require("pocketflow.progress").new(mode, { own_span = true })
+end
+
+core.set_hooks(M.walk_guard, M.walk_finish, M.class_bars)
+
+-- PF_TRACE or PF_PROGRESS (1 or json) make every run observed
+do
+  local tr, pr = os.getenv("PF_TRACE"), os.getenv("PF_PROGRESS")
+  env_sinks = (tr ~= nil and tr ~= "") or pr == "1" or pr == "json"
+  core.set_env_sinks(env_sinks)
+end
 
 return M

@@ -103,6 +103,24 @@ local function check_attempts(self, name)
   end
 end
 
+-- progress, an option of the batch classes (section 7): true, "json" or
+-- a function(p); false or nil for none
+local batch_kinds = {
+  [kinds.batch] = true, [kinds.parallel_batch] = true,
+  [kinds.batch_flow] = true, [kinds.parallel_batch_flow] = true,
+}
+local function check_progress(self, name)
+  local v = self.progress
+  if v == nil or v == false or v == true or v == "json" or not batch_kinds[self.__pfkind] then
+    return
+  end
+  if type(v) == "function" then return end
+  local mt = type(v) == "table" and getmetatable(v)
+  if type(mt) == "table" and mt.__call ~= nil then return end
+  error(('%s: progress must be true, "json" or a function (got %s)'):format(
+    name, type(v) == "string" and ("%q"):format(v) or shown(v)), 4)
+end
+
 local function check_options(self)
   local own = rawget(self, "name")
   if own ~= nil and type(own) ~= "string" then
@@ -118,6 +136,7 @@ local function check_options(self)
     error(("%s: wait must be a non-negative number (got %s)"):format(name, tostring(w)), 3)
   end
   check_attempts(self, name)
+  check_progress(self, name)
   local q = self.distribute
   if q ~= nil then
     if not queue().is_queue(q) then
@@ -348,6 +367,7 @@ end
 function pf.work(q, flow, opts)
   queue().work(q, flow, opts, 3)
 end
+pf.interrupt = require("pocketflow.interrupt").interrupt
 
 local events = require "pocketflow.events"
 pf.on = events.on

@@ -168,6 +168,7 @@ function Bars:plain_update(key, st, final)
 end
 
 function Bars:handle(ev)
+  if self.own_span and ev.span_id ~= self.span_id then return end
   local key = ev.span_id or tostring(ev.path or ev.node)
   local st = self.states[key]
   if st == nil then
@@ -217,6 +218,7 @@ function M.new(mode, opts)
   end
   local self = setmetatable({
     mode = mode, tty = tty, color = color, states = {}, order = {}, lines = 0,
+    own_span = opts.own_span,   -- a batch's own bars: span_id set by the bus
     last_draw = -huge, clock = opts.clock or core.now,
     write = opts.write or function(s) io.stderr:write(s) end,
   }, Bars)

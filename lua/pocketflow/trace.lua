@@ -6,8 +6,8 @@ local core = require "pocketflow.core"
 local events = require "pocketflow.events"
 local cjson = require("cjson").new()
 
-local floor, format, concat = math.floor, string.format, table.concat
-local tointeger = math.tointeger
+local floor, format, concat, find = math.floor, string.format, table.concat, string.find
+local tointeger, math_type = math.tointeger, math.type
 local encode_string = cjson.encode
 
 local M = {}
@@ -16,20 +16,18 @@ M.batch_size = 512      -- spans per OTLP request
 M.batch_delay = 1       -- seconds a span waits at most before it is sent
 M.capture_limit = 4096  -- bytes of a captured value's JSON, then cut
 M.http_timeout = 10     -- seconds per OTLP request
+M.max_in_flight = 4     -- OTLP requests at once
+M.max_waiting = 65536   -- spans waiting for a sender (~30 MB), then batches are dropped
 
 local span_types = { "run_start", "run_end", "node_start", "node_end",
                      "item_start", "item_end", "retry", "fallback" }
 local kind_of = { run_start = "run", node_start = "node", item_start = "item" }
 
--- unix nanoseconds = offset + pf.now() nanoseconds
+-- unix nanoseconds = offset + floor(pf.now() * 1e9) (and so in src/trace.c)
 local function clock_offset()
   local s, us = core.wall()
   local t = core.now()
   return s * 1000000000 + us * 1000 - floor(t * 1e9)
-end
-
-local function nanos(offset, t)
-  return offset + floor(t * 1e9)
 end
 
 -- capture: a value as JSON, cut to M.capture_limit bytes
@@ -44,26 +42,36 @@ local function captured(v)
   return s
 end
 
+-- bytes that are not UTF-8 become U+FFFD, each on its own: the output
+-- stays valid JSON. One pass, so a long hostile string costs its length.
+local function valid_utf8(s)
+  local _, bad = utf8.len(s)
+  if bad == nil then return s end
+  local out, n, i = {}, 0, 1
+  repeat
+    out[n + 1], out[n + 2] = s:sub(i, bad - 1), "\u{FFFD}"
+    n, i = n + 2, bad + 1
+    _, bad = utf8.len(s, i)
+  until bad == nil
+  out[n + 1] = s:sub(i)
+  return concat(out)
+end
+
+-- what cjson escapes: control bytes, '"', '/', '\\'; and bytes >= 128,
+-- which may not be UTF-8. A string with none is its own JSON body.
+local needs_escape = '[%c"/\\\128-\255]'
+
 -- escaped names and paths are cached: a run has few distinct ones. The
 -- caches are emptied when they grow past 1000 entries (a weak table does
 -- not drop string keys).
--- bytes that are not UTF-8 become U+FFFD: the output stays valid JSON
-local function valid_utf8(s)
-  local _, bad = utf8.len(s)
-  while bad do
-    s = s:sub(1, bad - 1) .. "\u{FFFD}" .. s:sub(bad + 1)
-    _, bad = utf8.len(s)
-  end
-  return s
-end
-
 local escaped, n_escaped = {}, 0
 local function esc(s)
   if s == nil then return '""' end
   if type(s) ~= "string" then s = tostring(s) end
   local e = escaped[s]
   if e == nil then
-    e = encode_string(valid_utf8(s))
+    if find(s, needs_escape) then e = encode_string(valid_utf8(s))
+    else e = '"' .. s .. '"' end
     if #s < 200 then
       if n_escaped >= 1000 then escaped, n_escaped = {}, 0 end
       escaped[s], n_escaped = e, n_escaped + 1
@@ -74,6 +82,12 @@ end
 
 -- ----------------------------------------------------------- the spans
 
+-- a path (the bus's array of names) as "Main > Fetch"
+local function path_string(path)
+  if type(path) == "table" then return concat(path, " > ") end
+  return tostring(path)
+end
+
 -- A span being built is its start event (kept in sink.open by span_id)
 -- and, once retried or fallen back, a note in sink.notes.
 
@@ -83,23 +97,11 @@ local function status_of(st)
   return "UNSET"   -- cancelled, interrupted: not an error of the span
 end
 
--- the attributes as (key, value) pairs in key order, into out
-local function attributes_of(sink, r, ev, out)
-  local n = 0
-  local function add(k, v) out[n + 1] = k; out[n + 2] = v; n = n + 2 end
-  local note = sink.notes[r]
-  local attempt = ev.attempt or note and note.attempt or r.attempt
-  if attempt ~= nil then add("pf.attempt", attempt) end
-  if note and note.fallback then add("pf.fallback", true) end
-  if r.item ~= nil then add("pf.item", r.item) end
-  add("pf.kind", kind_of[r.type])
-  if r.path ~= nil then add("pf.path", tostring(r.path)) end
-  if sink.capture and ev.prep_res ~= nil then add("pf.prep_res", captured(ev.prep_res)) end
-  if sink.capture and ev.exec_res ~= nil then add("pf.exec_res", captured(ev.exec_res)) end
-  if note and note.retries then add("pf.retries", note.retries) end
-  add("pf.status", ev.status or "ok")
-  return n
-end
+-- A span's attributes, in this order ("the attribute order"): pf.attempt
+-- (from the end event, a retry or fallback, or the start), pf.fallback
+-- (true after a fallback), pf.item, pf.kind (run, node, item), pf.path,
+-- pf.prep_res and pf.exec_res (capture = true), pf.retries (after a
+-- retry), pf.status (the end's status, "ok" when none).
 
 -- ----------------------------------------------------------- JSON lines
 
@@ -115,98 +117,123 @@ local function json_scalar(v)
   return esc(tostring(v))
 end
 
--- One line per span, made with one format: this is the hot path of
--- trace = file (bench/trace.lua). Keys in the order of attributes_of.
+-- Keys in the attribute order.
 local function opt(key, v)
   if v == nil then return "" end
-  if math.type(v) == "integer" then return '"' .. key .. '":' .. v .. "," end
+  if math_type(v) == "integer" then return '"' .. key .. '":' .. v .. "," end
   return '"' .. key .. '":' .. json_scalar(v) .. ","
 end
 
-local path_attrs, n_paths = {}, 0
-local function path_attr(path)
-  local a = path_attrs[path]
-  if a == nil then
-    a = opt("pf.path", tostring(path))
-    if type(path) == "string" and #path < 200 then
-      if n_paths >= 1000 then path_attrs, n_paths = {}, 0 end
-      path_attrs[path], n_paths = a, n_paths + 1
+-- A path's "pf.path" attribute text as attr writes it, memoised: the memo
+-- table for the callers' fast lookup, and the function for a miss. The
+-- memo holds at most 1000 paths, then starts again.
+local function path_memo(attr)
+  local memo, n = {}, 0
+  return memo, function(path)
+    local a = memo[path]
+    if a == nil then
+      a = attr("pf.path", path_string(path))
+      if type(path) == "table" or #path < 200 then   -- the bus interns path tables
+        if n >= 1000 then
+          for k in pairs(memo) do memo[k] = nil end
+          n = 0
+        end
+        memo[path], n = a, n + 1
+      end
     end
+    return a
   end
-  return a
 end
 
-local function line_of(sink, r, ev, trace_id)
-  local code = status_of(ev.status)
-  local status
-  if ev.error ~= nil then
-    status = format('{"code":"%s","message":%s}', code, esc(tostring(ev.error)))
-  else
-    status = code == "OK" and '{"code":"OK"}' or '{"code":"' .. code .. '"}'
+local path_attrs, path_attr = path_memo(opt)
+
+local function status_json(st, err)
+  if err ~= nil then
+    return '{"code":"' .. status_of(st) .. '","message":' .. esc(tostring(err)) .. "}"
   end
-  local note = sink.notes[r]
-  local captures = ""
+  if st == "ok" or st == nil then return '{"code":"OK"}' end
+  return '{"code":"' .. status_of(st) .. '"}'
+end
+
+-- the captures and pf.retries, in the attribute order
+local function tail_of(sink, note, ev)
+  local tail = ""
   if sink.capture then
-    captures = opt("pf.prep_res", ev.prep_res ~= nil and captured(ev.prep_res) or nil)
-            .. opt("pf.exec_res", ev.exec_res ~= nil and captured(ev.exec_res) or nil)
+    tail = opt("pf.prep_res", ev.prep_res ~= nil and captured(ev.prep_res) or nil)
+        .. opt("pf.exec_res", ev.exec_res ~= nil and captured(ev.exec_res) or nil)
   end
-  local offset = sink.offset
-  local path = r.path
-  -- one concatenation (a single VM op): three times faster than format
-  return '{"trace_id":"' .. trace_id .. '","span_id":"' .. ev.span_id
-    .. '","parent_span_id":"' .. (r.parent_id or "") .. '","name":' .. esc(r.node or r.type)
-    .. ',"start_time_unix_nano":' .. (offset + floor((r.t or ev.t) * 1e9))
-    .. ',"end_time_unix_nano":' .. (offset + floor(ev.t * 1e9))
-    .. ',"status":' .. status .. ',"attributes":{'
-    .. opt("pf.attempt", ev.attempt or note and note.attempt or r.attempt)
-    .. (note and note.fallback and '"pf.fallback":true,' or "")
-    .. opt("pf.item", r.item) .. '"pf.kind":"' .. kind_of[r.type] .. '",'
-    .. (path ~= nil and path_attr(path) or "") .. captures
-    .. (note and note.retries and opt("pf.retries", note.retries) or "")
-    .. (ev.status == "ok" and '"pf.status":"ok"}}\n' or '"pf.status":' .. esc(ev.status or "ok") .. "}}\n")
+  if note and note.retries then tail = tail .. opt("pf.retries", note.retries) end
+  return tail
 end
 
 -- ------------------------------------------------------------- OTLP JSON
 
+-- A span becomes its OTLP JSON text when it ends, and a batch's body is
+-- the texts joined: encoding tables at send time cost ~19 us a span on
+-- the loop's thread (10 ms a batch, during which no node ran).
+
+-- an AnyValue; doubles that are not finite as proto3's JSON spells them
 local function otlp_value(v)
   local tv = type(v)
-  if tv == "boolean" then return { boolValue = v } end
+  if tv == "boolean" then return v and '{"boolValue":true}' or '{"boolValue":false}' end
   if tv == "number" then
-    if tointeger(v) then return { intValue = format("%d", v) } end
-    return { doubleValue = v }
+    if tointeger(v) then return format('{"intValue":"%d"}', v) end
+    if v ~= v then return '{"doubleValue":"NaN"}' end
+    if v == math.huge then return '{"doubleValue":"Infinity"}' end
+    if v == -math.huge then return '{"doubleValue":"-Infinity"}' end
+    return format('{"doubleValue":%.17g}', v)
   end
-  return { stringValue = tostring(v) }
+  return '{"stringValue":' .. esc(tostring(v)) .. "}"
 end
 
-local function otlp_span(sink, r, ev, trace_id)
-  local attrs, pairs_ = {}, {}
-  local n = attributes_of(sink, r, ev, pairs_)
-  for i = 1, n, 2 do attrs[#attrs + 1] = { key = pairs_[i], value = otlp_value(pairs_[i + 1]) } end
-  local code = status_of(ev.status)
-  local status = { code = code == "OK" and 1 or code == "ERROR" and 2 or 0 }
-  if ev.error ~= nil then status.message = tostring(ev.error) end
-  return {
-    traceId = trace_id, spanId = ev.span_id, parentSpanId = r.parent_id or "",
-    name = tostring(r.node or r.type), kind = 1,   -- SPAN_KIND_INTERNAL
-    startTimeUnixNano = format("%d", nanos(sink.offset, r.t or ev.t)),
-    endTimeUnixNano = format("%d", nanos(sink.offset, ev.t)),
-    attributes = attrs, status = status,
-  }
+local otlp_codes = { OK = '{"code":1', ERROR = '{"code":2', UNSET = '{"code":0' }
+
+-- '{"key":"<key>","value":<AnyValue>},': an attribute of an OTLP span
+local function otlp_attr(key, v)
+  if v == nil then return "" end
+  if math_type(v) == "integer" then
+    return '{"key":"' .. key .. '","value":{"intValue":"' .. v .. '"}},'
+  end
+  return '{"key":"' .. key .. '","value":' .. otlp_value(v) .. "},"
 end
 
--- the body of one POST /v1/traces
+local otlp_kinds = {}
+for ty, kind in pairs(kind_of) do otlp_kinds[ty] = otlp_attr("pf.kind", kind) end
+local otlp_ok = '{"key":"pf.status","value":{"stringValue":"ok"}}'
+
+local otlp_paths, otlp_path = path_memo(otlp_attr)
+
+-- An OTLP span as JSON text, its attributes in the attribute order;
+-- the common ones from caches, so that a span is one concatenation.
+local function otlp_span(sink, r, ev, trace_id, note)
+  local st = ev.status
+  local attempt = ev.attempt or note and note.attempt or r.attempt
+  local status = otlp_codes[status_of(st)]
+  if ev.error ~= nil then status = status .. ',"message":' .. esc(tostring(ev.error)) end
+  local tail = ""   -- captures and retries
+  if sink.capture then
+    if ev.prep_res ~= nil then tail = otlp_attr("pf.prep_res", captured(ev.prep_res)) end
+    if ev.exec_res ~= nil then tail = tail .. otlp_attr("pf.exec_res", captured(ev.exec_res)) end
+  end
+  if note and note.retries then tail = tail .. otlp_attr("pf.retries", note.retries) end
+  local path, name, offset = r.path, r.node or r.type, sink.offset
+  return '{"traceId":"' .. trace_id .. '","spanId":"' .. ev.span_id .. '","parentSpanId":"'
+    .. (r.parent_id or "") .. '","name":' .. (escaped[name] or esc(name))
+    .. ',"kind":1,"startTimeUnixNano":"' .. (offset + floor((r.t or ev.t) * 1e9))  -- INTERNAL
+    .. '","endTimeUnixNano":"' .. (offset + floor(ev.t * 1e9)) .. '","attributes":['
+    .. otlp_attr("pf.attempt", attempt)
+    .. (note and note.fallback and '{"key":"pf.fallback","value":{"boolValue":true}},' or "")
+    .. otlp_attr("pf.item", r.item) .. otlp_kinds[r.type]
+    .. (path == nil and "" or otlp_paths[path] or otlp_path(path)) .. tail
+    .. (st == "ok" and otlp_ok or '{"key":"pf.status","value":' .. otlp_value(st or "ok") .. "}")
+    .. '],"status":' .. status .. "}}"
+end
+
+-- the body of one POST /v1/traces, from spans as otlp_span makes them
 function M.otlp_body(spans)
-  json = json or require "pocketflow.json"
-  return json.encode{
-    resourceSpans = json.array{ {
-      resource = { attributes = json.array{
-        { key = "service.name", value = { stringValue = "pocketflow" } } } },
-      scopeSpans = json.array{ {
-        scope = { name = "pocketflow", version = core.version },
-        spans = json.array(spans),
-      } },
-    } },
-  }
+  return '{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name",'
+    .. '"value":{"stringValue":"pocketflow"}}]},"scopeSpans":[{"scope":{"name":"pocketflow",'
+    .. '"version":' .. esc(core.version) .. '},"spans":[' .. concat(spans, ",") .. "]}]}]}"
 end
 
 -- ------------------------------------------------------------ the sinks
@@ -224,14 +251,11 @@ local function trace_id_of(sink, run_id)
   return sink.fallback_trace
 end
 
+-- writes out the file's buffer: at each run's end and on close
+-- (a failure burst ends when the lines reach the file)
 function Sink:flush_file()
-  local n = self.nbuf
-  if n == 0 then return end
-  local buf = self.buf
-  local ok, err = self.file:write(concat(buf, "", 1, n))
-  for i = 1, n do buf[i] = nil end
-  self.nbuf = 0
-  if not ok then self:failed(err) else self.failing = false end
+  local ok, err = self.file:flush()
+  if ok then self.failing = false else self:failed(err) end
 end
 
 -- warns once per burst of failures
@@ -244,11 +268,13 @@ end
 local http
 function Sink:send(spans)
   http = http or require "pocketflow.http"
-  local ok, res = pcall(http.request, {
-    method = "POST", url = self.url,
-    headers = { ["Content-Type"] = "application/json" },
-    body = M.otlp_body(spans), timeout = M.http_timeout,
-  })
+  local ok, res = pcall(function()
+    return http.request{
+      method = "POST", url = self.url,
+      headers = { ["Content-Type"] = "application/json" },
+      body = M.otlp_body(spans), timeout = M.http_timeout,
+    }
+  end)
   if ok and res.status >= 200 and res.status < 300 then
     self.failing = false
     self.sent = self.sent + #spans
@@ -261,16 +287,56 @@ function Sink:send(spans)
             :format(self.url, why, #spans))
 end
 
--- takes the queue and sends it from a task of its own
+-- Batches wait in self.batches for one of at most M.max_in_flight sender
+-- tasks. Past M.max_waiting spans waiting (a collector slower than the
+-- run makes spans), a new batch is dropped, with a warning once per
+-- burst: memory stays bounded and no node ever waits for the collector.
+-- (in_flight counts the sender tasks, busy those in a request: the
+-- others are about to take a batch)
+function Sink:pump()
+  while self.in_flight < M.max_in_flight and self.in_flight - self.busy < #self.batches do
+    self.in_flight = self.in_flight + 1
+    core.spawn_detached(function()
+      local sending = false
+      -- (cancelled only with pf.run's own cancel: the counts stay right)
+      local _ <close> = setmetatable({}, { __close = function()
+        self.in_flight = self.in_flight - 1
+        if sending then self.busy = self.busy - 1 end
+      end })
+      local b = self.batches
+      while #b > 0 do
+        local batch = table.remove(b, 1)
+        self.waiting = self.waiting - #batch
+        self.busy, sending = self.busy + 1, true
+        self:send(batch)
+        self.busy, sending = self.busy - 1, false
+      end
+    end)
+  end
+end
+
+-- takes the queue and hands it to the senders
 function Sink:flush_http()
   if self.timer then
     self.timer:cancel()
     self.timer = nil
   end
   local q = self.queue
-  if #q == 0 then return end
+  if #q == 0 then return self:pump() end
   self.queue = {}
-  core.spawn(function() self:send(q) end)
+  if self.waiting + #q > M.max_waiting then
+    self.dropped = self.dropped + #q
+    if not self.overrun then
+      self.overrun = true
+      core.warn(("trace: %s takes spans slower than the run makes them: %d spans dropped "
+                 .. "(more are dropped until it catches up)"):format(self.url, #q))
+    end
+    return
+  end
+  self.overrun = false
+  self.waiting = self.waiting + #q
+  self.batches[#self.batches + 1] = q
+  self:pump()
 end
 
 function Sink:queue_span(s)
@@ -279,7 +345,7 @@ function Sink:queue_span(s)
   if #q >= M.batch_size then
     self:flush_http()
   elseif self.timer == nil then
-    self.timer = core.spawn(function()
+    self.timer = core.spawn_detached(function()
       core.sleep(M.batch_delay)
       self.timer = nil
       self:flush_http()
@@ -287,33 +353,72 @@ function Sink:queue_span(s)
   end
 end
 
+function Sink:note(r, ev, ty)
+  local note = self.notes[r] or {}
+  self.notes[r] = note
+  if ty == "retry" then note.retries = (note.retries or 0) + 1 else note.fallback = true end
+  if ev.attempt ~= nil then note.attempt = ev.attempt end
+end
+
+-- the subscriber of trace = URL (file_handler is that of a file)
 function Sink:handle(ev)
-  local ty = ev.type
+  local ty, sid, open = ev.type, ev.span_id, self.open
   if kind_of[ty] then
-    self.open[ev.span_id] = ev
+    open[sid] = ev
     return
   end
-  local r = self.open[ev.span_id]
+  local r = open[sid]
   if r == nil then return end        -- started before the sink
-  if ty == "retry" or ty == "fallback" then
-    local note = self.notes[r] or {}
-    self.notes[r] = note
-    if ty == "retry" then note.retries = (note.retries or 0) + 1 else note.fallback = true end
-    if ev.attempt ~= nil then note.attempt = ev.attempt end
-    return
+  if ty == "retry" or ty == "fallback" then return self:note(r, ev, ty) end
+  open[sid] = nil
+  local note = self.notes[r]
+  if note then self.notes[r] = nil end
+  local run = r.run_id or ev.run_id
+  self:queue_span(otlp_span(self, r, ev, trace_id_of(self, run), note))
+  if ty == "run_end" then self:flush_http() end
+end
+
+-- The subscriber of trace = file: Sink.handle with a JSON line written
+-- by core.span_writer instead of an OTLP span queued, and the sink's
+-- fields in upvalues. This is the hot path of bench/trace.lua. A line's
+-- pieces: '{"trace_id":"<id>","span_id":"' (made once per trace), the
+-- ids, the name as JSON, the times as pf.now() values, the status object,
+-- then the attributes in the attribute order (attempt and item as
+-- values: integers are written by the C side, others made JSON by
+-- json_scalar; rare ones in tail).
+local function file_handler(sink)
+  local open, notes, offset, capture = sink.open, sink.notes, sink.offset, sink.capture
+  local write = core.span_writer(sink.file, json_scalar)
+  local head_run, head = open, nil   -- open: no run id is equal to it
+  return function(ev)
+    local ty, sid = ev.type, ev.span_id
+    if kind_of[ty] then
+      open[sid] = ev
+      return
+    end
+    local r = open[sid]
+    if r == nil then return end        -- started before the sink
+    if ty == "retry" or ty == "fallback" then return sink:note(r, ev, ty) end
+    open[sid] = nil
+    local note = notes[r]
+    if note then notes[r] = nil end
+    local run = r.run_id or ev.run_id
+    if run ~= head_run then
+      head_run, head = run, '{"trace_id":"' .. trace_id_of(sink, run) .. '","span_id":"'
+    end
+    local st, t = ev.status, ev.t
+    local attempt = ev.attempt or note and note.attempt or r.attempt
+    local path, name = r.path, r.node or r.type
+    local ok, err = write(head, sid, r.parent_id or "", escaped[name] or esc(name),
+      offset, r.t or t, t,
+      (st == "ok" and ev.error == nil) and '{"code":"OK"}' or status_json(st, ev.error),
+      attempt, note and note.fallback, r.item, kind_of[r.type],
+      path == nil and "" or path_attrs[path] or path_attr(path),
+      (note or capture) and tail_of(sink, note, ev) or "",
+      st == "ok" and '"pf.status":"ok"}}\n' or '"pf.status":' .. esc(st or "ok") .. "}}\n")
+    if not ok then sink:failed(err) end
+    if ty == "run_end" then sink:flush_file() end
   end
-  self.open[ev.span_id] = nil
-  local trace_id = trace_id_of(self, r.run_id or ev.run_id)
-  if self.file then
-    local n = self.nbuf + 1
-    self.buf[n] = line_of(self, r, ev, trace_id)
-    self.nbuf = n
-    if n >= M.batch_size or ty == "run_end" then self:flush_file() end
-  else
-    self:queue_span(otlp_span(self, r, ev, trace_id))
-    if ty == "run_end" then self:flush_http() end
-  end
-  self.notes[r] = nil
 end
 
 -- Stops listening and writes or sends what is left.
@@ -323,7 +428,8 @@ function Sink:close()
   self.sub:off()
   if self.file then
     self:flush_file()
-    self.file:close()
+    local ok, err = self.file:close()
+    if not ok then self:failed(err) end
   else
     self:flush_http()
   end
@@ -342,14 +448,16 @@ function M.open(target, opts, level)
   if target:find("^https?://") then
     local base = target:gsub("/+$", "")
     sink.url = base:find("/v1/traces$") and base or base .. "/v1/traces"
-    sink.queue = {}
+    sink.queue, sink.batches, sink.waiting, sink.dropped = {}, {}, 0, 0
+    sink.in_flight, sink.busy = 0, 0
   else
     local f, err = io.open(target, "a")
     if not f then error("trace: cannot open " .. tostring(err), level) end
     f:setvbuf("full", 65536)
-    sink.file, sink.buf, sink.nbuf = f, {}, 0
+    sink.file = f
   end
-  sink.sub = events.subscribe(function(ev) return sink:handle(ev) end, span_types,
+  local handler = sink.file and file_handler(sink) or function(ev) return sink:handle(ev) end
+  sink.sub = events.subscribe(handler, span_types,
                               opts.run_id, level)
   return sink
 end

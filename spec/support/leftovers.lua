@@ -30,18 +30,23 @@ local function list(dir)
   return names
 end
 
-function left.procs(marker)
-  local n = 0
+-- the pids of live processes whose argv holds marker
+function left.pids(marker)
+  local out = {}
   for _, pid in ipairs(list("/proc")) do
     if pid:match("^%d+$") then
       local f = io.open("/proc/" .. pid .. "/cmdline", "rb")
       local s = f and f:read("a")
       if f then f:close() end
       -- a zombie has an empty command line: it is gone already
-      if s and s:find(marker, 1, true) then n = n + 1 end
+      if s and s:find(marker, 1, true) then out[#out + 1] = tonumber(pid) end
     end
   end
-  return n
+  return out
+end
+
+function left.procs(marker)
+  return #left.pids(marker)
 end
 
 function left.wait_gone(marker)
