@@ -83,6 +83,10 @@ local KINDS = {
   { "batch_flow", walks("2"), "batch flow" },
   { "batch_flow_c", walks("2", true), "batch flow" },
   { "parallel_batch_flow", walks("3"), "parallel batch flow" },
+  { "timed_flow", with { ["X prep"] = 1, ["C prep"] = 1, ["C exec nil"] = 1, ["C post"] = 1,
+                         ["D prep"] = 2, ["D exec nil"] = 2, ["D post"] = 1, ["X post"] = 1 },
+    "flow" },
+  { "timed_parallel_batch_flow", walks("3"), "parallel batch flow" },
 }
 
 describe("durable runs: SIGKILL in the middle, resume in a new process", function()
@@ -116,6 +120,10 @@ describe("durable runs: SIGKILL in the middle, resume in a new process", functio
           assert.equals("run-batch_flow:Main/X#2[1]/C#1", s.c1)
         elseif kind == "parallel_batch_flow" then
           assert.equals("run-parallel_batch_flow:Main/X#2[3]/D#2", s.d3)
+        elseif kind == "timed_parallel_batch_flow" then
+          assert.equals("run-timed_parallel_batch_flow:Main/X#2[3]/D#2", s.d3)
+        elseif kind == "timed_flow" then
+          assert.equals("run-timed_flow:Main/X#2/D#2", s.d)
         elseif kind == "flow" then
           assert.equals("run-flow:Main/X#2/D#2", s.d)
         end

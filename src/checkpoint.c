@@ -73,9 +73,11 @@ static void push_walk_prefix(lua_State *L, int w) {
 static void push_node_key(lua_State *L, int b) {
   int w = b - FS;
   if (b == ROOT) {
+    if (lua_getfield(L, RUN, "key") != LUA_TNIL) return;   /* a timed flow */
     lua_getfield(L, RUN, "prefix");
     lua_pushfstring(L, "%s:%s", lua_tostring(L, -1),
                     pf_node_name(L, b + F_SELF));
+    lua_remove(L, -3);
   } else {
     push_walk_prefix(L, w);
     lua_pushfstring(L, "%s/%s#%I", lua_tostring(L, -1),
@@ -187,9 +189,11 @@ static void push_frames(lua_State *L, int top, int st) {
 /* Pushes the path a checkpoint shows: the record's, then the frames'
 ** nodes, a batch's item, and the node a walk on top runs next. */
 static void push_path(lua_State *L, int top, int st) {
-  int b;
+  int b = ROOT;
   lua_getfield(L, RUN, "path");
-  for (b = ROOT; b <= top; b += FS) {
+  if (lua_getfield(L, RUN, "key") != LUA_TNIL) b += FS;   /* a timed flow */
+  lua_pop(L, 1);
+  for (; b <= top; b += FS) {
     int kind = frame_kind(L, b, top, st), idx = b + F_SELF;
     const char *s = lua_tostring(L, -1);
     if (kind == PF_K_WALK) {
@@ -267,6 +271,9 @@ int pf_ckpt_push_item(lua_State *L, int b, lua_Integer i) {
 ** first task, run.save and frames that say the walk is over (a resume
 ** from them only ends the run), after the last post. */
 int pf_ckpt_push_end(lua_State *L) {
+  int inner = lua_getfield(L, RUN, "outer") != LUA_TNIL;   /* a timed flow */
+  lua_pop(L, 1);
+  if (inner) return 0;
   lua_getfield(L, RUN, "group");
   if (lua_isnil(L, -1)) {
     lua_getfield(L, RUN, "run");
@@ -287,6 +294,47 @@ int pf_ckpt_push_end(lua_State *L) {
   lua_pushvalue(L, RUN);
   lua_pushvalue(L, -3);
   return 2;
+}
+
+/* ---------------------------------------------------------- timed flows */
+
+/* The flow at b, in state st, runs its frame again as the first of a
+** task of its own (walk.c, timed_flow): pushes that walk's record and
+** the frames it restores (nil but in a resume). The record has the key
+** and path of the flow here; its saves go through outer, ours, with
+** base, our frames below the flow, in front of its own (durable.lua). */
+int pf_ckpt_push_inner(lua_State *L, int b, int st) {
+  luaL_checkstack(L, 8, "checkpoint");
+  lua_createtable(L, 0, 5);
+  lua_getfield(L, RUN, "run");
+  lua_setfield(L, -2, "run");
+  lua_pushvalue(L, RUN);
+  lua_setfield(L, -2, "outer");
+  if (b > ROOT)
+    push_frames(L, b - FS, (int)slot_int(L, b - FS, F_STATE));
+  else
+    lua_newtable(L);
+  lua_setfield(L, -2, "base");
+  push_node_key(L, b);
+  lua_setfield(L, -2, "key");
+  push_path(L, b, st);
+  lua_setfield(L, -2, "path");
+  lua_getfield(L, RUN, "snap");
+  lua_pushnil(L);
+  lua_setfield(L, RUN, "snap");
+  return 2;
+}
+
+/* A resume reached a timed flow, the i-th of the frames in SNAP: keeps
+** them from there for its task (pf_ckpt_push_inner). */
+void pf_ckpt_stash(lua_State *L, lua_Integer i) {
+  lua_Integer j, n = (lua_Integer)lua_rawlen(L, SNAP);
+  lua_createtable(L, (int)(n - i + 1), 0);
+  for (j = i; j <= n; j++) {
+    lua_rawgeti(L, SNAP, j);
+    lua_rawseti(L, -2, j - i + 1);
+  }
+  lua_setfield(L, RUN, "snap");
 }
 
 /* --------------------------------------------------------------- groups */

@@ -909,16 +909,18 @@ static lua_Number flow_timeout(lua_State *L, int b) {
 }
 
 /* A flow with a timeout runs as a task of its own (its frame again, the
-** first of that task's walk), ended when the time is up. */
+** first of that task's walk), ended when the time is up; in a durable
+** run, with a record that saves its frames over ours (checkpoint.c). */
 static int timed_flow(lua_State *L, Pc *pc, lua_Number limit) {
-  int b = pc->b;
+  int b = pc->b, n = 4;
   lua_pushcfunction(L, pf_walk_body);
   lua_pushinteger(L, ST_KIND(pc->st));
   lua_pushvalue(L, b + F_SELF);
   lua_pushvalue(L, b + F_SHARED);
   lua_pushlightuserdata(L, (void *)&TIMED_FLOW);
+  if (DURABLE(L)) n += pf_ckpt_push_inner(L, b, pc->st);
   pc->st = ST(ST_KIND(pc->st), P_TIMED);
-  return wait_timed(L, b, pc->st, 4, limit);
+  return wait_timed(L, b, pc->st, n, limit);
 }
 
 /* A timed flow's task ended, or its time is up: the frame ends with its
@@ -1442,10 +1444,17 @@ static int restore_frame(lua_State *L, int b, int *kind, int more) {
   }
 }
 
+/* A flow of kind at b that runs in a task of its own (timed_flow). */
+static int timed_kind(lua_State *L, int b, int kind) {
+  return kind >= PF_K_FLOW && kind <= PF_K_PBFLOW && armed(L) &&
+         flow_timeout(L, b) > 0;
+}
+
 /* A resumed durable walk pushes the frames saved in SNAP (checkpoint.c
 ** wrote them; durable.lua found their nodes again) over its first frame
 ** at *pb, of kind. Returns the top frame's state: the cut node reruns
-** from prep, a batch from its next item. */
+** from prep, a batch from its next item, a timed flow from its start,
+** its task restoring the frames from its own. */
 static int restore_frames(lua_State *L, int *pb, int kind) {
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, SNAP);
   int b = *pb, st = first_state(kind);
@@ -1459,6 +1468,10 @@ static int restore_frames(lua_State *L, int *pb, int kind) {
                   kind == PF_K_PBFLOW)))
       luaL_error(L, "pocketflow: the checkpoint does not match the graph");
     lua_pop(L, 1);
+    if (timed_kind(L, b, kind)) {   /* its task restores the rest */
+      pf_ckpt_stash(L, i);
+      break;
+    }
     st = restore_frame(L, b, &kind, more);
     if (!more) break;
     set_state(L, b, st);

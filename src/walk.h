@@ -132,6 +132,8 @@ void pf_ckpt_group(lua_State *L, int b, int st, int gidx);
 int pf_ckpt_item_done(lua_State *L, int gidx, lua_Integer i);
 int pf_ckpt_item_rec(lua_State *L, int gidx, lua_Integer i, int self);
 int pf_ckpt_push_end(lua_State *L);
+int pf_ckpt_push_inner(lua_State *L, int b, int st);
+void pf_ckpt_stash(lua_State *L, lua_Integer i);
 int pf_ckpt_run(lua_State *L);
 
 /* walk.c, for where.c */

@@ -218,6 +218,11 @@ local function new_run(store, id, shared, meta)
   -- the walk calls these (checkpoint.c): after a post or an item, and
   -- when an item of a parallel batch ends
   function run.save(rec, frames, path, async)
+    while rec.outer do   -- a timed flow's task: its frames over its parent's
+      local base = rec.base
+      frames = table.move(frames, 1, #frames, #base + 1, table.move(base, 1, #base, 1, {}))
+      rec = rec.outer
+    end
     if rec.group then rec.group.live[rec.index] = frames else run.root = frames end
     commit(run, path, async)
   end

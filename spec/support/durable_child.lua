@@ -23,8 +23,8 @@ end
 -- killed (hold); a resumed run goes on.
 local function cut(n)
   if mode == "resume" then return end
-  local saved = 0
-  while saved < n do
+  local saved, give_up = 0, pf.now() + 60
+  while saved < n and pf.now() < give_up do
     saved = #store:history(ID) + #store:_items(ID)
     if saved < n then pf.sleep(0.005) end
   end
@@ -102,6 +102,15 @@ local X = {
   flow = function()
     local f = logged(pf.Flow, "X", { post = function(_, s) s.x = "flow" end })
     return f{ start = inner("", 3) }
+  end,
+  timed_flow = function()   -- its frame runs again in a task of its own
+    local f = logged(pf.Flow, "X", { post = function(_, s) s.x = "flow" end })
+    return f{ start = inner("", 3), timeout = 600 }
+  end,
+  timed_parallel_batch_flow = function()
+    local f = logged(pf.ParallelBatchFlow, "X", { prep = walks,
+      post = function(_, s) s.x = "parallel batch flow" end })
+    return f{ start = inner("3", 14), deadline = 600 }
   end,
   batch_flow = function()
     local f = logged(pf.BatchFlow, "X", { prep = walks,
