@@ -607,3 +607,24 @@ describe("events of a timed flow", function()
     assert.equal(0, events.count())
   end)
 end)
+
+describe("events of a durable run", function()
+  it("come as for a run without a store, and its end says how it stopped", function()
+    local A = pf.Node:extend("A")
+    function A:post(s) s.n = (s.n or 0) + 1 end
+    local Ask = pf.Node:extend("Ask")
+    function Ask:exec() return pf.interrupt("ok?") end
+    local f = pf.Flow{ name = "Main", start = A() }
+    local got = {}
+    local function on(ev) got[#got + 1] = ev.type .. " " .. ev.node .. " " .. (ev.status or "") end
+    f:run({}, { store = pf.memory(), on_event = on })
+    assert.same({ "run_start Main ", "node_start Main ", "node_start A ", "node_end A ok",
+                  "node_end Main ok", "run_end Main ok" }, got)
+    got = {}
+    local g = pf.Flow{ name = "Main", start = Ask() }
+    local _, run = g:run({}, { store = pf.memory(), on_event = on })
+    assert.equal("interrupted", run.status)
+    assert.equal("run_end Main interrupted", got[#got])
+    assert.equal(0, events.count())
+  end)
+end)

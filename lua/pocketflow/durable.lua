@@ -12,6 +12,7 @@
 -- shared and the frames, however many items are done.
 local core = require "pocketflow.core"
 local store_mod = require "pocketflow.store"
+local events = require "pocketflow.events"
 local interrupt = require "pocketflow.interrupt"
 
 local M = {}
@@ -244,8 +245,11 @@ end
 -- Walks node for run, from the frames saved (nil: from the start), and
 -- records how the run ended. run.stop, set before an error is raised
 -- through the walk, ends the run early with that status.
-local function walk(run, node, frames)
+local function walk(run, node, frames, opts)
   local rec = { run = run, prefix = run.id, path = "" }
+  -- the run's observers (on_event, trace, capture, progress, PF_TRACE,
+  -- pf.on): its run span, as node:run opens it for a run without a store
+  local guard <close> = events.walk_guard("run", opts, name_of(node))
   -- a cancelled task closes it: the run, left running, can be resumed in
   -- this process
   local walked = false
@@ -258,6 +262,11 @@ local function walk(run, node, frames)
   core.task_run(before)
   walked = true
   local status = ok and "done" or run.stop or interrupt.stopped(run, last) or "failed"
+  if guard then
+    if ok then events.walk_finish(guard)
+    elseif status == "failed" then events.walk_stop(guard, "error", last)
+    else events.walk_stop(guard, status) end
+  end
   local saved, meta = pcall(core.serialize, run.meta)
   if not saved then
     ok, last, status, meta = false, meta, "failed", nil
@@ -340,7 +349,7 @@ function M.run(node, shared, opts)
     pcall(store._finish, store, id, "failed")
     error(err, 3)
   end
-  return core.run(walk, run, node, nil)
+  return core.run(walk, run, node, nil, opts)
 end
 
 local RESUME_OPTS = { shared = "table", force = "boolean", durability = "string" }

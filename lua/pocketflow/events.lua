@@ -352,6 +352,12 @@ local function unwind(g, status, err)
   if g.close then g.close() end
 end
 
+-- walk_stop(g, status [, err]): the walk ended with that status (a
+-- durable run stopped at a question: "interrupted")
+function M.walk_stop(g, status, err)
+  unwind(g, status, err ~= nil and err_string(err) or nil)
+end
+
 function Guard.__close(g, err)
   if g.done then return end
   if err == nil then unwind(g, "cancelled")
