@@ -29,32 +29,14 @@ local RUNS = args[3] or (smoke and 1 or 5)
 local here = (arg[0]:match("^(.*)/[^/]*$") or ".")
 floor_bin = floor_bin or here .. "/../build/bench/redis_floor"
 
-local function free_port()
-  local tcp = uv.new_tcp()
-  assert(tcp:bind("127.0.0.1", 0))
-  local port = tcp:getsockname().port
-  tcp:close()
-  return port
-end
-
-local port = free_port()
-local url = "redis://127.0.0.1:" .. port
-local p = assert(io.popen(("exec timeout 600 redis-server --port %d --bind 127.0.0.1 --save '' "
-  .. "--appendonly no --daemonize no --logfile '' >/dev/null 2>&1 & echo $!"):format(port)))
-local pid = assert(tonumber(p:read("l")))
-p:close()
-
-local function stop() os.execute("kill " .. pid .. " 2>/dev/null") end
+package.path = here .. "/../spec/?.lua;" .. package.path
+local srv = require("support.redisd").start()   -- the specs' server: waits until up
+local port, url = srv.port, srv.url
+local function stop() srv:kill() end
 
 local function engine()
   return pf.run(function()
-    local r
-    for _ = 1, 500 do
-      local ok, c = pcall(pf.redis.connect, url)
-      if ok then r = c; break end
-      pf.sleep(0.01)
-    end
-    assert(r, "redis-server did not start")
+    local r = pf.redis.connect(url)
     local per = N // TASKS
     local t0 = uv.hrtime()
     local tasks = {}
