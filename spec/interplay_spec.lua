@@ -125,12 +125,7 @@ describe("durable runs with distributed batches", function()
     if srv then srv:kill() end
   end)
 
-  local function local_result(n)
-    local flow = qf.build{ url = "redis://127.0.0.1:1", name = "local", distribute = false }
-    local shared = { n = n, keep = "kept" }
-    flow:run(shared)
-    return shared
-  end
+  local local_result = qf.local_result
 
   it("a run cut while its items are on workers resumes: the batch runs again", function()
     local flow, q = qf.build{ url = srv.url, name = "durable_cut", lease = 1, variant = "slow" }

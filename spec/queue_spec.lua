@@ -83,12 +83,7 @@ local function close_all()
   queues = {}
 end
 
-local function local_result(n)
-  local flow = qf.build{ url = "redis://127.0.0.1:1", name = "local", distribute = false }
-  local shared = { n = n, keep = "kept" }
-  flow:run(shared)
-  return shared
-end
+local local_result = qf.local_result
 
 describe("pf.queue", function()
   local srv

@@ -96,4 +96,12 @@ function qf.build(o)
   return flow, q
 end
 
+-- the flow's result without Redis: what every distributed run must give
+function qf.local_result(n)
+  local flow = qf.build{ url = "redis://127.0.0.1:1", name = "local", distribute = false }
+  local shared = { n = n, keep = "kept" }
+  flow:run(shared)
+  return shared
+end
+
 return qf
