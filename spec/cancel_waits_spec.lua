@@ -1,6 +1,7 @@
 -- Issue 8 "cancellation at every wait" (the runtime's waits): seeded
 -- rounds cancel tasks at random points of sleep, await, gather, timeout,
--- a nested flow and a parallel batch; every to-be-closed variable is
+-- a nested flow, a parallel batch, timed attempts with backoff and a timed
+-- flow, a question answered by on_interrupt and a durable run; every to-be-closed variable is
 -- closed, no task is left, memory stays flat over rounds and the loop
 -- keeps working.
 local pf = require "pocketflow"
@@ -99,7 +100,44 @@ function kinds.batch(c)
   pcall(n.run, n, {})
 end
 
-local names = { "sleep", "await", "gather", "timeout", "flow", "batch" }
+-- issue 11's waits: timed attempts (a child task each), backoff waits
+-- with jitter, a deadline, and a flow with a timeout
+function kinds.attempts(c)
+  local _ <close> = closer(c)
+  local n = pf.Node{
+    exec = function()
+      local _ <close> = closer(c)
+      pf.sleep(ms())
+      if rand(1, 2) == 1 then error("attempt fails") end
+    end,
+    max_retries = 3, wait = 0.002, backoff = 2, jitter = 0.5,
+    timeout = rand(1, 12) / 1000, deadline = 0.05,
+  }
+  local f = pf.Flow{ start = n, timeout = rand(5, 30) / 1000 }
+  pcall(f.run, f, {})
+end
+
+-- issue 13's waits: a question answered by on_interrupt that waits, and
+-- a durable run's saves
+function kinds.durable(c)
+  local _ <close> = closer(c)
+  local ask = pf.Node{
+    exec = function()
+      local _ <close> = closer(c)
+      return pf.interrupt("ok?")
+    end,
+    post = function(_, shared, _, answer) shared.answer = answer end,
+  }
+  local f = pf.Flow{ start = ask }
+  if rand(1, 2) == 1 then
+    pcall(f.run, f, {}, { on_interrupt = function() pf.sleep(ms()); return "yes" end })
+  else
+    local saved = pf.Flow{ start = pf.Node{ exec = function() pf.sleep(ms()) end } }
+    pcall(saved.run, saved, {}, { store = pf.memory() })
+  end
+end
+
+local names = { "sleep", "await", "gather", "timeout", "flow", "batch", "attempts", "durable" }
 
 -- one round: TASKS tasks of random kinds, each cancelled at a random point
 local function round(counts)
